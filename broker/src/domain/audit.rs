@@ -1,0 +1,302 @@
+//! The audit trail's content and its hash chain. Storage lives in `store`; what an event says and how
+//! its hash is computed lives here, so the writer and `broker audit verify` cannot disagree.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::decision::{Outcome, Reason};
+use crate::clock::Micros;
+
+/// The `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What replaces a redacted argument value.
+pub const REDACTED: &str = "[REDACTED]";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventKind {
+    SessionOpened,
+    SessionClosed,
+    ToolCallDecided,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SessionOpened => "SESSION_OPENED",
+            EventKind::SessionClosed => "SESSION_CLOSED",
+            EventKind::ToolCallDecided => "TOOL_CALL_DECIDED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "SESSION_OPENED" => Some(EventKind::SessionOpened),
+            "SESSION_CLOSED" => Some(EventKind::SessionClosed),
+            "TOOL_CALL_DECIDED" => Some(EventKind::ToolCallDecided),
+            _ => None,
+        }
+    }
+}
+
+/// An event before the chain places it: everything but `seq`, `prev_hash` and `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBody {
+    pub event_id: String,
+    pub time: Micros,
+    pub kind: EventKind,
+    pub agent: String,
+    pub user: Option<String>,
+    pub session_id: Option<String>,
+    pub decision_id: Option<String>,
+    pub tool: Option<String>,
+    pub call_id: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub reasons: Vec<Reason>,
+    pub policy_version: Option<String>,
+    /// SHA-256 (hex) of the RFC 8785 canonical arguments.
+    pub arguments_digest: Option<String>,
+    /// The arguments as JSON text, with configured secret fields redacted.
+    pub arguments_redacted: Option<String>,
+}
+
+impl EventBody {
+    /// The event recording a tool-call decision.
+    pub fn for_decision(decision: &super::decision::Decision, call: &CallFacts) -> Self {
+        Self {
+            event_id: call.event_id.clone(),
+            time: decision.decided_at,
+            kind: EventKind::ToolCallDecided,
+            agent: call.agent.clone(),
+            user: call.user.clone(),
+            session_id: Some(decision.session_id.clone()),
+            decision_id: Some(decision.decision_id.clone()),
+            tool: Some(decision.tool.clone()),
+            call_id: Some(decision.call_id.clone()),
+            outcome: Some(decision.outcome),
+            reasons: decision.reasons.clone(),
+            policy_version: Some(decision.policy_version.clone()),
+            arguments_digest: Some(call.arguments_digest.clone()),
+            arguments_redacted: Some(call.arguments_redacted.clone()),
+        }
+    }
+}
+
+/// Who made a tool call and with what arguments: what its audit event says beside the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFacts {
+    pub event_id: String,
+    pub agent: String,
+    pub user: Option<String>,
+    pub arguments_digest: String,
+    pub arguments_redacted: String,
+}
+
+/// An event as stored: placed in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot canonicalise audit content: {0}")]
+    Canonical(String),
+}
+
+/// The bytes an event's hash commits to: RFC 8785 JSON of its body, its position and its predecessor.
+fn hash_input(seq: i64, prev_hash: &str, body: &EventBody) -> Result<Vec<u8>, Error> {
+    #[derive(Serialize)]
+    struct Hashed<'a> {
+        seq: i64,
+        prev_hash: &'a str,
+        #[serde(flatten)]
+        body: &'a EventBody,
+    }
+    serde_jcs::to_vec(&Hashed { seq, prev_hash, body }).map_err(|e| Error::Canonical(e.to_string()))
+}
+
+/// The hash of an event placed at `seq` after `prev_hash`.
+pub fn chain_hash(seq: i64, prev_hash: &str, body: &EventBody) -> Result<String, Error> {
+    Ok(hex::encode(Sha256::digest(hash_input(seq, prev_hash, body)?)))
+}
+
+impl AuditEvent {
+    /// Places `body` after the event whose hash is `prev_hash` (or the genesis) at position `seq`.
+    pub fn chain(seq: i64, prev_hash: String, body: EventBody) -> Result<Self, Error> {
+        let hash = chain_hash(seq, &prev_hash, &body)?;
+        Ok(Self { seq, prev_hash, hash, body })
+    }
+}
+
+/// SHA-256 (hex) of the RFC 8785 canonical form of `args`: key order and spacing do not change it.
+pub fn arguments_digest(args: &serde_json::Value) -> Result<String, Error> {
+    let canonical = serde_jcs::to_vec(args).map_err(|e| Error::Canonical(e.to_string()))?;
+    Ok(hex::encode(Sha256::digest(canonical)))
+}
+
+/// Copies `args` with every object member whose name is in `secret_fields` (case-insensitive, at any depth)
+/// replaced by [`REDACTED`].
+pub fn redact(args: &serde_json::Value, secret_fields: &[String]) -> serde_json::Value {
+    use serde_json::Value;
+    match args {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if secret_fields.iter().any(|s| s.eq_ignore_ascii_case(k)) {
+                        Value::String(REDACTED.to_owned())
+                    } else {
+                        redact(v, secret_fields)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| redact(v, secret_fields)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Where the chain first fails to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub seq: i64,
+    pub event_id: String,
+    pub problem: String,
+}
+
+/// Walks events in `seq` order, checking positions, links and hashes, and stops at the first break.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    expected_seq: i64,
+    prev_hash: String,
+    checked: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self { expected_seq: 1, prev_hash: GENESIS_HASH.to_owned(), checked: 0 }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next event; on a break, says which event and why.
+    pub fn check(&mut self, event: &AuditEvent) -> Result<(), ChainBreak> {
+        let fail = |problem: String| ChainBreak { seq: event.seq, event_id: event.body.event_id.clone(), problem };
+        if event.seq != self.expected_seq {
+            return Err(if event.seq > self.expected_seq {
+                fail(format!("events {} to {} are missing (deleted)", self.expected_seq, event.seq - 1))
+            } else {
+                fail(format!("event {} appears out of order (inserted)", event.seq))
+            });
+        }
+        if event.prev_hash != self.prev_hash {
+            return Err(fail("does not link to its predecessor (the predecessor was replaced, or this event was inserted)".into()));
+        }
+        let recomputed = chain_hash(event.seq, &event.prev_hash, &event.body).map_err(|e| fail(e.to_string()))?;
+        if recomputed != event.hash {
+            return Err(fail("content does not match its hash (modified)".into()));
+        }
+        self.expected_seq += 1;
+        self.prev_hash = event.hash.clone();
+        self.checked += 1;
+        Ok(())
+    }
+
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::decision::ReasonCode;
+
+    fn body(n: u8) -> EventBody {
+        EventBody {
+            event_id: format!("evt_{n}"),
+            time: i64::from(n),
+            kind: EventKind::ToolCallDecided,
+            agent: "agent-1".into(),
+            user: Some("alice".into()),
+            session_id: Some("ses_1".into()),
+            decision_id: Some(format!("dec_{n}")),
+            tool: Some("web.search".into()),
+            call_id: Some(format!("call_{n}")),
+            outcome: Some(Outcome::Allow),
+            reasons: vec![Reason::from_policy(ReasonCode::PolicyAllow, "allow-search", "ok")],
+            policy_version: Some("v".into()),
+            arguments_digest: Some("d".into()),
+            arguments_redacted: Some("{}".into()),
+        }
+    }
+
+    fn chain(n: u8) -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n)
+            .map(|i| {
+                let e = AuditEvent::chain(i64::from(i), prev.clone(), body(i)).unwrap();
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    fn verify(events: &[AuditEvent]) -> Result<u64, ChainBreak> {
+        let mut v = ChainVerifier::default();
+        for e in events {
+            v.check(e)?;
+        }
+        Ok(v.checked())
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        assert_eq!(verify(&chain(5)), Ok(5));
+    }
+
+    #[test]
+    fn modification_deletion_and_insertion_name_the_first_bad_event() {
+        let mut modified = chain(5);
+        modified[2].body.outcome = Some(Outcome::Deny);
+        let err = verify(&modified).unwrap_err();
+        assert_eq!((err.seq, err.event_id.as_str()), (3, "evt_3"));
+        assert!(err.problem.contains("modified"), "{}", err.problem);
+
+        let mut deleted = chain(5);
+        deleted.remove(1);
+        let err = verify(&deleted).unwrap_err();
+        assert_eq!(err.seq, 3);
+        assert!(err.problem.contains("missing"), "{}", err.problem);
+
+        // A forged event re-using a position and re-hashed by the forger still breaks the next link.
+        let mut inserted = chain(5);
+        let forged = AuditEvent::chain(3, inserted[1].hash.clone(), body(9)).unwrap();
+        inserted[2] = forged;
+        let err = verify(&inserted).unwrap_err();
+        assert_eq!(err.seq, 4);
+        assert!(err.problem.contains("link"), "{}", err.problem);
+    }
+
+    #[test]
+    fn digest_is_canonical_and_integers_stay_exact() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551615}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{ "n":18446744073709551615, "a":[true, null], "b":1.0 }"#).unwrap();
+        assert_eq!(arguments_digest(&a).unwrap(), arguments_digest(&b).unwrap());
+        let c: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551614}"#).unwrap();
+        assert_ne!(arguments_digest(&a).unwrap(), arguments_digest(&c).unwrap());
+    }
+
+    #[test]
+    fn redaction_reaches_nested_fields_case_insensitively() {
+        let args = serde_json::json!({"to": "x", "Password": "p", "nested": [{"api_key": "k", "ok": 1}]});
+        let red = redact(&args, &["password".into(), "api_key".into()]);
+        assert_eq!(red, serde_json::json!({"to": "x", "Password": REDACTED, "nested": [{"api_key": REDACTED, "ok": 1}]}));
+    }
+}

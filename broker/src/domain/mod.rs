@@ -1,0 +1,5 @@
+//! The broker's domain: sessions, decisions and the audit trail's content. Knows neither tonic nor sqlx.
+
+pub mod audit;
+pub mod decision;
+pub mod session;
