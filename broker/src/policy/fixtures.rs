@@ -1,0 +1,124 @@
+//! Decision fixtures: JSON files under `<policies>/fixtures/` stating a request and the decision and
+//! deciding policies expected for it. They run in the tests and through `broker policy test`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{PolicyEngine, SessionFacts, ToolCall};
+use crate::domain::decision::Outcome;
+
+pub const FIXTURES_DIR: &str = "fixtures";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    pub name: String,
+    pub agent: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    pub tool: String,
+    pub args: serde_json::Value,
+    #[serde(default)]
+    pub session: FixtureSession,
+    pub expect: Expect,
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["agent".to_owned()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FixtureSession {
+    pub purpose: String,
+    pub calls: i64,
+    pub max_calls: i64,
+}
+
+impl Default for FixtureSession {
+    fn default() -> Self {
+        Self { purpose: "fixture".to_owned(), calls: 0, max_calls: 100 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub outcome: Outcome,
+    /// The deciding policy ids, in any order; empty when no policy decided.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Reason codes that must all appear, when given.
+    #[serde(default)]
+    pub codes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct FixtureResult {
+    pub file: PathBuf,
+    pub name: String,
+    /// Empty when the fixture passed; otherwise what differed.
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {message}", path.display())]
+    Read { path: PathBuf, message: String },
+}
+
+/// Runs every `*.json` fixture file under `dir` against `engine`.
+pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<FixtureResult>, Error> {
+    let read_err = |path: &Path, e: &dyn std::fmt::Display| Error::Read { path: path.to_path_buf(), message: e.to_string() };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| read_err(dir, &e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut results = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| read_err(&file, &e))?;
+        let fixtures: Vec<Fixture> = serde_json::from_str(&text).map_err(|e| read_err(&file, &e))?;
+        for f in fixtures {
+            let failure = check(engine, &f);
+            results.push(FixtureResult { file: file.clone(), name: f.name, failure });
+        }
+    }
+    Ok(results)
+}
+
+fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
+    let verdict = engine.decide(&ToolCall {
+        agent: &f.agent,
+        user: f.user.as_deref(),
+        roles: f.roles.iter().map(String::as_str).collect(),
+        tool: &f.tool,
+        args: &f.args,
+        session: SessionFacts { id: "ses_fixture", purpose: &f.session.purpose, calls: f.session.calls, max_calls: f.session.max_calls },
+    });
+    let mut got: Vec<&str> = verdict.policy_ids();
+    got.sort_unstable();
+    let mut want: Vec<&str> = f.expect.policies.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    let codes: Vec<&str> = verdict.reasons.iter().map(|r| r.code.as_str()).collect();
+    let missing_codes: Vec<&String> = f.expect.codes.iter().filter(|c| !codes.contains(&c.as_str())).collect();
+    if verdict.outcome != f.expect.outcome || got != want || !missing_codes.is_empty() {
+        let messages: Vec<&str> = verdict.reasons.iter().map(|r| r.message.as_str()).collect();
+        Some(format!(
+            "expected {} by {:?} with codes {:?}, got {} by {:?} with codes {:?} ({})",
+            f.expect.outcome.as_str(),
+            want,
+            f.expect.codes,
+            verdict.outcome.as_str(),
+            got,
+            codes,
+            messages.join("; ")
+        ))
+    } else {
+        None
+    }
+}

@@ -1,0 +1,254 @@
+//! The policy engine: Cedar policies over the tool catalogue. Loaded once, strictly validated, then
+//! asked per tool call. A verdict is a value (ALLOW or DENY with reasons); nothing here fails open.
+
+mod args;
+mod catalogue;
+pub mod fixtures;
+mod load;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema,
+};
+
+pub use args::{ArgError, ArgType, RecordType};
+pub use load::{ENTITIES_FILE, SCHEMA_FILE};
+
+use crate::domain::decision::{Outcome, Reason, ReasonCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    /// A problem in a policy file, at a place the author can find.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Source { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: no policies found (expected `*.cedar` files); refusing to start without policies", dir.display())]
+    NoPolicies { dir: PathBuf },
+    #[error("{}: {message}", path.display())]
+    Catalogue { path: PathBuf, message: String },
+}
+
+/// What a tool call looks like to the policies.
+#[derive(Debug, Clone)]
+pub struct ToolCall<'a> {
+    pub agent: &'a str,
+    pub user: Option<&'a str>,
+    pub roles: Vec<&'a str>,
+    pub tool: &'a str,
+    pub args: &'a serde_json::Value,
+    pub session: SessionFacts<'a>,
+}
+
+/// `context.session` as policies see it.
+#[derive(Debug, Clone)]
+pub struct SessionFacts<'a> {
+    pub id: &'a str,
+    pub purpose: &'a str,
+    pub calls: i64,
+    pub max_calls: i64,
+}
+
+/// The policy engine's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+}
+
+impl Verdict {
+    fn deny(code: ReasonCode, message: impl Into<String>) -> Self {
+        Self { outcome: Outcome::Deny, reasons: vec![Reason::new(code, message)] }
+    }
+
+    /// The ids of the policies that decided, in the order given.
+    pub fn policy_ids(&self) -> Vec<&str> {
+        self.reasons.iter().filter_map(|r| r.policy_id.as_deref()).collect()
+    }
+}
+
+/// A tool as the engine holds it: its argument type and the entities every request about it needs.
+struct Tool {
+    args: RecordType,
+    action: EntityUid,
+    resource: EntityUid,
+    /// The tool's entity and its action entities (with their groups), built once per load.
+    entities: Vec<Entity>,
+}
+
+pub struct PolicyEngine {
+    schema: Schema,
+    policies: PolicySet,
+    tools: HashMap<String, Tool>,
+    reasons: HashMap<PolicyId, String>,
+    version: String,
+    authorizer: Authorizer,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("dir", &self.dir)
+            .field("version", &self.version)
+            .field("tools", &self.tools.len())
+            .field("policies", &self.reasons.len())
+            .finish()
+    }
+}
+
+fn type_name(name: &str) -> Result<EntityTypeName, String> {
+    EntityTypeName::from_str(name).map_err(|e| e.to_string())
+}
+
+/// Entity uids are built from typed parts, never by formatting Cedar source.
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    Ok(EntityUid::from_type_name_and_id(type_name(ty)?, EntityId::new(id)))
+}
+
+impl PolicyEngine {
+    /// Loads and strictly validates a policy directory; any problem stops the load with file and line.
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let loaded = load::load(dir)?;
+        let catalogue_err = |message: String| Error::Catalogue { path: dir.join(SCHEMA_FILE), message };
+        let specs = catalogue::from_schema_json(&loaded.schema_json).map_err(catalogue_err)?;
+        let actions = loaded.schema.action_entities().map_err(|e| catalogue_err(e.to_string()))?;
+        let call_tool = uid("Action", catalogue::CALL_TOOL).map_err(catalogue_err)?;
+        let call_tool_entity = actions.get(&call_tool).cloned().ok_or_else(|| catalogue_err("no call_tool action".into()))?;
+
+        let mut tools = HashMap::new();
+        for (name, spec) in specs {
+            let action = uid("Action", &name).map_err(catalogue_err)?;
+            let resource = uid("Tool", &name).map_err(catalogue_err)?;
+            let tool_entity = loaded.entities.get(&resource).cloned().ok_or_else(|| Error::Catalogue {
+                path: dir.join(ENTITIES_FILE),
+                message: format!("tool `{name}` is in the schema but has no `Tool::\"{name}\"` entity"),
+            })?;
+            let action_entity = actions.get(&action).cloned().ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
+            let entities = vec![tool_entity, action_entity, call_tool_entity.clone()];
+            tools.insert(name, Tool { args: spec.args, action, resource, entities });
+        }
+
+        let reasons = loaded
+            .policies
+            .policies()
+            .map(|p| {
+                let message = p.annotation("reason").map_or_else(|| format!("policy `{}`", p.id()), str::to_owned);
+                (p.id().clone(), message)
+            })
+            .collect();
+        Ok(Self {
+            schema: loaded.schema,
+            policies: loaded.policies,
+            tools,
+            reasons,
+            version: loaded.version,
+            authorizer: Authorizer::new(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// SHA-256 of the schema, entities and policy files that decide.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.reasons.len()
+    }
+
+    pub fn tool_names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+
+    pub fn knows_tool(&self, tool: &str) -> bool {
+        self.tools.contains_key(tool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Decides one tool call. Unknown tools and ill-typed arguments are DENY; so is any evaluation error
+    /// (Cedar skips a policy that errors, which for a `forbid` would fail open: we refuse instead).
+    pub fn decide(&self, call: &ToolCall<'_>) -> Verdict {
+        let Some(tool) = self.tools.get(call.tool) else {
+            return Verdict::deny(ReasonCode::UnknownTool, format!("tool `{}` is not in the catalogue", call.tool));
+        };
+        let args = match tool.args.convert(call.args, "args") {
+            Ok(a) => a,
+            Err(e) => return Verdict::deny(ReasonCode::InvalidArguments, e.to_string()),
+        };
+        match self.evaluate(tool, call, args) {
+            Ok(v) => v,
+            Err(message) => Verdict::deny(ReasonCode::PolicyError, message),
+        }
+    }
+
+    fn evaluate(&self, tool: &Tool, call: &ToolCall<'_>, args: RestrictedExpression) -> Result<Verdict, String> {
+        let session = RestrictedExpression::new_record([
+            ("id".to_owned(), RestrictedExpression::new_string(call.session.id.to_owned())),
+            ("purpose".to_owned(), RestrictedExpression::new_string(call.session.purpose.to_owned())),
+            ("calls".to_owned(), RestrictedExpression::new_long(call.session.calls)),
+            ("max_calls".to_owned(), RestrictedExpression::new_long(call.session.max_calls)),
+        ])
+        .map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([("args".to_owned(), args), ("session".to_owned(), session)]).map_err(|e| e.to_string())?;
+
+        let principal = uid("Agent", call.agent)?;
+        let roles: HashSet<EntityUid> = call.roles.iter().map(|r| uid("Role", r)).collect::<Result<_, _>>()?;
+        let mut attrs = HashMap::new();
+        let mut request_entities = tool.entities.clone();
+        if let Some(user) = call.user {
+            let user_uid = uid("User", user)?;
+            attrs.insert("user".to_owned(), RestrictedExpression::new_entity_uid(user_uid.clone()));
+            request_entities.push(Entity::new_no_attrs(user_uid, HashSet::new()));
+        }
+        request_entities.push(Entity::new(principal.clone(), attrs, roles).map_err(|e| e.to_string())?);
+        let entities = Entities::from_entities(request_entities, None).map_err(|e| e.to_string())?;
+
+        // The schema check here is a second line of defence: `args` was already typed against it.
+        let request = Request::new(principal, tool.action.clone(), tool.resource.clone(), context, Some(&self.schema))
+            .map_err(|e| format!("request does not match the schema: {e}"))?;
+        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        let diagnostics = response.diagnostics();
+        let errored: Vec<String> = diagnostics
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id().to_string(),
+            })
+            .collect();
+        let mut deciding: Vec<&PolicyId> = diagnostics.reason().collect();
+        deciding.sort();
+        let reason_for = |code: ReasonCode, id: &PolicyId| {
+            let message = self.reasons.get(id).cloned().unwrap_or_else(|| format!("policy `{id}`"));
+            Reason::from_policy(code, id.to_string(), message)
+        };
+        Ok(match response.decision() {
+            CedarDecision::Allow if errored.is_empty() => {
+                Verdict { outcome: Outcome::Allow, reasons: deciding.into_iter().map(|id| reason_for(ReasonCode::PolicyAllow, id)).collect() }
+            }
+            CedarDecision::Allow => Verdict::deny(
+                ReasonCode::PolicyError,
+                format!("policies {} failed to evaluate; refusing rather than skipping them", errored.join(", ")),
+            ),
+            CedarDecision::Deny if !deciding.is_empty() => {
+                Verdict { outcome: Outcome::Deny, reasons: deciding.into_iter().map(|id| reason_for(ReasonCode::PolicyDeny, id)).collect() }
+            }
+            CedarDecision::Deny => {
+                let mut v = Verdict::deny(ReasonCode::NoPolicyAllows, format!("no policy allows `{}` for this agent", call.tool));
+                if !errored.is_empty() {
+                    v.reasons.push(Reason::new(ReasonCode::PolicyError, format!("policies {} failed to evaluate", errored.join(", "))));
+                }
+                v
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
