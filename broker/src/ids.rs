@@ -22,8 +22,9 @@ pub fn event_id() -> String {
 
 /// True when `id` has the shape of an id minted with `prefix` (prefix + 32 lowercase hex digits).
 pub fn is_well_formed(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix)
-        .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 #[cfg(test)]

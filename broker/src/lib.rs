@@ -1,7 +1,173 @@
 //! The authorization broker: every agent tool call passes through here before it happens.
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod api;
+pub mod auth;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod ids;
 pub mod policy;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::auth::Verifier;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::domain::broker::{Broker, Settings};
+use crate::policy::PolicyEngine;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
+    #[error("policies: {0}")]
+    Policy(#[from] policy::Error),
+    #[error("database: {0}")]
+    Store(#[from] store::Error),
+    #[error("listen on {addr}: {message}")]
+    Listen { addr: SocketAddr, message: String },
+    #[error(transparent)]
+    Api(#[from] api::Error),
+}
+
+/// A running broker.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub backend: store::Backend,
+    /// Swap the policy set in effect (a reload).
+    pub policies: watch::Sender<Arc<PolicyEngine>>,
+    /// Set when the dev issuer is in use: the HMAC key tokens are signed with.
+    pub dev_secret: Option<Vec<u8>>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), api::Error>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight calls, and returns.
+    pub async fn shutdown(self) -> Result<(), api::Error> {
+        let Running { shutdown, task, .. } = self;
+        let _ = shutdown.send(());
+        task.await.map_err(|e| api::Error::Serve(e.to_string()))?
+    }
+
+    /// Serves until the server stops by itself.
+    pub async fn wait(self) -> Result<(), api::Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(api::Error::Serve(e.to_string())),
+        }
+    }
+
+    /// Stops on the first of `signal` or the server ending by itself.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), api::Error> {
+        let Running {
+            shutdown, mut task, ..
+        } = self;
+        tokio::select! {
+            r = &mut task => return r.map_err(|e| api::Error::Serve(e.to_string()))?,
+            () = signal => {}
+        }
+        let _ = shutdown.send(());
+        task.await.map_err(|e| api::Error::Serve(e.to_string()))?
+    }
+}
+
+/// Whether tokens are verified with the dev issuer's key (no other key source configured).
+pub fn uses_dev_issuer(config: &Config) -> bool {
+    let a = &config.auth;
+    config.dev_issuer
+        && a.hmac_secret_file.is_none()
+        && a.public_keys.is_empty()
+        && a.jwks_file.is_none()
+        && a.jwks_url.is_none()
+}
+
+/// Starts the broker: keys, then policies (strictly validated), then the database (migrated), and
+/// only then the server, so that health says SERVING only when all of them are ready.
+pub async fn start(
+    config: Config,
+    listener: Option<TcpListener>,
+    clock: SharedClock,
+) -> Result<Running, StartError> {
+    config.validate()?;
+    let dev_secret = if uses_dev_issuer(&config) {
+        let (secret, created) = auth::dev::load_or_create_secret(&config.data_dir)?;
+        if created {
+            tracing::info!(path = %config.data_dir.join("dev-signing-key").display(), "created a development signing key");
+        }
+        Some(secret)
+    } else {
+        None
+    };
+    let verifier = Verifier::from_config(&config.auth, dev_secret.clone()).await?;
+
+    let engine = PolicyEngine::load(&config.policies)?;
+    tracing::info!(dir = %config.policies.display(), policies = engine.policy_count(), version = engine.version(), "policies loaded");
+    let (policies_tx, policies_rx) = watch::channel(Arc::new(engine));
+
+    let store = Store::connect(&config.store_config()).await?;
+    store.migrate().await?;
+    let backend = store.backend();
+    tracing::info!(backend = ?backend, "database ready");
+
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Listen {
+                addr: config.listen,
+                message: e.to_string(),
+            })?,
+    };
+    let addr = listener.local_addr().map_err(|e| StartError::Listen {
+        addr: config.listen,
+        message: e.to_string(),
+    })?;
+
+    let settings = Settings {
+        session: config.session.clone(),
+        audit: config.audit.clone(),
+        limits: config.limits.clone(),
+    };
+    let broker = Broker::new(store.clone(), policies_rx, clock.clone(), settings);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let limits = config.limits.clone();
+    let tls = config.tls.clone();
+    let task = tokio::spawn(async move {
+        api::serve(
+            broker,
+            verifier,
+            clock,
+            &limits,
+            tls.as_ref(),
+            listener,
+            async {
+                let _ = shutdown_rx.await;
+            },
+        )
+        .await
+    });
+    Ok(Running {
+        addr,
+        store,
+        backend,
+        policies: policies_tx,
+        dev_secret,
+        shutdown: shutdown_tx,
+        task,
+    })
+}

@@ -1,1 +1,355 @@
-fn main() {}
+//! The `broker` command: serve, migrate, dev tokens, policy checks and the audit trail.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use broker::auth::{dev, Role};
+use broker::clock::{rfc3339, SystemClock};
+use broker::config::{Config, Overrides};
+use broker::domain::decision::Outcome;
+use broker::policy::{fixtures, PolicyEngine};
+use broker::store::{EventFilter, Page, Store};
+
+/// Authorization broker for AI agents: every tool call is checked against sessions and Cedar policies,
+/// and recorded in a tamper-evident audit trail, before it happens.
+#[derive(Parser)]
+#[command(name = "broker", version)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// TOML config file; `BROKER_*` environment variables and these flags override it.
+    #[arg(long, global = true, env = "BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:50051].
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// `sqlite://PATH` or `postgres://...` [default: SQLite in the data dir].
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Policy directory [default: ./policies].
+    #[arg(long, global = true)]
+    policies: Option<PathBuf>,
+    /// Data directory for the embedded database and the dev signing key [default: ./broker-data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a JWT signed by the dev issuer's key (development only).
+    Token(TokenArgs),
+    /// Check or test policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The agent's (or person's) identity, the token's `sub`.
+    #[arg(long)]
+    sub: String,
+    /// A role to grant; repeat for several: agent, approver, admin, auditor.
+    #[arg(long = "role", required = true)]
+    roles: Vec<String>,
+    /// The user the agent acts for.
+    #[arg(long)]
+    on_behalf_of: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Lifetime, e.g. `1h`, `15m`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse and strictly validate a policy directory.
+    Check { dir: Option<PathBuf> },
+    /// Run the decision fixtures in `<dir>/fixtures`.
+    Test { dir: Option<PathBuf> },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutcomeArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 naming the first event modified, inserted or deleted.
+    Verify,
+    /// List audit events, oldest first.
+    List {
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long, value_enum)]
+        outcome: Option<OutcomeArg>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(field: &str, s: &str) -> anyhow::Result<i64> {
+    Ok(chrono::DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("`--{field}`: not an RFC 3339 time"))?
+        .timestamp_micros())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.global;
+    let overrides = Overrides {
+        listen: g.listen,
+        database_url: g.database_url,
+        policies: g.policies,
+        data_dir: g.data_dir,
+    };
+    let config = Config::load(g.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve { log_json } => serve(config, log_json).await,
+        Command::Migrate => {
+            let store = Store::connect(&config.store_config()).await?;
+            store.migrate().await?;
+            println!(
+                "migrations applied ({})",
+                redact_url(&config.effective_database_url())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(args) => token(&config, args),
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            let dir = dir.unwrap_or(config.policies);
+            let engine = PolicyEngine::load(&dir)?;
+            println!(
+                "{}: {} policies over {} tools are valid (version {})",
+                dir.display(),
+                engine.policy_count(),
+                engine.tool_names().count(),
+                engine.version()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Test { dir }) => policy_test(dir.unwrap_or(config.policies)),
+        Command::Audit(cmd) => audit(&config, cmd).await,
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!(
+            "{}://***{}",
+            url.get(..scheme).unwrap_or(""),
+            url.get(at..).unwrap_or("")
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+async fn serve(config: Config, log_json: bool) -> anyhow::Result<ExitCode> {
+    init_tracing(log_json);
+    let dev = broker::uses_dev_issuer(&config);
+    let running = broker::start(config.clone(), None, Arc::new(SystemClock)).await?;
+    tracing::info!(
+        listen = %running.addr,
+        database = %redact_url(&config.effective_database_url()),
+        policies = %config.policies.display(),
+        data_dir = %config.data_dir.display(),
+        "broker serving (gRPC health and reflection enabled)"
+    );
+    if dev {
+        tracing::info!(
+            key = %config.data_dir.join("dev-signing-key").display(),
+            "dev issuer on: get a token with `broker token --sub agent-1 --role agent --on-behalf-of alice`"
+        );
+    }
+    running
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(config: &Config, args: TokenArgs) -> anyhow::Result<ExitCode> {
+    if !broker::uses_dev_issuer(config) {
+        bail!("the dev issuer is off (a key source is configured): tokens come from your identity provider");
+    }
+    let roles = args
+        .roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (secret, _) = dev::load_or_create_secret(&config.data_dir)?;
+    let req = dev::TokenRequest {
+        subject: args.sub,
+        roles,
+        on_behalf_of: args.on_behalf_of,
+        tenant: args.tenant,
+        ttl: args.ttl,
+        issuer: config.auth.issuer.clone(),
+        audience: config.auth.audience.clone(),
+    };
+    println!("{}", dev::mint(&secret, &config.auth, &req)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_test(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let engine = PolicyEngine::load(&dir)?;
+    let results = fixtures::run_dir(&engine, &dir.join(fixtures::FIXTURES_DIR))?;
+    let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
+    for r in &results {
+        match &r.failure {
+            None => println!("ok    {}", r.name),
+            Some(f) => println!("FAIL  {} ({}): {f}", r.name, r.file.display()),
+        }
+    }
+    println!(
+        "{} passed, {} failed",
+        results.len() - failed.len(),
+        failed.len()
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&config.store_config()).await?;
+    store.migrate().await?;
+    match cmd {
+        AuditCommand::Verify => {
+            let report = store.verify_chain().await?;
+            match report.first_break {
+                None => {
+                    println!("audit chain ok: {} events verified", report.events_checked);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(b) => {
+                    println!(
+                        "audit chain BROKEN at event {} ({}): {}; {} events before it verified",
+                        b.seq, b.event_id, b.problem, report.events_checked
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::List {
+            session,
+            agent,
+            tool,
+            outcome,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let filter = EventFilter {
+                session_id: session,
+                agent,
+                tool,
+                outcome: outcome.map(|o| match o {
+                    OutcomeArg::Allow => Outcome::Allow,
+                    OutcomeArg::Deny => Outcome::Deny,
+                }),
+                since: since.map(|s| parse_time("since", &s)).transpose()?,
+                until: until.map(|s| parse_time("until", &s)).transpose()?,
+            };
+            let (events, _) = store
+                .list_events(
+                    &filter,
+                    Page {
+                        after_seq: 0,
+                        limit: limit.clamp(1, 1000),
+                    },
+                )
+                .await?;
+            for e in &events {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    let b = &e.body;
+                    let reasons: Vec<String> = b
+                        .reasons
+                        .iter()
+                        .map(|r| r.code.as_str().to_owned())
+                        .collect();
+                    println!(
+                        "{:>6} {} {:<17} {:<6} agent={} user={} session={} tool={} {}",
+                        e.seq,
+                        rfc3339(b.time),
+                        b.kind.as_str(),
+                        b.outcome.map_or("-", Outcome::as_str),
+                        b.agent,
+                        b.user.as_deref().unwrap_or("-"),
+                        b.session_id.as_deref().unwrap_or("-"),
+                        b.tool.as_deref().unwrap_or("-"),
+                        reasons.join(",")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

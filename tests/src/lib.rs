@@ -1,1 +1,189 @@
+//! The end-to-end harness: a real broker on `127.0.0.1:0` over a real database (SQLite or Postgres, a fresh
+//! one per test), with a manual clock, tokens from its dev issuer, and SDK clients.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: failing loudly is the point"
+)]
+
+pub mod proxy;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::auth::{dev, Role};
+use broker::clock::ManualClock;
+use broker::config::Config;
+use broker::store::testing::TestDb;
+use broker::store::{Backend, StoreConfig};
+use broker::Running;
+use broker_sdk::{AuditClient, Client};
+
+pub use broker::store::Backend as DbBackend;
+
+/// Runs an async test body once on each backend: `both!(name);` defines `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::DbBackend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::DbBackend::Postgres).await
+            }
+        }
+    };
+}
+
+pub struct Options {
+    /// Route the broker's Postgres connections through a proxy the test can cut.
+    pub db_proxy: bool,
+    pub commit_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            db_proxy: false,
+            commit_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct Harness {
+    pub running: Running,
+    pub clock: ManualClock,
+    pub db: TestDb,
+    pub proxy: Option<proxy::Proxy>,
+    pub config: Config,
+    secret: Vec<u8>,
+    _data_dir: tempfile::TempDir,
+}
+
+pub fn policies_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+impl Harness {
+    pub async fn start(backend: Backend) -> Harness {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, opts: Options) -> Harness {
+        let store = StoreConfig {
+            connect_timeout: Duration::from_secs(1),
+            commit_timeout: opts.commit_timeout,
+            ..StoreConfig::default()
+        };
+        let db = TestDb::with_config(backend, store.clone())
+            .await
+            .expect("test database (is Postgres running on 127.0.0.1:5432?)");
+        let mut database_url = db.config().database_url.clone();
+        let proxy = if opts.db_proxy && backend == Backend::Postgres {
+            let p = proxy::Proxy::start("127.0.0.1:5432").await;
+            database_url = database_url.replacen("127.0.0.1:5432", &p.addr().to_string(), 1);
+            Some(p)
+        } else {
+            None
+        };
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_path_buf(),
+            database_url,
+            policies: policies_dir(),
+            store,
+            ..Config::default()
+        };
+        let clock = ManualClock::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = broker::start(config.clone(), Some(listener), Arc::new(clock.clone()))
+            .await
+            .expect("broker starts");
+        let secret = running.dev_secret.clone().expect("dev issuer in use");
+        Harness {
+            running,
+            clock,
+            db,
+            proxy,
+            config,
+            secret,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.running.addr)
+    }
+
+    pub fn token(&self, sub: &str, roles: &[Role], user: Option<&str>) -> String {
+        let req = dev::TokenRequest {
+            subject: sub.to_owned(),
+            roles: roles.to_vec(),
+            on_behalf_of: user.map(str::to_owned),
+            tenant: None,
+            ttl: Duration::from_secs(600),
+            issuer: self.config.auth.issuer.clone(),
+            audience: self.config.auth.audience.clone(),
+        };
+        dev::mint(&self.secret, &self.config.auth, &req).unwrap()
+    }
+
+    /// Signs arbitrary claims with the dev issuer's key (HS256), for tests of claim checks.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(&self.secret);
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &key,
+        )
+        .unwrap()
+    }
+
+    /// Claims the broker accepts, expiring in ten minutes.
+    pub fn valid_claims(&self, sub: &str) -> serde_json::Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        serde_json::json!({
+            "iss": self.config.auth.issuer, "aud": self.config.auth.audience, "sub": sub,
+            "iat": now, "nbf": now, "exp": now + 600, "roles": ["agent"]
+        })
+    }
+
+    /// An SDK client with an agent token acting for `user`.
+    pub async fn agent(&self, sub: &str, user: Option<&str>) -> Client {
+        self.client_with_token(self.token(sub, &[Role::Agent], user))
+            .await
+    }
+
+    pub async fn client_with_token(&self, token: String) -> Client {
+        Client::connect(self.endpoint(), token).await.unwrap()
+    }
+
+    pub async fn auditor(&self) -> AuditClient {
+        AuditClient::connect(
+            self.endpoint(),
+            self.token("security-team", &[Role::Auditor], None),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Drops the append-only triggers and runs `sql`, as an attacker with database rights would.
+    pub async fn tamper(&self, sql: &str) {
+        let drop = match self.db.backend() {
+            Backend::Sqlite => "DROP TRIGGER IF EXISTS audit_events_no_update; DROP TRIGGER IF EXISTS audit_events_no_delete;",
+            Backend::Postgres => "DROP TRIGGER IF EXISTS audit_events_no_update_or_delete ON audit_events;",
+        };
+        self.db.execute(drop).await.unwrap();
+        self.db.execute(sql).await.unwrap();
+    }
+}

@@ -118,19 +118,31 @@ fn hash_input(seq: i64, prev_hash: &str, body: &EventBody) -> Result<Vec<u8>, Er
         #[serde(flatten)]
         body: &'a EventBody,
     }
-    serde_jcs::to_vec(&Hashed { seq, prev_hash, body }).map_err(|e| Error::Canonical(e.to_string()))
+    serde_jcs::to_vec(&Hashed {
+        seq,
+        prev_hash,
+        body,
+    })
+    .map_err(|e| Error::Canonical(e.to_string()))
 }
 
 /// The hash of an event placed at `seq` after `prev_hash`.
 pub fn chain_hash(seq: i64, prev_hash: &str, body: &EventBody) -> Result<String, Error> {
-    Ok(hex::encode(Sha256::digest(hash_input(seq, prev_hash, body)?)))
+    Ok(hex::encode(Sha256::digest(hash_input(
+        seq, prev_hash, body,
+    )?)))
 }
 
 impl AuditEvent {
     /// Places `body` after the event whose hash is `prev_hash` (or the genesis) at position `seq`.
     pub fn chain(seq: i64, prev_hash: String, body: EventBody) -> Result<Self, Error> {
         let hash = chain_hash(seq, &prev_hash, &body)?;
-        Ok(Self { seq, prev_hash, hash, body })
+        Ok(Self {
+            seq,
+            prev_hash,
+            hash,
+            body,
+        })
     }
 }
 
@@ -157,7 +169,9 @@ pub fn redact(args: &serde_json::Value, secret_fields: &[String]) -> serde_json:
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(|v| redact(v, secret_fields)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| redact(v, secret_fields)).collect())
+        }
         other => other.clone(),
     }
 }
@@ -180,25 +194,41 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self { expected_seq: 1, prev_hash: GENESIS_HASH.to_owned(), checked: 0 }
+        Self {
+            expected_seq: 1,
+            prev_hash: GENESIS_HASH.to_owned(),
+            checked: 0,
+        }
     }
 }
 
 impl ChainVerifier {
     /// Checks the next event; on a break, says which event and why.
     pub fn check(&mut self, event: &AuditEvent) -> Result<(), ChainBreak> {
-        let fail = |problem: String| ChainBreak { seq: event.seq, event_id: event.body.event_id.clone(), problem };
+        let fail = |problem: String| ChainBreak {
+            seq: event.seq,
+            event_id: event.body.event_id.clone(),
+            problem,
+        };
         if event.seq != self.expected_seq {
             return Err(if event.seq > self.expected_seq {
-                fail(format!("events {} to {} are missing (deleted)", self.expected_seq, event.seq - 1))
+                fail(format!(
+                    "events {} to {} are missing (deleted)",
+                    self.expected_seq,
+                    event.seq - 1
+                ))
             } else {
-                fail(format!("event {} appears out of order (inserted)", event.seq))
+                fail(format!(
+                    "event {} appears out of order (inserted)",
+                    event.seq
+                ))
             });
         }
         if event.prev_hash != self.prev_hash {
             return Err(fail("does not link to its predecessor (the predecessor was replaced, or this event was inserted)".into()));
         }
-        let recomputed = chain_hash(event.seq, &event.prev_hash, &event.body).map_err(|e| fail(e.to_string()))?;
+        let recomputed = chain_hash(event.seq, &event.prev_hash, &event.body)
+            .map_err(|e| fail(e.to_string()))?;
         if recomputed != event.hash {
             return Err(fail("content does not match its hash (modified)".into()));
         }
@@ -230,7 +260,11 @@ mod tests {
             tool: Some("web.search".into()),
             call_id: Some(format!("call_{n}")),
             outcome: Some(Outcome::Allow),
-            reasons: vec![Reason::from_policy(ReasonCode::PolicyAllow, "allow-search", "ok")],
+            reasons: vec![Reason::from_policy(
+                ReasonCode::PolicyAllow,
+                "allow-search",
+                "ok",
+            )],
             policy_version: Some("v".into()),
             arguments_digest: Some("d".into()),
             arguments_redacted: Some("{}".into()),
@@ -286,17 +320,25 @@ mod tests {
 
     #[test]
     fn digest_is_canonical_and_integers_stay_exact() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551615}"#).unwrap();
-        let b: serde_json::Value = serde_json::from_str(r#"{ "n":18446744073709551615, "a":[true, null], "b":1.0 }"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551615}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{ "n":18446744073709551615, "a":[true, null], "b":1.0 }"#)
+                .unwrap();
         assert_eq!(arguments_digest(&a).unwrap(), arguments_digest(&b).unwrap());
-        let c: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551614}"#).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551614}"#).unwrap();
         assert_ne!(arguments_digest(&a).unwrap(), arguments_digest(&c).unwrap());
     }
 
     #[test]
     fn redaction_reaches_nested_fields_case_insensitively() {
-        let args = serde_json::json!({"to": "x", "Password": "p", "nested": [{"api_key": "k", "ok": 1}]});
+        let args =
+            serde_json::json!({"to": "x", "Password": "p", "nested": [{"api_key": "k", "ok": 1}]});
         let red = redact(&args, &["password".into(), "api_key".into()]);
-        assert_eq!(red, serde_json::json!({"to": "x", "Password": REDACTED, "nested": [{"api_key": REDACTED, "ok": 1}]}));
+        assert_eq!(
+            red,
+            serde_json::json!({"to": "x", "Password": REDACTED, "nested": [{"api_key": REDACTED, "ok": 1}]})
+        );
     }
 }

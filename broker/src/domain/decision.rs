@@ -88,11 +88,23 @@ pub struct Reason {
 
 impl Reason {
     pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
-        Self { code, policy_id: None, message: message.into() }
+        Self {
+            code,
+            policy_id: None,
+            message: message.into(),
+        }
     }
 
-    pub fn from_policy(code: ReasonCode, policy_id: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code, policy_id: Some(policy_id.into()), message: message.into() }
+    pub fn from_policy(
+        code: ReasonCode,
+        policy_id: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            policy_id: Some(policy_id.into()),
+            message: message.into(),
+        }
     }
 }
 

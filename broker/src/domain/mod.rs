@@ -1,5 +1,6 @@
 //! The broker's domain: sessions, decisions and the audit trail's content. Knows neither tonic nor sqlx.
 
 pub mod audit;
+pub mod broker;
 pub mod decision;
 pub mod session;

@@ -16,7 +16,8 @@ pub fn is_tool_name(name: &str) -> bool {
         && name.split('.').all(|seg| {
             let mut bytes = seg.bytes();
             bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-                && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                && bytes
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         })
 }
 
@@ -76,7 +77,9 @@ impl ToolScope {
         match self {
             ToolScope::All => true,
             // `email.*` covers `email.send` and `email.draft.create`, never `emailer.send` or `email` itself.
-            ToolScope::Prefix(p) => tool.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.')),
+            ToolScope::Prefix(p) => tool
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.starts_with('.')),
             ToolScope::Exact(t) => t == tool,
         }
     }
@@ -126,11 +129,20 @@ impl Session {
     /// Why this session cannot spend a call now, or `None` when it can.
     pub fn refusal(&self, now: Micros) -> Option<Reason> {
         match self.state(now) {
-            SessionState::Closed => Some(Reason::new(ReasonCode::SessionClosed, format!("session `{}` is closed", self.id))),
-            SessionState::Expired => Some(Reason::new(ReasonCode::SessionExpired, format!("session `{}` has expired", self.id))),
+            SessionState::Closed => Some(Reason::new(
+                ReasonCode::SessionClosed,
+                format!("session `{}` is closed", self.id),
+            )),
+            SessionState::Expired => Some(Reason::new(
+                ReasonCode::SessionExpired,
+                format!("session `{}` has expired", self.id),
+            )),
             SessionState::Open if !self.budget_left() => Some(Reason::new(
                 ReasonCode::BudgetExhausted,
-                format!("session `{}` has used all {} of its tool calls", self.id, self.max_tool_calls),
+                format!(
+                    "session `{}` has used all {} of its tool calls",
+                    self.id, self.max_tool_calls
+                ),
             )),
             SessionState::Open => None,
         }
@@ -156,7 +168,17 @@ mod tests {
 
     #[test]
     fn malformed_scopes_and_look_alike_names_are_refused() {
-        for bad in ["", "Email.send", "email.", ".send", "email.**", "e mail", "emaіl.send", "email\u{200b}.send", "*.send"] {
+        for bad in [
+            "",
+            "Email.send",
+            "email.",
+            ".send",
+            "email.**",
+            "e mail",
+            "emaіl.send",
+            "email\u{200b}.send",
+            "*.send",
+        ] {
             assert!(ToolScope::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(!is_tool_name("emaіl.send"), "Cyrillic i");

@@ -44,7 +44,10 @@ pub struct ArgError {
 
 impl ArgError {
     fn new(field: &str, problem: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), problem: problem.into() }
+        Self {
+            field: field.to_owned(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -77,12 +80,20 @@ impl ArgType {
 
     /// Converts `value`, found at `path`, into a Cedar value of this type.
     pub fn convert(&self, value: &Value, path: &str) -> Result<RestrictedExpression, ArgError> {
-        let mismatch = || ArgError::new(path, format!("expected {}, got {}", self.describe(), kind(value)));
+        let mismatch = || {
+            ArgError::new(
+                path,
+                format!("expected {}, got {}", self.describe(), kind(value)),
+            )
+        };
         match (self, value) {
             (ArgType::String, Value::String(s)) => Ok(RestrictedExpression::new_string(s.clone())),
             (ArgType::Long, Value::Number(n)) => match n.as_i64() {
                 Some(i) => Ok(RestrictedExpression::new_long(i)),
-                None if n.is_u64() => Err(ArgError::new(path, "integer is out of range (beyond 64-bit signed)")),
+                None if n.is_u64() => Err(ArgError::new(
+                    path,
+                    "integer is out of range (beyond 64-bit signed)",
+                )),
                 None => Err(mismatch()),
             },
             (ArgType::Bool, Value::Bool(b)) => Ok(RestrictedExpression::new_bool(*b)),
@@ -97,7 +108,10 @@ impl ArgType {
             (ArgType::Record(rec), Value::Object(_)) => rec.convert(value, path),
             (ArgType::Extension(ext), Value::String(s)) => {
                 if s.len() > 256 {
-                    return Err(ArgError::new(path, "extension value is longer than 256 characters"));
+                    return Err(ArgError::new(
+                        path,
+                        "extension value is longer than 256 characters",
+                    ));
                 }
                 Ok(match ext {
                     ExtensionType::Decimal => RestrictedExpression::new_decimal(s),
@@ -115,10 +129,16 @@ impl RecordType {
     /// Converts a JSON object: every required field present, no field the schema does not declare.
     pub fn convert(&self, value: &Value, path: &str) -> Result<RestrictedExpression, ArgError> {
         let Value::Object(map) = value else {
-            return Err(ArgError::new(path, format!("expected an object, got {}", kind(value))));
+            return Err(ArgError::new(
+                path,
+                format!("expected an object, got {}", kind(value)),
+            ));
         };
         if let Some(unknown) = map.keys().find(|k| !self.fields.contains_key(k.as_str())) {
-            return Err(ArgError::new(&format!("{path}.{unknown}"), "is not an argument of this tool"));
+            return Err(ArgError::new(
+                &format!("{path}.{unknown}"),
+                "is not an argument of this tool",
+            ));
         }
         let mut fields = Vec::with_capacity(map.len());
         for (name, (ty, required)) in &self.fields {
@@ -141,27 +161,59 @@ mod tests {
     fn refund() -> RecordType {
         let mut fields = BTreeMap::new();
         fields.insert("amount".to_owned(), (ArgType::Long, true));
-        fields.insert("to".to_owned(), (ArgType::Set(Box::new(ArgType::String)), false));
-        fields.insert("meta".to_owned(), (ArgType::Record(RecordType::default()), false));
+        fields.insert(
+            "to".to_owned(),
+            (ArgType::Set(Box::new(ArgType::String)), false),
+        );
+        fields.insert(
+            "meta".to_owned(),
+            (ArgType::Record(RecordType::default()), false),
+        );
         RecordType { fields }
     }
 
     #[test]
     fn well_typed_arguments_convert() {
-        assert!(refund().convert(&json!({"amount": 5, "to": ["a", "b"]}), "args").is_ok());
+        assert!(refund()
+            .convert(&json!({"amount": 5, "to": ["a", "b"]}), "args")
+            .is_ok());
     }
 
     #[test]
     fn type_errors_name_the_field() {
         let cases = [
-            (json!({"amount": "5"}), "args.amount", "expected an integer, got a string"),
-            (json!({"amount": 1.5}), "args.amount", "expected an integer, got a fractional number"),
+            (
+                json!({"amount": "5"}),
+                "args.amount",
+                "expected an integer, got a string",
+            ),
+            (
+                json!({"amount": 1.5}),
+                "args.amount",
+                "expected an integer, got a fractional number",
+            ),
             (json!({"amount": u64::MAX}), "args.amount", "out of range"),
             (json!({}), "args.amount", "is required"),
-            (json!({"amount": 1, "to": ["a", 3]}), "args.to[1]", "expected a string"),
-            (json!({"amount": 1, "extra": true}), "args.extra", "is not an argument"),
-            (json!({"amount": 1, "__entity": {"type": "Agent", "id": "root"}}), "args.__entity", "is not an argument"),
-            (json!({"amount": 1, "meta": {"__extn": {"fn": "ip", "arg": "1.2.3.4"}}}), "args.meta.__extn", "is not an argument"),
+            (
+                json!({"amount": 1, "to": ["a", 3]}),
+                "args.to[1]",
+                "expected a string",
+            ),
+            (
+                json!({"amount": 1, "extra": true}),
+                "args.extra",
+                "is not an argument",
+            ),
+            (
+                json!({"amount": 1, "__entity": {"type": "Agent", "id": "root"}}),
+                "args.__entity",
+                "is not an argument",
+            ),
+            (
+                json!({"amount": 1, "meta": {"__extn": {"fn": "ip", "arg": "1.2.3.4"}}}),
+                "args.meta.__extn",
+                "is not an argument",
+            ),
         ];
         for (value, field, problem) in cases {
             let err = refund().convert(&value, "args").unwrap_err();
@@ -175,7 +227,14 @@ mod tests {
         let mut fields = BTreeMap::new();
         fields.insert("q".to_owned(), (ArgType::String, true));
         let rec = RecordType { fields };
-        assert!(rec.convert(&json!({"q": {"__entity": {"type": "Agent", "id": "x"}}}), "args").is_err());
-        assert!(rec.convert(&json!({"q": "{\"__entity\":{}}"}), "args").is_ok());
+        assert!(rec
+            .convert(
+                &json!({"q": {"__entity": {"type": "Agent", "id": "x"}}}),
+                "args"
+            )
+            .is_err());
+        assert!(rec
+            .convert(&json!({"q": "{\"__entity\":{}}"}), "args")
+            .is_ok());
     }
 }

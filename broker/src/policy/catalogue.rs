@@ -21,44 +21,71 @@ pub struct ToolSpec {
 pub fn from_schema_json(schema: &Value) -> Result<HashMap<String, ToolSpec>, String> {
     let root = schema.as_object().ok_or("schema is not an object")?;
     if let Some(ns) = root.keys().find(|k| !k.is_empty()) {
-        return Err(format!("namespace `{ns}`: the broker's catalogue lives in the empty namespace"));
+        return Err(format!(
+            "namespace `{ns}`: the broker's catalogue lives in the empty namespace"
+        ));
     }
-    let ns = root.get("").and_then(Value::as_object).ok_or("schema declares nothing")?;
+    let ns = root
+        .get("")
+        .and_then(Value::as_object)
+        .ok_or("schema declares nothing")?;
     let empty = Map::new();
-    let common = ns.get("commonTypes").and_then(Value::as_object).unwrap_or(&empty);
-    let actions = ns.get("actions").and_then(Value::as_object).unwrap_or(&empty);
+    let common = ns
+        .get("commonTypes")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let actions = ns
+        .get("actions")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     if !actions.contains_key(CALL_TOOL) {
         return Err(format!("the schema has no `action {CALL_TOOL};` group"));
     }
     let mut tools = HashMap::new();
     for (name, action) in actions {
-        let in_call_tool = action.get("memberOf").and_then(Value::as_array).is_some_and(|groups| {
-            groups.iter().any(|g| g.get("id").and_then(Value::as_str) == Some(CALL_TOOL))
-        });
+        let in_call_tool = action
+            .get("memberOf")
+            .and_then(Value::as_array)
+            .is_some_and(|groups| {
+                groups
+                    .iter()
+                    .any(|g| g.get("id").and_then(Value::as_str) == Some(CALL_TOOL))
+            });
         if !in_call_tool {
             continue;
         }
         let at = |what: &str| format!("action `{name}`: {what}");
         if !is_tool_name(name) {
-            return Err(at("a tool name must be dot-separated lowercase ASCII segments such as `email.send`"));
+            return Err(at(
+                "a tool name must be dot-separated lowercase ASCII segments such as `email.send`",
+            ));
         }
-        let applies = action.get("appliesTo").ok_or_else(|| at("has no appliesTo"))?;
+        let applies = action
+            .get("appliesTo")
+            .ok_or_else(|| at("has no appliesTo"))?;
         let only = |key: &str, want: &str| {
-            applies.get(key).and_then(Value::as_array).is_some_and(|v| v.len() == 1 && v.first().and_then(Value::as_str) == Some(want))
+            applies
+                .get(key)
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.len() == 1 && v.first().and_then(Value::as_str) == Some(want))
         };
         if !only("principalTypes", "Agent") || !only("resourceTypes", "Tool") {
             return Err(at("must apply to principal [Agent] and resource [Tool]"));
         }
         let context = applies.get("context").ok_or_else(|| at("has no context"))?;
-        let context = match parse_type(context, common, 0).map_err(|e| at(&format!("context: {e}")))? {
-            ArgType::Record(r) => r,
-            _ => return Err(at("context must be a record")),
-        };
+        let context =
+            match parse_type(context, common, 0).map_err(|e| at(&format!("context: {e}")))? {
+                ArgType::Record(r) => r,
+                _ => return Err(at("context must be a record")),
+            };
         let args = match context.fields.get("args") {
             Some((ArgType::Record(r), true)) => r.clone(),
             _ => return Err(at("context must have a required record `args`")),
         };
-        if !matches!(context.fields.get("session"), Some((ArgType::Record(_), true))) {
+        if !matches!(
+            context.fields.get("session"),
+            Some((ArgType::Record(_), true))
+        ) {
             return Err(at("context must have a required `session` of type Session"));
         }
         tools.insert(name.clone(), ToolSpec { args });
@@ -70,16 +97,26 @@ fn parse_type(v: &Value, common: &Map<String, Value>, depth: usize) -> Result<Ar
     if depth > 32 {
         return Err("types nest too deeply".into());
     }
-    let ty = v.get("type").and_then(Value::as_str).ok_or("a type without `type`")?;
+    let ty = v
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("a type without `type`")?;
     let name = v.get("name").and_then(Value::as_str);
     Ok(match ty {
         "String" => ArgType::String,
         "Long" => ArgType::Long,
         "Bool" | "Boolean" => ArgType::Bool,
-        "Set" => ArgType::Set(Box::new(parse_type(v.get("element").ok_or("a Set without `element`")?, common, depth + 1)?)),
+        "Set" => ArgType::Set(Box::new(parse_type(
+            v.get("element").ok_or("a Set without `element`")?,
+            common,
+            depth + 1,
+        )?)),
         "Record" => {
             if v.get("additionalAttributes").and_then(Value::as_bool) == Some(true) {
-                return Err("records with additionalAttributes cannot be checked; declare every field".into());
+                return Err(
+                    "records with additionalAttributes cannot be checked; declare every field"
+                        .into(),
+                );
             }
             let mut fields = BTreeMap::new();
             if let Some(attrs) = v.get("attributes").and_then(Value::as_object) {
@@ -98,14 +135,23 @@ fn parse_type(v: &Value, common: &Map<String, Value>, depth: usize) -> Result<Ar
             Some("duration") => ExtensionType::Duration,
             other => return Err(format!("unknown extension type `{}`", other.unwrap_or(""))),
         }),
-        "Entity" => return Err(format!("entity type `{}` is not allowed in a tool's context", name.unwrap_or(""))),
+        "Entity" => {
+            return Err(format!(
+                "entity type `{}` is not allowed in a tool's context",
+                name.unwrap_or("")
+            ))
+        }
         "EntityOrCommon" => {
             let n = name.ok_or("a type reference without `name`")?;
-            let t = common.get(n).ok_or_else(|| format!("`{n}` is not a common type (entity types are not allowed)"))?;
+            let t = common.get(n).ok_or_else(|| {
+                format!("`{n}` is not a common type (entity types are not allowed)")
+            })?;
             parse_type(t, common, depth + 1)?
         }
         other => {
-            let t = common.get(other).ok_or_else(|| format!("unknown type `{other}`"))?;
+            let t = common
+                .get(other)
+                .ok_or_else(|| format!("unknown type `{other}`"))?;
             parse_type(t, common, depth + 1)?
         }
     })

@@ -40,7 +40,11 @@ pub struct FixtureSession {
 
 impl Default for FixtureSession {
     fn default() -> Self {
-        Self { purpose: "fixture".to_owned(), calls: 0, max_calls: 100 }
+        Self {
+            purpose: "fixture".to_owned(),
+            calls: 0,
+            max_calls: 100,
+        }
     }
 }
 
@@ -72,7 +76,10 @@ pub enum Error {
 
 /// Runs every `*.json` fixture file under `dir` against `engine`.
 pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<FixtureResult>, Error> {
-    let read_err = |path: &Path, e: &dyn std::fmt::Display| Error::Read { path: path.to_path_buf(), message: e.to_string() };
+    let read_err = |path: &Path, e: &dyn std::fmt::Display| Error::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| read_err(dir, &e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -82,10 +89,15 @@ pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<FixtureResult>, 
     let mut results = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| read_err(&file, &e))?;
-        let fixtures: Vec<Fixture> = serde_json::from_str(&text).map_err(|e| read_err(&file, &e))?;
+        let fixtures: Vec<Fixture> =
+            serde_json::from_str(&text).map_err(|e| read_err(&file, &e))?;
         for f in fixtures {
             let failure = check(engine, &f);
-            results.push(FixtureResult { file: file.clone(), name: f.name, failure });
+            results.push(FixtureResult {
+                file: file.clone(),
+                name: f.name,
+                failure,
+            });
         }
     }
     Ok(results)
@@ -98,14 +110,24 @@ fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
         roles: f.roles.iter().map(String::as_str).collect(),
         tool: &f.tool,
         args: &f.args,
-        session: SessionFacts { id: "ses_fixture", purpose: &f.session.purpose, calls: f.session.calls, max_calls: f.session.max_calls },
+        session: SessionFacts {
+            id: "ses_fixture",
+            purpose: &f.session.purpose,
+            calls: f.session.calls,
+            max_calls: f.session.max_calls,
+        },
     });
     let mut got: Vec<&str> = verdict.policy_ids();
     got.sort_unstable();
     let mut want: Vec<&str> = f.expect.policies.iter().map(String::as_str).collect();
     want.sort_unstable();
     let codes: Vec<&str> = verdict.reasons.iter().map(|r| r.code.as_str()).collect();
-    let missing_codes: Vec<&String> = f.expect.codes.iter().filter(|c| !codes.contains(&c.as_str())).collect();
+    let missing_codes: Vec<&String> = f
+        .expect
+        .codes
+        .iter()
+        .filter(|c| !codes.contains(&c.as_str()))
+        .collect();
     if verdict.outcome != f.expect.outcome || got != want || !missing_codes.is_empty() {
         let messages: Vec<&str> = verdict.reasons.iter().map(|r| r.message.as_str()).collect();
         Some(format!(

@@ -24,7 +24,10 @@ pub struct Loaded {
 }
 
 fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), message: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// 1-based line and column of a byte offset.
@@ -43,7 +46,10 @@ fn located(diag: &dyn Diagnostic, text: &str) -> (usize, usize) {
 }
 
 fn cedar_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), message: e.to_string() })?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
@@ -70,21 +76,28 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
     hash_part(SCHEMA_FILE, &schema_text);
     let schema_err = |diag: &dyn Diagnostic, message: String| {
         let (line, column) = located(diag, &schema_text);
-        Error::Source { path: schema_path.clone(), line, column, message }
+        Error::Source {
+            path: schema_path.clone(),
+            line,
+            column,
+            message,
+        }
     };
-    let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text).map_err(|e| schema_err(&e, e.to_string()))?;
-    let (schema_json, _) =
-        cedar_policy::schema_str_to_json_with_resolved_types(&schema_text).map_err(|e| schema_err(&e, e.to_string()))?;
+    let (schema, _warnings) =
+        Schema::from_cedarschema_str(&schema_text).map_err(|e| schema_err(&e, e.to_string()))?;
+    let (schema_json, _) = cedar_policy::schema_str_to_json_with_resolved_types(&schema_text)
+        .map_err(|e| schema_err(&e, e.to_string()))?;
 
     let entities_path = dir.join(ENTITIES_FILE);
     let entities_text = read(&entities_path)?;
     hash_part(ENTITIES_FILE, &entities_text);
-    let entities = Entities::from_json_str(&entities_text, Some(&schema)).map_err(|e| Error::Source {
-        path: entities_path.clone(),
-        line: 1,
-        column: 1,
-        message: full_message(&e),
-    })?;
+    let entities =
+        Entities::from_json_str(&entities_text, Some(&schema)).map_err(|e| Error::Source {
+            path: entities_path.clone(),
+            line: 1,
+            column: 1,
+            message: full_message(&e),
+        })?;
 
     let mut files = Vec::new();
     cedar_files(dir, &mut files)?;
@@ -92,19 +105,40 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
     let mut origin: Vec<(PolicyId, PathBuf, String)> = Vec::new();
     for path in &files {
         let text = read(path)?;
-        let rel = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(dir)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned();
         hash_part(&rel, &text);
         let parsed = PolicySet::from_str(&text).map_err(|e| {
             let (line, column) = located(&e, &text);
-            Error::Source { path: path.clone(), line, column, message: full_message(&e) }
+            Error::Source {
+                path: path.clone(),
+                line,
+                column,
+                message: full_message(&e),
+            }
         })?;
         if parsed.templates().next().is_some() {
-            return Err(Error::Source { path: path.clone(), line: 1, column: 1, message: "policy templates are not supported".into() });
+            return Err(Error::Source {
+                path: path.clone(),
+                line: 1,
+                column: 1,
+                message: "policy templates are not supported".into(),
+            });
         }
         for policy in parsed.policies() {
             let Some(id) = policy.annotation("id") else {
-                let first_line = policy.to_string().lines().next().unwrap_or_default().to_owned();
-                let (line, column) = text.find(first_line.as_str()).map_or((1, 1), |o| line_col(&text, o));
+                let first_line = policy
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let (line, column) = text
+                    .find(first_line.as_str())
+                    .map_or((1, 1), |o| line_col(&text, o));
                 return Err(Error::Source {
                     path: path.clone(),
                     line,
@@ -115,7 +149,9 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
                 });
             };
             // Cedar keeps no public location for a policy; its `@id` annotation is where authors look.
-            let at = text.rfind(&format!("\"{id}\"")).map_or((1, 1), |o| line_col(&text, o));
+            let at = text
+                .rfind(&format!("\"{id}\""))
+                .map_or((1, 1), |o| line_col(&text, o));
             let id = PolicyId::new(id);
             if let Some((_, first, _)) = origin.iter().find(|(known, _, _)| *known == id) {
                 return Err(Error::Source {
@@ -125,17 +161,21 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
                     message: format!("policy id `{id}` is already used in {}", first.display()),
                 });
             }
-            policies.add(policy.new_id(id.clone())).map_err(|e| Error::Source {
-                path: path.clone(),
-                line: at.0,
-                column: at.1,
-                message: e.to_string(),
-            })?;
+            policies
+                .add(policy.new_id(id.clone()))
+                .map_err(|e| Error::Source {
+                    path: path.clone(),
+                    line: at.0,
+                    column: at.1,
+                    message: e.to_string(),
+                })?;
             origin.push((id, path.clone(), text.clone()));
         }
     }
     if origin.is_empty() {
-        return Err(Error::NoPolicies { dir: dir.to_path_buf() });
+        return Err(Error::NoPolicies {
+            dir: dir.to_path_buf(),
+        });
     }
 
     let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
@@ -145,10 +185,21 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
             .find(|(id, _, _)| id == err.policy_id())
             .map_or((dir.to_path_buf(), ""), |(_, p, t)| (p.clone(), t.as_str()));
         let (line, column) = located(err, text);
-        return Err(Error::Source { path, line, column, message: format!("policy `{}`: {}", err.policy_id(), full_message(err)) });
+        return Err(Error::Source {
+            path,
+            line,
+            column,
+            message: format!("policy `{}`: {}", err.policy_id(), full_message(err)),
+        });
     }
 
-    Ok(Loaded { schema, schema_json, entities, policies, version: hex::encode(hasher.finalize()) })
+    Ok(Loaded {
+        schema,
+        schema_json,
+        entities,
+        policies,
+        version: hex::encode(hasher.finalize()),
+    })
 }
 
 /// The error with its help text, which is where Cedar says what to do about it.

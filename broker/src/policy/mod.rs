@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
 };
 
 pub use args::{ArgError, ArgType, RecordType};
@@ -26,7 +26,12 @@ pub enum Error {
     Io { path: PathBuf, message: String },
     /// A problem in a policy file, at a place the author can find.
     #[error("{}:{line}:{column}: {message}", path.display())]
-    Source { path: PathBuf, line: usize, column: usize, message: String },
+    Source {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{}: no policies found (expected `*.cedar` files); refusing to start without policies", dir.display())]
     NoPolicies { dir: PathBuf },
     #[error("{}: {message}", path.display())]
@@ -62,12 +67,18 @@ pub struct Verdict {
 
 impl Verdict {
     fn deny(code: ReasonCode, message: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Deny, reasons: vec![Reason::new(code, message)] }
+        Self {
+            outcome: Outcome::Deny,
+            reasons: vec![Reason::new(code, message)],
+        }
     }
 
     /// The ids of the policies that decided, in the order given.
     pub fn policy_ids(&self) -> Vec<&str> {
-        self.reasons.iter().filter_map(|r| r.policy_id.as_deref()).collect()
+        self.reasons
+            .iter()
+            .filter_map(|r| r.policy_id.as_deref())
+            .collect()
     }
 }
 
@@ -107,37 +118,69 @@ fn type_name(name: &str) -> Result<EntityTypeName, String> {
 
 /// Entity uids are built from typed parts, never by formatting Cedar source.
 fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
-    Ok(EntityUid::from_type_name_and_id(type_name(ty)?, EntityId::new(id)))
+    Ok(EntityUid::from_type_name_and_id(
+        type_name(ty)?,
+        EntityId::new(id),
+    ))
 }
 
 impl PolicyEngine {
     /// Loads and strictly validates a policy directory; any problem stops the load with file and line.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let loaded = load::load(dir)?;
-        let catalogue_err = |message: String| Error::Catalogue { path: dir.join(SCHEMA_FILE), message };
+        let catalogue_err = |message: String| Error::Catalogue {
+            path: dir.join(SCHEMA_FILE),
+            message,
+        };
         let specs = catalogue::from_schema_json(&loaded.schema_json).map_err(catalogue_err)?;
-        let actions = loaded.schema.action_entities().map_err(|e| catalogue_err(e.to_string()))?;
+        let actions = loaded
+            .schema
+            .action_entities()
+            .map_err(|e| catalogue_err(e.to_string()))?;
         let call_tool = uid("Action", catalogue::CALL_TOOL).map_err(catalogue_err)?;
-        let call_tool_entity = actions.get(&call_tool).cloned().ok_or_else(|| catalogue_err("no call_tool action".into()))?;
+        let call_tool_entity = actions
+            .get(&call_tool)
+            .cloned()
+            .ok_or_else(|| catalogue_err("no call_tool action".into()))?;
 
         let mut tools = HashMap::new();
         for (name, spec) in specs {
             let action = uid("Action", &name).map_err(catalogue_err)?;
             let resource = uid("Tool", &name).map_err(catalogue_err)?;
-            let tool_entity = loaded.entities.get(&resource).cloned().ok_or_else(|| Error::Catalogue {
-                path: dir.join(ENTITIES_FILE),
-                message: format!("tool `{name}` is in the schema but has no `Tool::\"{name}\"` entity"),
-            })?;
-            let action_entity = actions.get(&action).cloned().ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
+            let tool_entity =
+                loaded
+                    .entities
+                    .get(&resource)
+                    .cloned()
+                    .ok_or_else(|| Error::Catalogue {
+                        path: dir.join(ENTITIES_FILE),
+                        message: format!(
+                            "tool `{name}` is in the schema but has no `Tool::\"{name}\"` entity"
+                        ),
+                    })?;
+            let action_entity = actions
+                .get(&action)
+                .cloned()
+                .ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
             let entities = vec![tool_entity, action_entity, call_tool_entity.clone()];
-            tools.insert(name, Tool { args: spec.args, action, resource, entities });
+            tools.insert(
+                name,
+                Tool {
+                    args: spec.args,
+                    action,
+                    resource,
+                    entities,
+                },
+            );
         }
 
         let reasons = loaded
             .policies
             .policies()
             .map(|p| {
-                let message = p.annotation("reason").map_or_else(|| format!("policy `{}`", p.id()), str::to_owned);
+                let message = p
+                    .annotation("reason")
+                    .map_or_else(|| format!("policy `{}`", p.id()), str::to_owned);
                 (p.id().clone(), message)
             })
             .collect();
@@ -177,7 +220,10 @@ impl PolicyEngine {
     /// (Cedar skips a policy that errors, which for a `forbid` would fail open: we refuse instead).
     pub fn decide(&self, call: &ToolCall<'_>) -> Verdict {
         let Some(tool) = self.tools.get(call.tool) else {
-            return Verdict::deny(ReasonCode::UnknownTool, format!("tool `{}` is not in the catalogue", call.tool));
+            return Verdict::deny(
+                ReasonCode::UnknownTool,
+                format!("tool `{}` is not in the catalogue", call.tool),
+            );
         };
         let args = match tool.args.convert(call.args, "args") {
             Ok(a) => a,
@@ -189,60 +235,119 @@ impl PolicyEngine {
         }
     }
 
-    fn evaluate(&self, tool: &Tool, call: &ToolCall<'_>, args: RestrictedExpression) -> Result<Verdict, String> {
+    fn evaluate(
+        &self,
+        tool: &Tool,
+        call: &ToolCall<'_>,
+        args: RestrictedExpression,
+    ) -> Result<Verdict, String> {
         let session = RestrictedExpression::new_record([
-            ("id".to_owned(), RestrictedExpression::new_string(call.session.id.to_owned())),
-            ("purpose".to_owned(), RestrictedExpression::new_string(call.session.purpose.to_owned())),
-            ("calls".to_owned(), RestrictedExpression::new_long(call.session.calls)),
-            ("max_calls".to_owned(), RestrictedExpression::new_long(call.session.max_calls)),
+            (
+                "id".to_owned(),
+                RestrictedExpression::new_string(call.session.id.to_owned()),
+            ),
+            (
+                "purpose".to_owned(),
+                RestrictedExpression::new_string(call.session.purpose.to_owned()),
+            ),
+            (
+                "calls".to_owned(),
+                RestrictedExpression::new_long(call.session.calls),
+            ),
+            (
+                "max_calls".to_owned(),
+                RestrictedExpression::new_long(call.session.max_calls),
+            ),
         ])
         .map_err(|e| e.to_string())?;
-        let context = Context::from_pairs([("args".to_owned(), args), ("session".to_owned(), session)]).map_err(|e| e.to_string())?;
+        let context =
+            Context::from_pairs([("args".to_owned(), args), ("session".to_owned(), session)])
+                .map_err(|e| e.to_string())?;
 
         let principal = uid("Agent", call.agent)?;
-        let roles: HashSet<EntityUid> = call.roles.iter().map(|r| uid("Role", r)).collect::<Result<_, _>>()?;
+        let roles: HashSet<EntityUid> = call
+            .roles
+            .iter()
+            .map(|r| uid("Role", r))
+            .collect::<Result<_, _>>()?;
         let mut attrs = HashMap::new();
         let mut request_entities = tool.entities.clone();
         if let Some(user) = call.user {
             let user_uid = uid("User", user)?;
-            attrs.insert("user".to_owned(), RestrictedExpression::new_entity_uid(user_uid.clone()));
+            attrs.insert(
+                "user".to_owned(),
+                RestrictedExpression::new_entity_uid(user_uid.clone()),
+            );
             request_entities.push(Entity::new_no_attrs(user_uid, HashSet::new()));
         }
-        request_entities.push(Entity::new(principal.clone(), attrs, roles).map_err(|e| e.to_string())?);
-        let entities = Entities::from_entities(request_entities, None).map_err(|e| e.to_string())?;
+        request_entities
+            .push(Entity::new(principal.clone(), attrs, roles).map_err(|e| e.to_string())?);
+        let entities =
+            Entities::from_entities(request_entities, None).map_err(|e| e.to_string())?;
 
         // The schema check here is a second line of defence: `args` was already typed against it.
-        let request = Request::new(principal, tool.action.clone(), tool.resource.clone(), context, Some(&self.schema))
-            .map_err(|e| format!("request does not match the schema: {e}"))?;
-        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        let request = Request::new(
+            principal,
+            tool.action.clone(),
+            tool.resource.clone(),
+            context,
+            Some(&self.schema),
+        )
+        .map_err(|e| format!("request does not match the schema: {e}"))?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
         let diagnostics = response.diagnostics();
         let errored: Vec<String> = diagnostics
             .errors()
             .map(|e| match e {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id().to_string(),
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                    e.policy_id().to_string()
+                }
             })
             .collect();
         let mut deciding: Vec<&PolicyId> = diagnostics.reason().collect();
         deciding.sort();
         let reason_for = |code: ReasonCode, id: &PolicyId| {
-            let message = self.reasons.get(id).cloned().unwrap_or_else(|| format!("policy `{id}`"));
+            let message = self
+                .reasons
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("policy `{id}`"));
             Reason::from_policy(code, id.to_string(), message)
         };
         Ok(match response.decision() {
-            CedarDecision::Allow if errored.is_empty() => {
-                Verdict { outcome: Outcome::Allow, reasons: deciding.into_iter().map(|id| reason_for(ReasonCode::PolicyAllow, id)).collect() }
-            }
+            CedarDecision::Allow if errored.is_empty() => Verdict {
+                outcome: Outcome::Allow,
+                reasons: deciding
+                    .into_iter()
+                    .map(|id| reason_for(ReasonCode::PolicyAllow, id))
+                    .collect(),
+            },
             CedarDecision::Allow => Verdict::deny(
                 ReasonCode::PolicyError,
-                format!("policies {} failed to evaluate; refusing rather than skipping them", errored.join(", ")),
+                format!(
+                    "policies {} failed to evaluate; refusing rather than skipping them",
+                    errored.join(", ")
+                ),
             ),
-            CedarDecision::Deny if !deciding.is_empty() => {
-                Verdict { outcome: Outcome::Deny, reasons: deciding.into_iter().map(|id| reason_for(ReasonCode::PolicyDeny, id)).collect() }
-            }
+            CedarDecision::Deny if !deciding.is_empty() => Verdict {
+                outcome: Outcome::Deny,
+                reasons: deciding
+                    .into_iter()
+                    .map(|id| reason_for(ReasonCode::PolicyDeny, id))
+                    .collect(),
+            },
             CedarDecision::Deny => {
-                let mut v = Verdict::deny(ReasonCode::NoPolicyAllows, format!("no policy allows `{}` for this agent", call.tool));
+                let mut v = Verdict::deny(
+                    ReasonCode::NoPolicyAllows,
+                    format!("no policy allows `{}` for this agent", call.tool),
+                );
                 if !errored.is_empty() {
-                    v.reasons.push(Reason::new(ReasonCode::PolicyError, format!("policies {} failed to evaluate", errored.join(", "))));
+                    v.reasons.push(Reason::new(
+                        ReasonCode::PolicyError,
+                        format!("policies {} failed to evaluate", errored.join(", ")),
+                    ));
                 }
                 v
             }

@@ -19,7 +19,12 @@ fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
         roles: vec!["agent"],
         tool,
         args,
-        session: SessionFacts { id: "ses_1", purpose: "test", calls: 0, max_calls: 10 },
+        session: SessionFacts {
+            id: "ses_1",
+            purpose: "test",
+            calls: 0,
+            max_calls: 10,
+        },
     }
 }
 
@@ -39,9 +44,15 @@ fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
 fn every_example_fixture_passes() {
     let engine = example();
     let results = fixtures::run_dir(&engine, &example_dir().join(fixtures::FIXTURES_DIR)).unwrap();
-    assert!(results.len() >= 15, "expected the example fixtures, found {}", results.len());
-    let failures: Vec<String> =
-        results.iter().filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name))).collect();
+    assert!(
+        results.len() >= 15,
+        "expected the example fixtures, found {}",
+        results.len()
+    );
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
+        .collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -50,7 +61,17 @@ fn the_catalogue_is_the_schema() {
     let engine = example();
     let mut tools: Vec<&str> = engine.tool_names().collect();
     tools.sort_unstable();
-    assert_eq!(tools, ["calendar.create_event", "email.send", "file.read", "payments.refund", "shell.exec", "web.search"]);
+    assert_eq!(
+        tools,
+        [
+            "calendar.create_event",
+            "email.send",
+            "file.read",
+            "payments.refund",
+            "shell.exec",
+            "web.search"
+        ]
+    );
     assert_eq!(engine.version().len(), 64);
 }
 
@@ -70,14 +91,26 @@ fn invalid_arguments_name_the_field() {
     let args = json!({"payment_id": "p", "amount": 1, "currency": "EUR", "note": "x"});
     let v = example().decide(&call("payments.refund", &args));
     assert_eq!(v.outcome, Outcome::Deny);
-    assert_eq!(v.reasons.first().unwrap().code, ReasonCode::InvalidArguments);
-    assert!(v.reasons.first().unwrap().message.contains("args.note"), "{v:?}");
+    assert_eq!(
+        v.reasons.first().unwrap().code,
+        ReasonCode::InvalidArguments
+    );
+    assert!(
+        v.reasons.first().unwrap().message.contains("args.note"),
+        "{v:?}"
+    );
 }
 
 #[test]
 fn a_version_changes_with_any_policy_text() {
-    let a = dir_with(&[("p.cedar", "@id(\"x\")\npermit (principal, action in Action::\"call_tool\", resource);\n")]);
-    let b = dir_with(&[("p.cedar", "@id(\"x\")\npermit (principal, action in Action::\"call_tool\", resource);\n\n")]);
+    let a = dir_with(&[(
+        "p.cedar",
+        "@id(\"x\")\npermit (principal, action in Action::\"call_tool\", resource);\n",
+    )]);
+    let b = dir_with(&[(
+        "p.cedar",
+        "@id(\"x\")\npermit (principal, action in Action::\"call_tool\", resource);\n\n",
+    )]);
     let va = PolicyEngine::load(a.path()).unwrap().version().to_owned();
     let vb = PolicyEngine::load(b.path()).unwrap().version().to_owned();
     assert_ne!(va, vb);
@@ -92,22 +125,32 @@ fn an_invalid_policy_stops_the_load_with_file_and_line() {
     let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("bad.cedar:"), "{err}");
     assert!(err.contains("typo"), "{err}");
-    let Error::Source { line, .. } = PolicyEngine::load(dir.path()).unwrap_err() else { panic!("not a source error") };
+    let Error::Source { line, .. } = PolicyEngine::load(dir.path()).unwrap_err() else {
+        panic!("not a source error")
+    };
     assert!((3..=5).contains(&line), "line {line}: {err}");
 }
 
 #[test]
 fn a_syntax_error_names_its_line() {
     let dir = dir_with(&[("syntax.cedar", "@id(\"a\")\npermit (principal, action, resource);\n\n@id(\"b\")\npermit (principal action, resource);\n")]);
-    let Error::Source { path, line, .. } = PolicyEngine::load(dir.path()).unwrap_err() else { panic!("not a source error") };
+    let Error::Source { path, line, .. } = PolicyEngine::load(dir.path()).unwrap_err() else {
+        panic!("not a source error")
+    };
     assert!(path.ends_with("syntax.cedar"));
     assert_eq!(line, 5);
 }
 
 #[test]
 fn unknown_attributes_and_unknown_tools_in_policies_are_refused() {
-    let dir = dir_with(&[("p.cedar", "@id(\"a\")\npermit (principal, action == Action::\"db.drop\", resource);\n")]);
-    assert!(PolicyEngine::load(dir.path()).unwrap_err().to_string().contains("p.cedar:"));
+    let dir = dir_with(&[(
+        "p.cedar",
+        "@id(\"a\")\npermit (principal, action == Action::\"db.drop\", resource);\n",
+    )]);
+    assert!(PolicyEngine::load(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("p.cedar:"));
     let dir = dir_with(&[("p.cedar", "@id(\"a\")\npermit (principal, action == Action::\"web.search\", resource) when { context.args.nope == 1 };\n")]);
     assert!(PolicyEngine::load(dir.path()).is_err());
 }
@@ -115,10 +158,19 @@ fn unknown_attributes_and_unknown_tools_in_policies_are_refused() {
 #[test]
 fn policies_need_unique_ids() {
     let dir = dir_with(&[("p.cedar", "permit (principal, action, resource);\n")]);
-    assert!(PolicyEngine::load(dir.path()).unwrap_err().to_string().contains("@id"));
+    assert!(PolicyEngine::load(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("@id"));
     let dir = dir_with(&[
-        ("a.cedar", "@id(\"same\")\npermit (principal, action, resource);\n"),
-        ("b.cedar", "@id(\"same\")\nforbid (principal, action, resource);\n"),
+        (
+            "a.cedar",
+            "@id(\"same\")\npermit (principal, action, resource);\n",
+        ),
+        (
+            "b.cedar",
+            "@id(\"same\")\nforbid (principal, action, resource);\n",
+        ),
     ]);
     let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("already used"), "{err}");
@@ -127,12 +179,18 @@ fn policies_need_unique_ids() {
 #[test]
 fn no_policies_means_no_start() {
     let dir = dir_with(&[]);
-    assert!(matches!(PolicyEngine::load(dir.path()), Err(Error::NoPolicies { .. })));
+    assert!(matches!(
+        PolicyEngine::load(dir.path()),
+        Err(Error::NoPolicies { .. })
+    ));
 }
 
 #[test]
 fn a_tool_without_an_entity_is_refused() {
-    let dir = dir_with(&[("p.cedar", "@id(\"a\")\npermit (principal, action, resource);\n")]);
+    let dir = dir_with(&[(
+        "p.cedar",
+        "@id(\"a\")\npermit (principal, action, resource);\n",
+    )]);
     std::fs::write(dir.path().join(ENTITIES_FILE), "[]").unwrap();
     let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("has no `Tool::"), "{err}");
@@ -160,7 +218,11 @@ fn principal_ids_are_data_not_cedar_syntax() {
     let mut c = call("web.search", &args);
     c.agent = "x\" in Role::\"admin";
     let v = example().decide(&c);
-    assert_eq!(v.outcome, Outcome::Allow, "still an agent with only its own roles: {v:?}");
+    assert_eq!(
+        v.outcome,
+        Outcome::Allow,
+        "still an agent with only its own roles: {v:?}"
+    );
     c.roles = vec![];
     assert_eq!(example().decide(&c).outcome, Outcome::Deny);
 }

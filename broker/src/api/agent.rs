@@ -1,0 +1,105 @@
+//! `broker.v1.AgentService`.
+
+use broker_proto::v1 as pb;
+use broker_proto::v1::agent_service_server::AgentService;
+use tonic::{Request, Response, Status};
+
+use super::{authn, convert, status};
+use crate::clock::SharedClock;
+use crate::domain::broker::{Broker, OpenSession, ToolCallRequest};
+
+pub struct AgentApi {
+    pub broker: Broker,
+    pub clock: SharedClock,
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    #[tracing::instrument(name = "OpenSession", skip_all, fields(agent, session_id))]
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let caller = authn::principal(&req)?;
+        tracing::Span::current().record("agent", caller.subject.as_str());
+        let r = req.into_inner();
+        let ttl = r
+            .ttl
+            .map(|d| {
+                std::time::Duration::try_from(d)
+                    .map_err(|_| status::invalid("ttl", "must not be negative"))
+            })
+            .transpose()?;
+        let open = OpenSession {
+            tools: r.tools,
+            ttl,
+            max_tool_calls: r.max_tool_calls,
+            purpose: r.purpose,
+        };
+        let session = self
+            .broker
+            .open_session(&caller, open)
+            .await
+            .map_err(status::from_domain)?;
+        tracing::Span::current().record("session_id", session.id.as_str());
+        Ok(Response::new(convert::session(
+            &session,
+            self.clock.now_micros(),
+        )))
+    }
+
+    #[tracing::instrument(name = "CloseSession", skip_all, fields(agent, session_id))]
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let caller = authn::principal(&req)?;
+        let r = req.into_inner();
+        tracing::Span::current()
+            .record("agent", caller.subject.as_str())
+            .record("session_id", r.session_id.as_str());
+        let session = self
+            .broker
+            .close_session(&caller, &r.session_id)
+            .await
+            .map_err(status::from_domain)?;
+        Ok(Response::new(convert::session(
+            &session,
+            self.clock.now_micros(),
+        )))
+    }
+
+    #[tracing::instrument(
+        name = "AuthorizeToolCall",
+        skip_all,
+        fields(agent, session_id, tool, decision, decision_id)
+    )]
+    async fn authorize_tool_call(
+        &self,
+        req: Request<pb::AuthorizeToolCallRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        let caller = authn::principal(&req)?;
+        let r = req.into_inner();
+        let span = tracing::Span::current();
+        span.record("agent", caller.subject.as_str())
+            .record("session_id", r.session_id.as_str())
+            .record("tool", r.tool.as_str());
+        let call = ToolCallRequest {
+            session_id: r.session_id,
+            tool: r.tool,
+            arguments_json: r.arguments_json,
+            call_id: r.call_id,
+        };
+        // The decision is committed by the store's writer task, which outlives this future: a client that
+        // cancels mid-flight cannot leave an ALLOW half-recorded.
+        let decision = self
+            .broker
+            .authorize(&caller, call)
+            .await
+            .map_err(status::from_domain)?;
+        span.record("decision", decision.outcome.as_str())
+            .record("decision_id", decision.decision_id.as_str());
+        tracing::info!("decided");
+        Ok(Response::new(convert::decision(&decision)))
+    }
+}

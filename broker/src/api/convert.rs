@@ -1,0 +1,142 @@
+//! proto <-> domain. Validation of wire-only shapes (enums, timestamps, page tokens) happens here.
+
+use broker_proto::v1 as pb;
+use prost_types::Timestamp;
+use tonic::Status;
+
+use super::status::invalid;
+use crate::clock::Micros;
+use crate::domain::audit::AuditEvent;
+use crate::domain::decision::{Decision, Outcome, Reason};
+use crate::domain::session::{Session, SessionState};
+use crate::store::{EventFilter, Page};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+pub fn timestamp(micros: Micros) -> Timestamp {
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+fn micros(field: &'static str, t: &Timestamp) -> Result<Micros, Status> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(field, "nanos out of range"));
+    }
+    t.seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(i64::from(t.nanos / 1000)))
+        .ok_or_else(|| invalid(field, "out of range"))
+}
+
+pub fn outcome(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Allow => pb::Outcome::Allow,
+        Outcome::Deny => pb::Outcome::Deny,
+    }
+}
+
+fn reason(r: &Reason) -> pb::Reason {
+    pb::Reason {
+        code: r.code.as_str().to_owned(),
+        policy_id: r.policy_id.clone().unwrap_or_default(),
+        message: r.message.clone(),
+    }
+}
+
+pub fn decision(d: &Decision) -> pb::Decision {
+    pb::Decision {
+        decision_id: d.decision_id.clone(),
+        outcome: outcome(d.outcome).into(),
+        reasons: d.reasons.iter().map(reason).collect(),
+        policy_version: d.policy_version.clone(),
+        session_id: d.session_id.clone(),
+        tool: d.tool.clone(),
+        call_id: d.call_id.clone(),
+        decided_at: Some(timestamp(d.decided_at)),
+    }
+}
+
+pub fn session(s: &Session, now: Micros) -> pb::Session {
+    let state = match s.state(now) {
+        SessionState::Open => pb::SessionState::Open,
+        SessionState::Closed => pb::SessionState::Closed,
+        SessionState::Expired => pb::SessionState::Expired,
+    };
+    pb::Session {
+        session_id: s.id.clone(),
+        agent: s.agent.clone(),
+        user: s.user.clone().unwrap_or_default(),
+        tools: s.tools.iter().map(ToString::to_string).collect(),
+        purpose: s.purpose.clone(),
+        created_at: Some(timestamp(s.created_at)),
+        expires_at: Some(timestamp(s.expires_at)),
+        max_tool_calls: s.max_tool_calls,
+        tool_calls_used: s.tool_calls_used,
+        state: state.into(),
+    }
+}
+
+pub fn event(e: &AuditEvent) -> pb::AuditEvent {
+    let b = &e.body;
+    pb::AuditEvent {
+        seq: u64::try_from(e.seq).unwrap_or_default(),
+        event_id: b.event_id.clone(),
+        time: Some(timestamp(b.time)),
+        kind: b.kind.as_str().to_owned(),
+        decision_id: b.decision_id.clone().unwrap_or_default(),
+        agent: b.agent.clone(),
+        user: b.user.clone().unwrap_or_default(),
+        session_id: b.session_id.clone().unwrap_or_default(),
+        tool: b.tool.clone().unwrap_or_default(),
+        outcome: b.outcome.map_or(pb::Outcome::Unspecified, outcome).into(),
+        reasons: b.reasons.iter().map(reason).collect(),
+        policy_version: b.policy_version.clone().unwrap_or_default(),
+        arguments_digest: b.arguments_digest.clone().unwrap_or_default(),
+        arguments_redacted_json: b.arguments_redacted.clone().unwrap_or_default(),
+        call_id: b.call_id.clone().unwrap_or_default(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page), Status> {
+    let outcome = match pb::Outcome::try_from(r.outcome)
+        .map_err(|_| invalid("outcome", "unknown outcome"))?
+    {
+        pb::Outcome::Unspecified => None,
+        pb::Outcome::Allow => Some(Outcome::Allow),
+        pb::Outcome::Deny => Some(Outcome::Deny),
+    };
+    let filter = EventFilter {
+        session_id: non_empty(r.session_id),
+        agent: non_empty(r.agent),
+        tool: non_empty(r.tool),
+        outcome,
+        since: r.since.as_ref().map(|t| micros("since", t)).transpose()?,
+        until: r.until.as_ref().map(|t| micros("until", t)).transpose()?,
+    };
+    let limit = match r.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(invalid("page_size", format!("at most {MAX_PAGE_SIZE}")))
+        }
+        n => n,
+    };
+    let after_seq = if r.page_token.is_empty() {
+        0
+    } else {
+        r.page_token
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| invalid("page_token", "not a token from a previous page"))?
+    };
+    Ok((filter, Page { after_seq, limit }))
+}

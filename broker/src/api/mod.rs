@@ -1,0 +1,123 @@
+//! The only place that knows tonic and proto types: authentication, handlers, error -> status, and the
+//! server with its limits. See [`serve`] for the order of the layers.
+
+mod agent;
+mod audit;
+mod authn;
+mod convert;
+mod status;
+
+use std::future::Future;
+use std::time::Duration;
+
+use broker_proto::v1::agent_service_server::AgentServiceServer;
+use broker_proto::v1::audit_service_server::AuditServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::auth::Verifier;
+use crate::clock::SharedClock;
+use crate::config::{Limits, TlsConfig};
+use crate::domain::broker::Broker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, Error> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Error::Tls(format!("`{}`: {e}", p.display())))
+    };
+    let mut cfg =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(ca) = &tls.client_ca {
+        // With a client CA, a certificate it signed is required (mTLS), not merely accepted.
+        cfg = cfg
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(false);
+    }
+    Ok(cfg)
+}
+
+/// Serves the broker on `listener` until `shutdown` resolves. Health reports SERVING from the start:
+/// the caller only gets here once migrations ran and the policies loaded.
+pub async fn serve(
+    broker: Broker,
+    verifier: Verifier,
+    clock: SharedClock,
+    limits: &Limits,
+    tls: Option<&TlsConfig>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<agent::AgentApi>>()
+        .await;
+    health
+        .set_serving::<AuditServiceServer<audit::AuditApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Reflection(e.to_string()))?;
+
+    let authenticate = authn::Authenticate::new(verifier);
+    let agent_service = AgentServiceServer::new(agent::AgentApi {
+        broker: broker.clone(),
+        clock,
+    })
+    .max_decoding_message_size(limits.max_message_bytes)
+    .max_encoding_message_size(limits.max_message_bytes);
+    let audit_service = AuditServiceServer::new(audit::AuditApi { broker })
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    let mut server = server
+        // HTTP/2 limits, explicit: a client cannot hold unbounded streams, headers or reset storms.
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        // Upper bound on any RPC, whatever deadline the client sent.
+        .timeout(limits.request_timeout)
+        // Outermost: past `max_in_flight` requests, shed at once with RESOURCE_EXHAUSTED rather than queue.
+        .layer(
+            tower::ServiceBuilder::new()
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight)),
+        );
+
+    server
+        .add_service(health_service)
+        .add_service(reflection)
+        // Authentication wraps each broker service, so no handler runs without a verified principal.
+        .add_service(InterceptedService::new(agent_service, authenticate.clone()))
+        .add_service(InterceptedService::new(audit_service, authenticate))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Serve(e.to_string()))?;
+    health
+        .set_not_serving::<AgentServiceServer<agent::AgentApi>>()
+        .await;
+    Ok(())
+}

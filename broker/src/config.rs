@@ -1,0 +1,363 @@
+//! Layered configuration: documented defaults, then a TOML file (`--config`), then `BROKER_*` environment
+//! variables (`__` separates sections: `BROKER_AUTH__ISSUER`), then command-line flags; then `validate()`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthConfig;
+use crate::store::StoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: `{field}`: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the gRPC server listens.
+    pub listen: SocketAddr,
+    /// Holds the embedded SQLite database and the dev signing key.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; empty means SQLite at `<data_dir>/broker.db`.
+    pub database_url: String,
+    /// The policy directory: schema, entities, `*.cedar` files and fixtures.
+    pub policies: PathBuf,
+    /// Issue dev tokens signed with a key kept in the data dir, when no other key source is configured.
+    pub dev_issuer: bool,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    pub session: SessionConfig,
+    pub audit: AuditConfig,
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("broker-data"),
+            database_url: String::new(),
+            policies: PathBuf::from("policies"),
+            dev_issuer: true,
+            auth: AuthConfig::default(),
+            store: StoreConfig::default(),
+            session: SessionConfig::default(),
+            audit: AuditConfig::default(),
+            tls: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// A longer requested lifetime is refused.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    pub default_max_tool_calls: u32,
+    /// A larger requested budget is refused.
+    pub max_tool_calls: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(24 * 3600),
+            default_max_tool_calls: 100,
+            max_tool_calls: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Argument fields (any depth, case-insensitive) stored as "[REDACTED]" in the audit trail.
+    /// The digest is still computed over the real arguments, so a value can be checked without being kept.
+    pub redact_fields: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let fields = [
+            "password",
+            "secret",
+            "token",
+            "api_key",
+            "apikey",
+            "authorization",
+            "private_key",
+            "credit_card",
+            "card_number",
+            "ssn",
+        ];
+        Self {
+            redact_fields: fields.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// Server TLS (rustls); with `client_ca`, clients must present a certificate it signed (mTLS).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Every limit explicit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest `arguments_json`, in bytes.
+    pub max_arguments_bytes: usize,
+    /// Deepest nesting of `arguments_json`.
+    pub max_arguments_depth: usize,
+    pub max_concurrent_streams: u32,
+    pub max_header_list_bytes: u32,
+    /// Requests waiting for a slot beyond this many in flight are refused (RESOURCE_EXHAUSTED).
+    pub max_in_flight: usize,
+    /// Upper bound on one RPC, whatever the client's deadline.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_arguments_bytes: 256 * 1024,
+            max_arguments_depth: 32,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 * 1024,
+            max_in_flight: 4096,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Top-level keys read from `BROKER_*`; other `BROKER_` variables (e.g. test settings) are not config.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "policies",
+    "dev_issuer",
+    "auth",
+    "store",
+    "session",
+    "audit",
+    "tls",
+    "limits",
+];
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid(
+                    "config",
+                    format!("file `{}` does not exist", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let env = Env::prefixed("BROKER_").split("__").filter(|key| {
+            ENV_KEYS
+                .iter()
+                .any(|k| key.as_str().split('.').next() == Some(*k))
+        });
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| Error::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The database URL in effect: explicit, or SQLite in the data dir.
+    pub fn effective_database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("broker.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            database_url: self.effective_database_url(),
+            ..self.store.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        self.auth
+            .validate()
+            .map_err(|e| invalid("auth", e.to_string()))?;
+        let url = self.effective_database_url();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with `sqlite:` or `postgres://`",
+            ));
+        }
+        let s = &self.session;
+        if s.default_ttl.is_zero() || s.default_ttl > s.max_ttl {
+            return Err(invalid(
+                "session.default_ttl",
+                "must be positive and at most session.max_ttl",
+            ));
+        }
+        if s.default_max_tool_calls == 0 || s.default_max_tool_calls > s.max_tool_calls {
+            return Err(invalid(
+                "session.default_max_tool_calls",
+                "must be positive and at most session.max_tool_calls",
+            ));
+        }
+        if self.store.commit_timeout.is_zero() {
+            return Err(invalid("store.commit_timeout", "must be positive"));
+        }
+        let l = &self.limits;
+        for (field, value) in [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.max_arguments_bytes", l.max_arguments_bytes),
+            ("limits.max_arguments_depth", l.max_arguments_depth),
+            ("limits.max_in_flight", l.max_in_flight),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if l.max_arguments_bytes > l.max_message_bytes {
+            return Err(invalid(
+                "limits.max_arguments_bytes",
+                "must not exceed limits.max_message_bytes",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (field, path) in [
+                ("tls.cert", Some(&tls.cert)),
+                ("tls.key", Some(&tls.key)),
+                ("tls.client_ca", tls.client_ca.as_ref()),
+            ] {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        return Err(invalid(
+                            field,
+                            format!("file `{}` does not exist", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_laptop_setup() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.effective_database_url(), "sqlite://broker-data/broker.db");
+        assert_eq!(c.policies, PathBuf::from("policies"));
+    }
+
+    #[test]
+    fn file_then_flags_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:6000\"\npolicies = \"/srv/policies\"\n[session]\ndefault_ttl = \"10m\"\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            &Overrides {
+                listen: Some("127.0.0.1:7000".parse().unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:7000",
+            "flag wins over file"
+        );
+        assert_eq!(c.policies, PathBuf::from("/srv/policies"));
+        assert_eq!(c.session.default_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "[session]\ndefault_ttl = \"0s\"\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("session.default_ttl"), "{err}");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::load(
+            None,
+            &Overrides {
+                database_url: Some("mysql://x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database_url"), "{err}");
+    }
+}

@@ -1,0 +1,496 @@
+//! The decision path: session checks, then Cedar, then a durable audit record, in that order.
+//! A DENY is an `Ok(Decision)`; an `Err` means the broker could not decide and the tool must not run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::audit::{self, CallFacts, EventBody, EventKind};
+use super::decision::{Decision, Outcome, Reason, ReasonCode};
+use super::session::{is_tool_name, Session, ToolScope, MAX_TOOL_NAME_LEN};
+use crate::auth::{Principal, Role};
+use crate::clock::{Micros, SharedClock};
+use crate::config::{AuditConfig, Limits, SessionConfig};
+use crate::ids;
+use crate::policy::{PolicyEngine, SessionFacts, ToolCall};
+use crate::store::{self, ChainReport, DecisionRecord, EventFilter, Page, Recorded, Store};
+
+pub const MAX_CALL_ID_LEN: usize = 128;
+pub const MAX_PURPOSE_LEN: usize = 1024;
+pub const MAX_SCOPES: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input, named by its field.
+    #[error("`{field}`: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("role `{needed}` is required")]
+    PermissionDenied { needed: &'static str },
+    #[error("`call_id` `{0}` was already used in this session with different arguments")]
+    CallIdReused(String),
+    /// The store could not be reached or did not commit within its bound: no decision was made.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker overloaded: {0}")]
+    Overloaded(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        match e.kind() {
+            store::ErrorKind::Overloaded => Error::Overloaded(e.to_string()),
+            store::ErrorKind::Unavailable | store::ErrorKind::Timeout => {
+                Error::Unavailable(e.to_string())
+            }
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// What an agent asks for when it opens a session.
+#[derive(Debug, Clone, Default)]
+pub struct OpenSession {
+    pub tools: Vec<String>,
+    pub ttl: Option<Duration>,
+    pub max_tool_calls: u32,
+    pub purpose: String,
+}
+
+/// One tool call to decide, as received.
+#[derive(Debug, Clone)]
+pub struct ToolCallRequest {
+    pub session_id: String,
+    pub tool: String,
+    pub arguments_json: String,
+    pub call_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub session: SessionConfig,
+    pub audit: AuditConfig,
+    pub limits: Limits,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    store: Store,
+    policies: watch::Receiver<Arc<PolicyEngine>>,
+    clock: SharedClock,
+    settings: Arc<Settings>,
+}
+
+fn require(principal: &Principal, role: Role) -> Result<(), Error> {
+    if principal.has_role(role) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied {
+            needed: role.as_str(),
+        })
+    }
+}
+
+fn duration_micros(d: Duration) -> Micros {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Nesting depth of a JSON value, counted without recursion so hostile input cannot exhaust the stack.
+fn json_depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
+impl Broker {
+    pub fn new(
+        store: Store,
+        policies: watch::Receiver<Arc<PolicyEngine>>,
+        clock: SharedClock,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            policies,
+            clock,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The policy set in effect now.
+    pub fn policies(&self) -> Arc<PolicyEngine> {
+        self.policies.borrow().clone()
+    }
+
+    fn now(&self) -> Micros {
+        self.clock.now_micros()
+    }
+
+    pub async fn open_session(
+        &self,
+        caller: &Principal,
+        req: OpenSession,
+    ) -> Result<Session, Error> {
+        require(caller, Role::Agent)?;
+        let cfg = &self.settings.session;
+        if req.tools.is_empty() {
+            return Err(invalid(
+                "tools",
+                "name at least one tool or pattern (e.g. `email.*`)",
+            ));
+        }
+        if req.tools.len() > MAX_SCOPES {
+            return Err(invalid("tools", format!("at most {MAX_SCOPES} scopes")));
+        }
+        let engine = self.policies();
+        let mut scopes = Vec::with_capacity(req.tools.len());
+        for raw in &req.tools {
+            let scope = ToolScope::parse(raw).map_err(|e| invalid("tools", e.to_string()))?;
+            if !engine.tool_names().any(|t| scope.matches(t)) {
+                return Err(invalid(
+                    "tools",
+                    format!("`{scope}` matches no tool in the catalogue"),
+                ));
+            }
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        let ttl = match req.ttl {
+            None => cfg.default_ttl,
+            Some(t) if t.is_zero() => return Err(invalid("ttl", "must be positive")),
+            Some(t) if t > cfg.max_ttl => {
+                return Err(invalid(
+                    "ttl",
+                    format!("at most {}", humantime::format_duration(cfg.max_ttl)),
+                ))
+            }
+            Some(t) => t,
+        };
+        let max_tool_calls = match req.max_tool_calls {
+            0 => cfg.default_max_tool_calls,
+            n if n > cfg.max_tool_calls => {
+                return Err(invalid(
+                    "max_tool_calls",
+                    format!("at most {}", cfg.max_tool_calls),
+                ))
+            }
+            n => n,
+        };
+        if req.purpose.chars().count() > MAX_PURPOSE_LEN {
+            return Err(invalid(
+                "purpose",
+                format!("at most {MAX_PURPOSE_LEN} characters"),
+            ));
+        }
+        let now = self.now();
+        let session = Session {
+            id: ids::session_id(),
+            agent: caller.subject.clone(),
+            user: caller.user.clone(),
+            tenant: caller.tenant.clone(),
+            tools: scopes,
+            purpose: req.purpose,
+            created_at: now,
+            expires_at: now.saturating_add(duration_micros(ttl)),
+            max_tool_calls,
+            tool_calls_used: 0,
+            closed_at: None,
+        };
+        let event = self.session_event(EventKind::SessionOpened, &session, now);
+        self.store.open_session(&session, event).await?;
+        Ok(session)
+    }
+
+    pub async fn close_session(
+        &self,
+        caller: &Principal,
+        session_id: &str,
+    ) -> Result<Session, Error> {
+        require(caller, Role::Agent)?;
+        let session = self.owned_session(caller, session_id).await?;
+        if session.closed_at.is_some() {
+            return Ok(session);
+        }
+        let now = self.now();
+        let event = self.session_event(EventKind::SessionClosed, &session, now);
+        self.store.close_session(&session.id, now, event).await?;
+        self.owned_session(caller, session_id).await
+    }
+
+    async fn owned_session(&self, caller: &Principal, session_id: &str) -> Result<Session, Error> {
+        if !ids::is_well_formed(session_id, "ses_") {
+            return Err(invalid(
+                "session_id",
+                "not a session id (`ses_` and 32 hex digits)",
+            ));
+        }
+        match self.store.session(session_id).await? {
+            Some(s) if s.agent == caller.subject && s.user == caller.user => Ok(s),
+            _ => Err(Error::NotFound(format!(
+                "no session `{session_id}` for this agent"
+            ))),
+        }
+    }
+
+    fn session_event(&self, kind: EventKind, s: &Session, now: Micros) -> EventBody {
+        EventBody {
+            event_id: ids::event_id(),
+            time: now,
+            kind,
+            agent: s.agent.clone(),
+            user: s.user.clone(),
+            session_id: Some(s.id.clone()),
+            decision_id: None,
+            tool: None,
+            call_id: None,
+            outcome: None,
+            reasons: Vec::new(),
+            policy_version: None,
+            arguments_digest: None,
+            arguments_redacted: None,
+        }
+    }
+
+    /// Decides one tool call. The returned decision is committed to the audit trail.
+    pub async fn authorize(
+        &self,
+        caller: &Principal,
+        req: ToolCallRequest,
+    ) -> Result<Decision, Error> {
+        require(caller, Role::Agent)?;
+        let limits = &self.settings.limits;
+        if !ids::is_well_formed(&req.session_id, "ses_") {
+            return Err(invalid(
+                "session_id",
+                "not a session id (`ses_` and 32 hex digits)",
+            ));
+        }
+        if req.tool.is_empty() || req.tool.len() > MAX_TOOL_NAME_LEN {
+            return Err(invalid(
+                "tool",
+                format!("must be 1 to {MAX_TOOL_NAME_LEN} bytes"),
+            ));
+        }
+        if req.call_id.is_empty()
+            || req.call_id.len() > MAX_CALL_ID_LEN
+            || !req.call_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "call_id",
+                format!("required: 1 to {MAX_CALL_ID_LEN} printable ASCII characters"),
+            ));
+        }
+        if req.arguments_json.len() > limits.max_arguments_bytes {
+            return Err(invalid(
+                "arguments_json",
+                format!("larger than {} bytes", limits.max_arguments_bytes),
+            ));
+        }
+        let args: Value = if req.arguments_json.trim().is_empty() {
+            Value::Object(serde_json::Map::new())
+        } else {
+            serde_json::from_str(&req.arguments_json)
+                .map_err(|e| invalid("arguments_json", format!("not valid JSON: {e}")))?
+        };
+        if json_depth(&args) > limits.max_arguments_depth {
+            return Err(invalid(
+                "arguments_json",
+                format!("nested deeper than {}", limits.max_arguments_depth),
+            ));
+        }
+        let digest =
+            audit::arguments_digest(&args).map_err(|e| invalid("arguments_json", e.to_string()))?;
+
+        // A retry of a call already decided gets the same answer and spends nothing.
+        if let Some(prior) = self
+            .store
+            .recorded_call(&req.session_id, &caller.subject, &req.call_id)
+            .await?
+        {
+            return replay(
+                prior.arguments_digest,
+                prior.decision,
+                &digest,
+                &req.call_id,
+            );
+        }
+
+        let now = self.now();
+        let engine = self.policies();
+        let mut decision = Decision {
+            decision_id: ids::decision_id(),
+            outcome: Outcome::Deny,
+            reasons: Vec::new(),
+            policy_version: engine.version().to_owned(),
+            session_id: req.session_id.clone(),
+            tool: req.tool.clone(),
+            call_id: req.call_id.clone(),
+            decided_at: now,
+        };
+        // Calls outside the caller's own session are not remembered, so they cannot poison its call ids.
+        let mut remember = true;
+        match self.store.session(&req.session_id).await? {
+            None => {
+                remember = false;
+                decision.reasons.push(Reason::new(
+                    ReasonCode::SessionNotFound,
+                    format!("no session `{}`", req.session_id),
+                ));
+            }
+            Some(s) if s.agent != caller.subject || s.user != caller.user => {
+                remember = false;
+                decision.reasons.push(Reason::new(
+                    ReasonCode::SessionNotOwned,
+                    format!(
+                        "session `{}` belongs to another agent or user",
+                        req.session_id
+                    ),
+                ));
+            }
+            Some(s) => {
+                if let Some(refusal) = s.refusal(now) {
+                    decision.reasons.push(refusal);
+                } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {
+                    decision.reasons.push(Reason::new(
+                        ReasonCode::UnknownTool,
+                        format!("tool `{}` is not in the catalogue", req.tool),
+                    ));
+                } else if !s.allows_tool(&req.tool) {
+                    decision.reasons.push(Reason::new(
+                        ReasonCode::NotInSessionScope,
+                        format!("tool `{}` is outside this session's scopes", req.tool),
+                    ));
+                } else {
+                    let roles: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
+                    let verdict = engine.decide(&ToolCall {
+                        agent: &s.agent,
+                        user: s.user.as_deref(),
+                        roles,
+                        tool: &req.tool,
+                        args: &args,
+                        session: SessionFacts {
+                            id: &s.id,
+                            purpose: &s.purpose,
+                            calls: i64::from(s.tool_calls_used),
+                            max_calls: i64::from(s.max_tool_calls),
+                        },
+                    });
+                    decision.outcome = verdict.outcome;
+                    decision.reasons = verdict.reasons;
+                }
+            }
+        }
+
+        let redacted = audit::redact(&args, &self.settings.audit.redact_fields);
+        let call = CallFacts {
+            event_id: ids::event_id(),
+            agent: caller.subject.clone(),
+            user: caller.user.clone(),
+            arguments_digest: digest.clone(),
+            arguments_redacted: serde_json::to_string(&redacted)
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        };
+        let spend_budget = decision.is_allow();
+        match self
+            .store
+            .record_decision(DecisionRecord {
+                decision,
+                call,
+                spend_budget,
+                remember,
+                now,
+            })
+            .await?
+        {
+            Recorded::Committed(d) => Ok(d),
+            Recorded::Replayed(prior) => replay(
+                prior.arguments_digest,
+                prior.decision,
+                &digest,
+                &req.call_id,
+            ),
+        }
+    }
+
+    pub async fn list_events(
+        &self,
+        caller: &Principal,
+        filter: EventFilter,
+        page: Page,
+    ) -> Result<(Vec<audit::AuditEvent>, Option<i64>), Error> {
+        require_auditor(caller)?;
+        Ok(self.store.list_events(&filter, page).await?)
+    }
+
+    pub async fn verify_chain(&self, caller: &Principal) -> Result<ChainReport, Error> {
+        require_auditor(caller)?;
+        Ok(self.store.verify_chain().await?)
+    }
+}
+
+fn require_auditor(caller: &Principal) -> Result<(), Error> {
+    if caller.has_role(Role::Auditor) || caller.has_role(Role::Admin) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied {
+            needed: "auditor` or `admin",
+        })
+    }
+}
+
+fn replay(
+    prior_digest: String,
+    prior: Decision,
+    digest: &str,
+    call_id: &str,
+) -> Result<Decision, Error> {
+    if prior_digest == digest {
+        Ok(prior)
+    } else {
+        Err(Error::CallIdReused(call_id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_nesting_without_recursion() {
+        assert_eq!(json_depth(&serde_json::json!(1)), 1);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": 2}]})), 4);
+        let mut deep = serde_json::json!(0);
+        for _ in 0..1_000 {
+            deep = serde_json::json!([deep]);
+        }
+        assert_eq!(json_depth(&deep), 1_001);
+    }
+}

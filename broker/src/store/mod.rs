@@ -1,0 +1,603 @@
+//! Durable state: sessions, remembered tool calls and the hash-chained audit trail, in SQLite or Postgres.
+//!
+//! The only module that knows sqlx. One implementation over sqlx's `Any` driver: SQL is written once with
+//! `$N` placeholders, and the few statements that differ are chosen by [`Backend`]. Times are stored as
+//! microseconds ([`Micros`]) in BIGINT columns, JSON as TEXT.
+//!
+//! Reads go straight to the pool. Every write goes through the group-commit audit writer
+//! ([`writer`]): it commits the write and its audit event in one transaction, in the hash chain, and
+//! answers only after the commit.
+
+mod config;
+mod error;
+mod sql;
+pub mod testing;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use tokio::sync::{mpsc, oneshot};
+
+pub use self::config::{redact_url, StoreConfig};
+pub use self::error::{Error, ErrorKind};
+use self::sql::db;
+pub use self::sql::ChainHead;
+use self::writer::{Job, WriterConfig};
+use crate::clock::Micros;
+use crate::domain::audit::{
+    chain_hash, AuditEvent, CallFacts, ChainBreak, ChainVerifier, EventBody, GENESIS_HASH,
+};
+use crate::domain::decision::{Decision, Outcome};
+use crate::domain::session::Session;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The longest id-like value (ids, agent, tool, call id, user, tenant) the store accepts: these are
+/// indexed, and an index entry has a size limit.
+pub const MAX_KEY_BYTES: usize = 512;
+/// The page size of [`Store::list_events`] when none is asked for.
+pub const DEFAULT_PAGE: u32 = 100;
+/// The largest page [`Store::list_events`] returns.
+pub const MAX_PAGE: u32 = 1000;
+/// How many events [`Store::verify_chain`] reads per query.
+const VERIFY_PAGE: i64 = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A tool call committed under an idempotency key, and the decision it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCall {
+    pub arguments_digest: String,
+    pub decision: Decision,
+}
+
+/// A tool-call decision to commit, with what its audit event says beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub decision: Decision,
+    pub call: CallFacts,
+    /// Spend one tool call of `decision.session_id` (true for ALLOWs). When the session cannot spend (closed,
+    /// expired, out of budget, gone), an ALLOW is overruled to a DENY saying why; a DENY stays as it is.
+    pub spend_budget: bool,
+    /// Store the idempotency key (`decision.session_id`, `call.agent`, `decision.call_id`): a later record
+    /// with the same key is answered [`Recorded::Replayed`].
+    pub remember: bool,
+    pub now: Micros,
+}
+
+/// What [`Store::record_decision`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The decision (possibly overruled to a DENY) and its event are committed.
+    Committed(Decision),
+    /// A call with this (session, agent, call_id) was already committed: this is its record. Nothing new was
+    /// written and no budget was spent. The caller compares `arguments_digest` with its own.
+    Replayed(RecordedCall),
+}
+
+/// Which events [`Store::list_events`] returns; every field set narrows the result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub session_id: Option<String>,
+    pub agent: Option<String>,
+    pub tool: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// Events at or after this time.
+    pub since: Option<Micros>,
+    /// Events strictly before this time.
+    pub until: Option<Micros>,
+}
+
+/// A page of events in `seq` order: those after `after_seq` (0 for the first page), at most `limit`
+/// (0 means [`DEFAULT_PAGE`]; capped at [`MAX_PAGE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            after_seq: 0,
+            limit: DEFAULT_PAGE,
+        }
+    }
+}
+
+/// The outcome of [`Store::verify_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub ok: bool,
+    pub events_checked: u64,
+    pub first_break: Option<ChainBreak>,
+}
+
+/// The store: a connection pool and the audit writer. Cheap to clone; the writer stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    options: AnyConnectOptions,
+    jobs: mpsc::Sender<Job>,
+    connect_timeout: Duration,
+    commit_timeout: Duration,
+    read_timeout: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .field("pool_size", &self.inner.pool.size())
+            .field(
+                "queued_writes",
+                &(self.inner.jobs.max_capacity() - self.inner.jobs.capacity()),
+            )
+            .finish()
+    }
+}
+
+/// Per-connection settings, applied to every pooled connection when it opens.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionSettings {
+    backend: Backend,
+    busy_timeout_ms: u128,
+    statement_timeout_ms: u128,
+}
+
+impl ConnectionSettings {
+    async fn apply(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        let statements = match self.backend {
+            Backend::Sqlite => vec![
+                "PRAGMA synchronous = FULL".to_owned(),
+                "PRAGMA foreign_keys = ON".to_owned(),
+                format!("PRAGMA busy_timeout = {}", self.busy_timeout_ms),
+            ],
+            Backend::Postgres => vec![
+                // Durable audit: a commit returns only once the WAL is flushed.
+                "SET synchronous_commit = on".to_owned(),
+                format!("SET statement_timeout = {}", self.statement_timeout_ms),
+                // A broker frozen mid-transaction must not hold the chain lock for ever.
+                format!(
+                    "SET idle_in_transaction_session_timeout = {}",
+                    self.statement_timeout_ms.saturating_mul(2)
+                ),
+            ],
+        };
+        for statement in statements {
+            conn.execute(statement.as_str()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens the pool (failing within about `connect_timeout` when the database is unreachable) and starts
+    /// the audit writer. SQLite: WAL, `synchronous=FULL`, foreign keys on, busy timeout = `commit_timeout`.
+    /// Postgres: `synchronous_commit=on` and a `statement_timeout` on every connection.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Store, Error> {
+        cfg.validate()?;
+        sqlx::any::install_default_drivers();
+        let backend = cfg.backend()?;
+        if backend == Backend::Sqlite {
+            create_sqlite_file(&cfg.database_url)?;
+        }
+        let options = AnyConnectOptions::from_str(&cfg.database_url).map_err(|e| {
+            Error::invalid(format!(
+                "store.database_url cannot be used: {}",
+                Error::from_sqlx(e).message()
+            ))
+        })?;
+        let transaction_timeout = cfg.transaction_timeout();
+        let settings = ConnectionSettings {
+            backend,
+            busy_timeout_ms: cfg.commit_timeout.as_millis(),
+            statement_timeout_ms: transaction_timeout.as_millis(),
+        };
+        let connecting = AnyPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(cfg.connect_timeout)
+            .after_connect(move |conn, _meta| Box::pin(settings.apply(conn)))
+            .connect_with(options.clone());
+        let pool = tokio::time::timeout(cfg.connect_timeout.saturating_mul(2), connecting)
+            .await
+            .map_err(|_| Error::unavailable("timed out connecting to the database"))?
+            .map_err(db)?;
+        if backend == Backend::Sqlite {
+            // Persistent in the file; set once here rather than per connection, because switching the journal
+            // mode needs an exclusive lock that the busy timeout does not wait for.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(db)?;
+        }
+        let (jobs, queue) = mpsc::channel(cfg.queue_capacity);
+        let writer = WriterConfig {
+            backend,
+            max_batch: cfg.max_batch,
+            transaction_timeout,
+        };
+        tokio::spawn(writer::run(pool.clone(), writer, queue));
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                options,
+                jobs,
+                connect_timeout: cfg.connect_timeout,
+                commit_timeout: cfg.commit_timeout,
+                read_timeout: cfg.connect_timeout.saturating_add(transaction_timeout),
+            }),
+        })
+    }
+
+    /// Applies the embedded migrations of this backend (forward-only; applied ones are never edited). Runs
+    /// on a connection of its own, without the statement timeout, so a long migration is not cut short.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut conn = tokio::time::timeout(
+            self.inner.connect_timeout,
+            AnyConnection::connect_with(&self.inner.options),
+        )
+        .await
+        .map_err(|_| Error::unavailable("timed out connecting to the database"))?
+        .map_err(db)?;
+        let migrator = match self.inner.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let result = migrator.run(&mut conn).await.map_err(Error::from_migrate);
+        let _ = conn.close().await;
+        result
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Succeeds when a connection can be had and answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.bounded(async {
+            let mut conn = self.inner.pool.acquire().await.map_err(db)?;
+            conn.ping().await.map_err(db)
+        })
+        .await
+    }
+
+    /// Closes the pool: later calls fail with `Unavailable`. For shutdown and tests.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    // -----------------------------------------------------------------------------------------------
+    // reads
+
+    pub async fn session(&self, id: &str) -> Result<Option<Session>, Error> {
+        self.bounded(sql::fetch_session(&self.inner.pool, id)).await
+    }
+
+    pub async fn recorded_call(
+        &self,
+        session_id: &str,
+        agent: &str,
+        call_id: &str,
+    ) -> Result<Option<RecordedCall>, Error> {
+        self.bounded(sql::fetch_recorded_call(
+            &self.inner.pool,
+            session_id,
+            agent,
+            call_id,
+        ))
+        .await
+    }
+
+    /// The last event of the chain, or `None` when the trail is empty.
+    pub async fn head(&self) -> Result<Option<ChainHead>, Error> {
+        self.bounded(sql::chain_head(&self.inner.pool)).await
+    }
+
+    /// Events matching `filter`, in `seq` order, one page at a time; the second value is the `after_seq` of
+    /// the next page, or `None` on the last page.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page: Page,
+    ) -> Result<(Vec<AuditEvent>, Option<i64>), Error> {
+        enum Arg<'a> {
+            Int(i64),
+            Text(&'a str),
+        }
+        let limit = match page.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let mut sql = format!(
+            "SELECT {} FROM audit_events WHERE seq > $1",
+            sql::EVENT_COLUMNS
+        );
+        let mut args = vec![Arg::Int(page.after_seq)];
+        let conditions = [
+            ("session_id =", filter.session_id.as_deref().map(Arg::Text)),
+            ("agent =", filter.agent.as_deref().map(Arg::Text)),
+            ("tool =", filter.tool.as_deref().map(Arg::Text)),
+            ("outcome =", filter.outcome.map(|o| Arg::Text(o.as_str()))),
+            ("time >=", filter.since.map(Arg::Int)),
+            ("time <", filter.until.map(Arg::Int)),
+        ];
+        for (condition, arg) in conditions {
+            if let Some(arg) = arg {
+                args.push(arg);
+                sql.push_str(&format!(" AND {condition} ${}", args.len()));
+            }
+        }
+        args.push(Arg::Int(i64::from(limit) + 1));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", args.len()));
+        let mut query = sqlx::query(&sql);
+        for arg in args {
+            query = match arg {
+                Arg::Int(v) => query.bind(v),
+                Arg::Text(v) => query.bind(v),
+            };
+        }
+        let rows = self
+            .bounded(async { query.fetch_all(&self.inner.pool).await.map_err(db) })
+            .await?;
+        let mut events = rows
+            .iter()
+            .map(sql::event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = events.len() > limit as usize;
+        events.truncate(limit as usize);
+        let next = if more {
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok((events, next))
+    }
+
+    /// Reads every event in `seq` order, a page at a time, checking positions, links and hashes; stops at
+    /// the first break. A row that cannot even be read as an event counts as a break at its `seq`.
+    pub async fn verify_chain(&self) -> Result<ChainReport, Error> {
+        let sql = format!(
+            "SELECT {} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            sql::EVENT_COLUMNS
+        );
+        let mut verifier = ChainVerifier::default();
+        let mut after = 0_i64;
+        loop {
+            let rows = self
+                .bounded(async {
+                    sqlx::query(&sql)
+                        .bind(after)
+                        .bind(VERIFY_PAGE)
+                        .fetch_all(&self.inner.pool)
+                        .await
+                        .map_err(db)
+                })
+                .await?;
+            if rows.is_empty() {
+                return Ok(ChainReport {
+                    ok: true,
+                    events_checked: verifier.checked(),
+                    first_break: None,
+                });
+            }
+            for row in &rows {
+                let (seq, event_id) = sql::event_position(row)?;
+                let checked = sql::event_from_row(row)
+                    .map_err(|e| ChainBreak {
+                        seq,
+                        event_id: event_id.clone(),
+                        problem: format!("cannot be read (modified): {}", e.message()),
+                    })
+                    .and_then(|event| verifier.check(&event));
+                if let Err(first_break) = checked {
+                    return Ok(ChainReport {
+                        ok: false,
+                        events_checked: verifier.checked(),
+                        first_break: Some(first_break),
+                    });
+                }
+                after = seq;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------------
+    // writes: each commits its audit event in the same transaction, placed in the hash chain
+
+    /// Stores a new session and its `SESSION_OPENED` event. `Conflict` when the id (or the event id) exists.
+    pub async fn open_session(
+        &self,
+        session: &Session,
+        event: EventBody,
+    ) -> Result<AuditEvent, Error> {
+        check_session(session)?;
+        check_event(&event)?;
+        let session = session.clone();
+        self.submit(|reply| Job::OpenSession {
+            session,
+            event,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets `closed_at` of an open session and appends its `SESSION_CLOSED` event. `NotFound` when the
+    /// session does not exist, `Conflict` when it is already closed (nothing is written then).
+    pub async fn close_session(
+        &self,
+        session_id: &str,
+        at: Micros,
+        event: EventBody,
+    ) -> Result<AuditEvent, Error> {
+        check_key("session_id", session_id)?;
+        check_event(&event)?;
+        let session_id = session_id.to_owned();
+        self.submit(|reply| Job::CloseSession {
+            session_id,
+            at,
+            event,
+            reply,
+        })
+        .await
+    }
+
+    /// Commits a tool-call decision: replays a remembered call, spends the budget (overruling an ALLOW the
+    /// session cannot pay for), remembers the call, and appends the `TOOL_CALL_DECIDED` event, in that order
+    /// and in one transaction. The answer comes only after the commit.
+    pub async fn record_decision(&self, rec: DecisionRecord) -> Result<Recorded, Error> {
+        check_decision(&rec)?;
+        let rec = Box::new(rec);
+        self.submit(|reply| Job::RecordDecision { rec, reply })
+            .await
+    }
+
+    /// Queues a job for the writer and waits for its answer, at most `commit_timeout`.
+    async fn submit<T>(&self, job: impl FnOnce(writer::Reply<T>) -> Job) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.jobs.try_send(job(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Error::new(ErrorKind::Overloaded, "the audit writer queue is full")
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                Error::unavailable("the audit writer has stopped")
+            }
+        })?;
+        match tokio::time::timeout(self.inner.commit_timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Error::unavailable("the audit writer dropped the write")),
+            Err(_) => Err(Error::timeout(format!(
+                "the audit write was not committed within {} ms",
+                self.inner.commit_timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.inner.read_timeout, read)
+            .await
+            .map_err(|_| {
+                Error::timeout(format!(
+                    "the database did not answer within {} ms",
+                    self.inner.read_timeout.as_millis()
+                ))
+            })?
+    }
+}
+
+fn create_sqlite_file(url: &str) -> Result<(), Error> {
+    let path = config::sqlite_path(url)?;
+    let path = std::path::Path::new(&path);
+    let fail = |e: std::io::Error| {
+        Error::unavailable(format!(
+            "cannot create sqlite database `{}`: {e}",
+            path.display()
+        ))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(fail)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Checks made before a write is queued, so that no job can fail its batch for a reason of its own.
+
+fn check_text(field: &str, value: &str) -> Result<(), Error> {
+    if value.contains('\0') {
+        return Err(Error::invalid(format!(
+            "`{field}` contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(field: &str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(format!(
+            "`{field}` is longer than {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    check_text(field, value)
+}
+
+fn check_opt_key(field: &str, value: Option<&str>) -> Result<(), Error> {
+    value.map_or(Ok(()), |v| check_key(field, v))
+}
+
+fn check_session(s: &Session) -> Result<(), Error> {
+    check_key("session.id", &s.id)?;
+    check_key("session.agent", &s.agent)?;
+    check_opt_key("session.user", s.user.as_deref())?;
+    check_opt_key("session.tenant", s.tenant.as_deref())?;
+    check_text("session.purpose", &s.purpose)
+}
+
+fn check_event(b: &EventBody) -> Result<(), Error> {
+    check_key("event.event_id", &b.event_id)?;
+    check_key("event.agent", &b.agent)?;
+    check_opt_key("event.user", b.user.as_deref())?;
+    check_opt_key("event.session_id", b.session_id.as_deref())?;
+    check_opt_key("event.decision_id", b.decision_id.as_deref())?;
+    check_opt_key("event.tool", b.tool.as_deref())?;
+    check_opt_key("event.call_id", b.call_id.as_deref())?;
+    check_opt_key("event.policy_version", b.policy_version.as_deref())?;
+    check_opt_key("event.arguments_digest", b.arguments_digest.as_deref())?;
+    if let Some(args) = &b.arguments_redacted {
+        check_text("event.arguments_redacted", args)?;
+    }
+    for reason in &b.reasons {
+        check_text("event.reasons.message", &reason.message)?;
+        check_opt_key("event.reasons.policy_id", reason.policy_id.as_deref())?;
+    }
+    chain_hash(1, GENESIS_HASH, b)
+        .map(|_| ())
+        .map_err(|e| Error::invalid(e.to_string()))
+}
+
+fn check_decision(rec: &DecisionRecord) -> Result<(), Error> {
+    let d = &rec.decision;
+    check_key("decision.decision_id", &d.decision_id)?;
+    check_key("decision.session_id", &d.session_id)?;
+    check_key("decision.tool", &d.tool)?;
+    check_key("decision.call_id", &d.call_id)?;
+    check_key("decision.policy_version", &d.policy_version)?;
+    check_key("call.arguments_digest", &rec.call.arguments_digest)?;
+    check_event(&EventBody::for_decision(d, &rec.call))
+}

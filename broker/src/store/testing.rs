@@ -1,0 +1,243 @@
+//! Real databases for tests, one per test: SQLite in a fresh temporary directory, or a fresh Postgres
+//! database `test_<random hex>` created on the server named by `BROKER_TEST_DATABASE_URL` (default
+//! [`DEFAULT_TEST_DATABASE_URL`]). Both are removed (best effort) when the [`TestDb`] is dropped.
+//!
+//! Public so that the end-to-end test crate can reuse it; nothing here runs in production.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Connection, Executor};
+
+use super::sql::{db, CHAIN_LOCK_KEY};
+use super::{Backend, Error, Store, StoreConfig};
+
+pub const TEST_DATABASE_URL_ENV: &str = "BROKER_TEST_DATABASE_URL";
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// How long the helpers wait for the test server.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A migrated store on a database of its own.
+pub struct TestDb {
+    backend: Backend,
+    config: StoreConfig,
+    store: Store,
+    /// Declared last: dropped after the store.
+    _scratch: Scratch,
+}
+
+/// What to remove when the test is over.
+struct Scratch(Cleanup);
+
+enum Cleanup {
+    Dir(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDb")
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn random_name(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+/// The URL of the test server (admin database).
+pub fn postgres_admin_url() -> String {
+    std::env::var(TEST_DATABASE_URL_ENV).unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+/// `url` pointing at database `name` on the same server, keeping its query.
+fn with_database(url: &str, name: &str) -> Result<String, Error> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| Error::invalid(format!("`{TEST_DATABASE_URL_ENV}` is not a url")))?;
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    Ok(match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    })
+}
+
+async fn admin_connection(url: &str) -> Result<AnyConnection, Error> {
+    sqlx::any::install_default_drivers();
+    tokio::time::timeout(ADMIN_TIMEOUT, AnyConnection::connect(url))
+        .await
+        .map_err(|_| Error::unavailable("timed out connecting to the test database server"))?
+        .map_err(db)
+}
+
+impl TestDb {
+    /// The store configuration tests start from: generous timeouts, so a loaded machine does not fail
+    /// tests that are not about timeouts.
+    pub fn test_config() -> StoreConfig {
+        StoreConfig {
+            connect_timeout: Duration::from_secs(5),
+            commit_timeout: Duration::from_secs(5),
+            max_connections: 8,
+            ..StoreConfig::default()
+        }
+    }
+
+    pub async fn new(backend: Backend) -> Result<TestDb, Error> {
+        Self::with_config(backend, Self::test_config()).await
+    }
+
+    /// A fresh database and a migrated store on it, configured as `template` except for the URL.
+    pub async fn with_config(backend: Backend, template: StoreConfig) -> Result<TestDb, Error> {
+        let (database_url, scratch) = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(random_name("broker-test-"));
+                let url = format!("sqlite://{}", dir.join("broker.db").display());
+                (url, Scratch(Cleanup::Dir(dir)))
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let name = random_name("test_");
+                let mut admin = admin_connection(&admin_url).await?;
+                let created = admin
+                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .map_err(db);
+                let _ = admin.close().await;
+                created?;
+                let scratch = Scratch(Cleanup::Postgres {
+                    admin_url: admin_url.clone(),
+                    name: name.clone(),
+                });
+                (with_database(&admin_url, &name)?, scratch)
+            }
+        };
+        let config = StoreConfig {
+            database_url,
+            ..template
+        };
+        // On failure `scratch` is dropped here, removing the database.
+        let store = Store::connect(&config).await?;
+        store.migrate().await?;
+        Ok(TestDb {
+            backend,
+            config,
+            store,
+            _scratch: scratch,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Another store on the same database (another broker process, as far as the database can tell),
+    /// configured as `template` except for the URL.
+    pub async fn connect_another(&self, template: StoreConfig) -> Result<Store, Error> {
+        Store::connect(&StoreConfig {
+            database_url: self.config.database_url.clone(),
+            ..template
+        })
+        .await
+    }
+
+    /// Runs raw SQL on a connection of its own (to tamper with rows, or to look at them).
+    pub async fn execute(&self, sql: &str) -> Result<u64, Error> {
+        let mut conn = admin_connection(&self.config.database_url).await?;
+        let done = conn.execute(sql).await.map_err(db);
+        let _ = conn.close().await;
+        Ok(done?.rows_affected())
+    }
+
+    /// Holds the lock every audit write needs, from another connection, until released: SQLite
+    /// `BEGIN EXCLUSIVE`; Postgres the chain's advisory lock.
+    pub async fn hold_write_lock(&self) -> Result<WriteLock, Error> {
+        let mut conn = admin_connection(&self.config.database_url).await?;
+        match self.backend {
+            Backend::Sqlite => conn.execute("BEGIN EXCLUSIVE").await.map_err(db)?,
+            Backend::Postgres => sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(CHAIN_LOCK_KEY)
+                .execute(&mut conn)
+                .await
+                .map_err(db)?,
+        };
+        Ok(WriteLock {
+            conn,
+            backend: self.backend,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        match &self.0 {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { admin_url, name } => {
+                // Drop is synchronous; a thread with a runtime of its own does the async work.
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                let dropping = std::thread::spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    rt.block_on(async {
+                        if let Ok(mut admin) = admin_connection(&admin_url).await {
+                            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                            let _ =
+                                tokio::time::timeout(ADMIN_TIMEOUT, admin.execute(sql.as_str()))
+                                    .await;
+                            let _ = admin.close().await;
+                        }
+                    });
+                });
+                let _ = dropping.join();
+            }
+        }
+    }
+}
+
+/// A write lock held by [`TestDb::hold_write_lock`]; dropping it without `release` also releases it (the
+/// connection closes).
+pub struct WriteLock {
+    conn: AnyConnection,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for WriteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteLock")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl WriteLock {
+    pub async fn release(mut self) -> Result<(), Error> {
+        match self.backend {
+            Backend::Sqlite => self.conn.execute("ROLLBACK").await.map_err(db)?,
+            Backend::Postgres => sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(CHAIN_LOCK_KEY)
+                .execute(&mut self.conn)
+                .await
+                .map_err(db)?,
+        };
+        self.conn.close().await.map_err(db)
+    }
+}

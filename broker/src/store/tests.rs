@@ -1,0 +1,931 @@
+//! The store's contract, written once and run on SQLite and on Postgres, each test on a database of its own.
+
+use std::time::{Duration, Instant};
+
+use super::testing::TestDb;
+use super::{
+    Backend, DecisionRecord, Error, ErrorKind, EventFilter, Page, Recorded, Store, StoreConfig,
+};
+use crate::clock::Micros;
+use crate::domain::audit::{AuditEvent, CallFacts, EventBody, EventKind, GENESIS_HASH};
+use crate::domain::decision::{Decision, Outcome, Reason, ReasonCode};
+use crate::domain::session::{Session, SessionState, ToolScope};
+use crate::ids;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Generates `sqlite::<name>` and `postgres::<name>` for each contract test `<name>(&TestDb)`.
+macro_rules! contract_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> super::TestResult {
+                    let db = crate::store::testing::TestDb::new(crate::store::Backend::Sqlite).await?;
+                    super::$name(&db).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> super::TestResult {
+                    let db = crate::store::testing::TestDb::new(crate::store::Backend::Postgres).await?;
+                    super::$name(&db).await
+                }
+            )+
+        }
+    };
+}
+
+contract_tests!(
+    session_round_trip,
+    close_sets_closed_at_and_appends_an_event,
+    allow_spends_budget_and_is_remembered,
+    allow_on_closed_expired_or_missing_session_is_overruled,
+    budget_holds_under_concurrent_allows_from_two_stores,
+    replay_returns_the_first_decision_without_event_or_spend,
+    chain_verifies_after_concurrent_writes,
+    audit_rows_are_append_only,
+    tamper_update_is_named_by_seq,
+    tamper_delete_is_named_by_next_seq,
+    list_events_filters_and_paginates,
+    locked_database_times_out_fast_then_recovers,
+    full_queue_is_overloaded,
+    a_bad_job_fails_alone,
+);
+
+// -------------------------------------------------------------------------------------------------
+// fixtures
+
+const T0: Micros = 1_700_000_000_000_000;
+const HOUR: Micros = 3_600_000_000;
+
+fn session(max_tool_calls: u32) -> Session {
+    Session {
+        id: ids::session_id(),
+        agent: "agent-1".into(),
+        user: Some("alice".into()),
+        tenant: Some("acme".into()),
+        tools: vec![
+            ToolScope::Exact("web.search".into()),
+            ToolScope::Prefix("email".into()),
+            ToolScope::All,
+        ],
+        purpose: "research".into(),
+        created_at: T0,
+        expires_at: T0 + HOUR,
+        max_tool_calls,
+        tool_calls_used: 0,
+        closed_at: None,
+    }
+}
+
+fn body(kind: EventKind, s: &Session, time: Micros) -> EventBody {
+    EventBody {
+        event_id: ids::event_id(),
+        time,
+        kind,
+        agent: s.agent.clone(),
+        user: s.user.clone(),
+        session_id: Some(s.id.clone()),
+        decision_id: None,
+        tool: None,
+        call_id: None,
+        outcome: None,
+        reasons: vec![],
+        policy_version: None,
+        arguments_digest: None,
+        arguments_redacted: None,
+    }
+}
+
+fn opened(s: &Session) -> EventBody {
+    body(EventKind::SessionOpened, s, s.created_at)
+}
+
+fn closed(s: &Session, at: Micros) -> EventBody {
+    body(EventKind::SessionClosed, s, at)
+}
+
+/// An ALLOW that spends budget and is remembered; `now` and `decided_at` are `at`.
+fn allow(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
+    DecisionRecord {
+        decision: Decision {
+            decision_id: ids::decision_id(),
+            outcome: Outcome::Allow,
+            reasons: vec![Reason::from_policy(
+                ReasonCode::PolicyAllow,
+                "allow-all",
+                "permitted by policy",
+            )],
+            policy_version: "v1".into(),
+            session_id: s.id.clone(),
+            tool: tool.into(),
+            call_id: call_id.into(),
+            decided_at: at,
+        },
+        call: CallFacts {
+            event_id: ids::event_id(),
+            agent: s.agent.clone(),
+            user: s.user.clone(),
+            arguments_digest: format!("digest-of-{call_id}"),
+            arguments_redacted: r#"{"q":"rust","token":"[REDACTED]"}"#.into(),
+        },
+        spend_budget: true,
+        remember: true,
+        now: at,
+    }
+}
+
+fn deny(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
+    let mut rec = allow(s, tool, call_id, at);
+    rec.decision.outcome = Outcome::Deny;
+    rec.decision.reasons = vec![Reason::from_policy(
+        ReasonCode::PolicyDeny,
+        "forbid-email",
+        "email is off",
+    )];
+    rec.spend_budget = false;
+    rec
+}
+
+fn committed(r: Recorded) -> Result<Decision, String> {
+    match r {
+        Recorded::Committed(d) => Ok(d),
+        Recorded::Replayed(c) => Err(format!("expected a commit, got a replay of {c:?}")),
+    }
+}
+
+fn kind_of<T: std::fmt::Debug>(r: &Result<T, Error>) -> Option<ErrorKind> {
+    r.as_ref().err().map(Error::kind)
+}
+
+fn reason_codes(d: &Decision) -> Vec<ReasonCode> {
+    d.reasons.iter().map(|r| r.code).collect()
+}
+
+async fn events(store: &Store, filter: EventFilter) -> Result<Vec<AuditEvent>, Error> {
+    let (events, next) = store
+        .list_events(
+            &filter,
+            Page {
+                after_seq: 0,
+                limit: 1000,
+            },
+        )
+        .await?;
+    assert_eq!(next, None);
+    Ok(events)
+}
+
+async fn session_events(store: &Store, s: &Session) -> Result<Vec<AuditEvent>, Error> {
+    events(
+        store,
+        EventFilter {
+            session_id: Some(s.id.clone()),
+            ..EventFilter::default()
+        },
+    )
+    .await
+}
+
+async fn last_seq(store: &Store) -> Result<i64, Error> {
+    Ok(store.head().await?.map_or(0, |h| h.seq))
+}
+
+/// Lets raw SQL modify audit rows, as an attacker with write access to the database could.
+async fn drop_append_only_guard(db: &TestDb) -> Result<(), Error> {
+    match db.backend() {
+        Backend::Sqlite => {
+            db.execute("DROP TRIGGER audit_events_no_update").await?;
+            db.execute("DROP TRIGGER audit_events_no_delete").await?;
+        }
+        Backend::Postgres => {
+            db.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens `s`, then records one decision per `(tool, outcome)`, one after the other.
+async fn open_with_decisions(
+    store: &Store,
+    s: &Session,
+    calls: &[(&str, Outcome)],
+) -> Result<(), Error> {
+    store.open_session(s, opened(s)).await?;
+    for (i, (tool, outcome)) in calls.iter().enumerate() {
+        let at = T0 + 100 * (i64::try_from(i).unwrap_or(0) + 1);
+        let call_id = format!("call-{i}");
+        let rec = match outcome {
+            Outcome::Allow => allow(s, tool, &call_id, at),
+            Outcome::Deny => deny(s, tool, &call_id, at),
+        };
+        store.record_decision(rec).await?;
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------------
+// the contract
+
+async fn session_round_trip(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3);
+    let event = store.open_session(&s, opened(&s)).await?;
+    assert_eq!((event.seq, event.prev_hash.as_str()), (1, GENESIS_HASH));
+    assert_eq!(event.body.kind, EventKind::SessionOpened);
+    assert_eq!(store.session(&s.id).await?, Some(s.clone()));
+    assert_eq!(store.session("ses_missing").await?, None);
+
+    // The same id again is refused and writes nothing.
+    let again = store.open_session(&s, opened(&s)).await;
+    assert_eq!(kind_of(&again), Some(ErrorKind::Conflict), "{again:?}");
+    assert_eq!(last_seq(store).await?, 1);
+
+    // A session without user or tenant round-trips too; migrating again is a no-op.
+    let bare = Session {
+        user: None,
+        tenant: None,
+        tools: vec![],
+        ..session(0)
+    };
+    store.open_session(&bare, opened(&bare)).await?;
+    assert_eq!(store.session(&bare.id).await?, Some(bare));
+    store.migrate().await?;
+    store.ping().await?;
+    Ok(())
+}
+
+async fn close_sets_closed_at_and_appends_an_event(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3);
+    store.open_session(&s, opened(&s)).await?;
+    let event = store
+        .close_session(&s.id, T0 + 10, closed(&s, T0 + 10))
+        .await?;
+    assert_eq!(event.seq, 2);
+    assert_eq!(event.body.kind, EventKind::SessionClosed);
+    assert_eq!(event.body.session_id.as_deref(), Some(s.id.as_str()));
+    let stored = store.session(&s.id).await?.ok_or("session gone")?;
+    assert_eq!(stored.closed_at, Some(T0 + 10));
+    assert_eq!(stored.state(T0 + 11), SessionState::Closed);
+
+    // Closing twice keeps the first close and writes nothing; an unknown session is not found.
+    let again = store
+        .close_session(&s.id, T0 + 20, closed(&s, T0 + 20))
+        .await;
+    assert_eq!(kind_of(&again), Some(ErrorKind::Conflict), "{again:?}");
+    assert_eq!(
+        store.session(&s.id).await?.and_then(|s| s.closed_at),
+        Some(T0 + 10)
+    );
+    let missing = store.close_session("ses_missing", T0, closed(&s, T0)).await;
+    assert_eq!(kind_of(&missing), Some(ErrorKind::NotFound), "{missing:?}");
+    assert_eq!(last_seq(store).await?, 2);
+    Ok(())
+}
+
+async fn allow_spends_budget_and_is_remembered(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(2);
+    store.open_session(&s, opened(&s)).await?;
+    let rec = allow(&s, "web.search", "c1", T0 + 1);
+    let decision = committed(store.record_decision(rec.clone()).await?)?;
+    assert_eq!(
+        decision, rec.decision,
+        "an ALLOW with budget left is committed unchanged"
+    );
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1)
+    );
+
+    let events = session_events(store, &s).await?;
+    let last = events.last().ok_or("no events")?;
+    assert_eq!(events.len(), 2);
+    assert_eq!(last.body, EventBody::for_decision(&decision, &rec.call));
+
+    let remembered = store
+        .recorded_call(&s.id, &s.agent, "c1")
+        .await?
+        .ok_or("call not remembered")?;
+    assert_eq!(
+        (remembered.arguments_digest.as_str(), &remembered.decision),
+        ("digest-of-c1", &decision)
+    );
+    assert_eq!(
+        store.recorded_call(&s.id, "agent-2", "c1").await?,
+        None,
+        "the key includes the agent"
+    );
+
+    // A DENY spends nothing.
+    committed(
+        store
+            .record_decision(deny(&s, "email.send", "c2", T0 + 2))
+            .await?,
+    )?;
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1)
+    );
+    Ok(())
+}
+
+async fn allow_on_closed_expired_or_missing_session_is_overruled(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let closed_s = session(5);
+    store.open_session(&closed_s, opened(&closed_s)).await?;
+    store
+        .close_session(&closed_s.id, T0 + 5, closed(&closed_s, T0 + 5))
+        .await?;
+    let expired = session(5);
+    store.open_session(&expired, opened(&expired)).await?;
+    let missing = session(5);
+
+    for (s, at, code) in [
+        (&closed_s, T0 + 10, ReasonCode::SessionClosed),
+        (&expired, T0 + HOUR, ReasonCode::SessionExpired),
+        (&missing, T0 + 10, ReasonCode::SessionNotFound),
+    ] {
+        let rec = allow(s, "web.search", "c1", at);
+        let decision = committed(store.record_decision(rec.clone()).await?)?;
+        assert_eq!(decision.outcome, Outcome::Deny, "{code}");
+        assert_eq!(reason_codes(&decision), vec![code]);
+        assert_eq!(
+            decision.decision_id, rec.decision.decision_id,
+            "overruling keeps the decision's identity"
+        );
+        let event = events(store, EventFilter::default()).await?;
+        let event = event
+            .iter()
+            .find(|e| e.body.event_id == rec.call.event_id)
+            .ok_or("no event")?;
+        assert_eq!(
+            event.body.outcome,
+            Some(Outcome::Deny),
+            "the trail records the overruled decision"
+        );
+        let remembered = store
+            .recorded_call(&s.id, &s.agent, "c1")
+            .await?
+            .ok_or("not remembered")?;
+        assert_eq!(remembered.decision, decision);
+    }
+    assert_eq!(
+        store
+            .session(&closed_s.id)
+            .await?
+            .map(|s| s.tool_calls_used),
+        Some(0)
+    );
+    assert_eq!(
+        store.session(&expired.id).await?.map(|s| s.tool_calls_used),
+        Some(0)
+    );
+    Ok(())
+}
+
+async fn budget_holds_under_concurrent_allows_from_two_stores(db: &TestDb) -> TestResult {
+    const MAX: u32 = 5;
+    const CALLS: usize = 20;
+    let s = session(MAX);
+    db.store().open_session(&s, opened(&s)).await?;
+    // A second store on the same database: another broker replica, with a writer of its own.
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                db.store().clone()
+            } else {
+                replica.clone()
+            };
+            let rec = allow(&s, "web.search", &format!("call-{i}"), T0 + 1);
+            tokio::spawn(async move { store.record_decision(rec).await })
+        })
+        .collect();
+    let mut allows = 0;
+    for task in futures::future::join_all(tasks).await {
+        let decision = committed(task??)?;
+        if decision.is_allow() {
+            allows += 1;
+        } else {
+            assert_eq!(reason_codes(&decision), vec![ReasonCode::BudgetExhausted]);
+        }
+    }
+    assert_eq!(allows, MAX, "exactly the budget is allowed");
+    assert_eq!(
+        db.store().session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(MAX)
+    );
+    let events = session_events(db.store(), &s).await?;
+    assert_eq!(events.len(), CALLS + 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.body.outcome == Some(Outcome::Allow))
+            .count(),
+        MAX as usize
+    );
+    assert!(db.store().verify_chain().await?.ok);
+    Ok(())
+}
+
+async fn replay_returns_the_first_decision_without_event_or_spend(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3);
+    store.open_session(&s, opened(&s)).await?;
+    let first = committed(
+        store
+            .record_decision(allow(&s, "web.search", "c1", T0 + 1))
+            .await?,
+    )?;
+    let seq = last_seq(store).await?;
+
+    let mut retry = allow(&s, "web.search", "c1", T0 + 2);
+    retry.call.arguments_digest = "another-digest".into();
+    let replayed = store.record_decision(retry.clone()).await?;
+    let Recorded::Replayed(call) = replayed else {
+        return Err(format!("expected a replay, got {replayed:?}").into());
+    };
+    assert_eq!(call.decision, first);
+    assert_eq!(
+        call.arguments_digest, "digest-of-c1",
+        "the first call's digest, for the caller to compare"
+    );
+    assert_eq!(last_seq(store).await?, seq, "a replay appends no event");
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1),
+        "a replay spends nothing"
+    );
+
+    // Without `remember`, the same call id is a new call.
+    let mut unremembered = allow(&s, "web.search", "c1", T0 + 3);
+    unremembered.remember = false;
+    committed(store.record_decision(unremembered).await?)?;
+    assert_eq!(last_seq(store).await?, seq + 1);
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(2)
+    );
+    Ok(())
+}
+
+async fn chain_verifies_after_concurrent_writes(db: &TestDb) -> TestResult {
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let sessions: Vec<Session> = (0..6).map(|_| session(4)).collect();
+    for s in &sessions {
+        db.store().open_session(s, opened(s)).await?;
+    }
+    let mut tasks = Vec::new();
+    for (n, s) in sessions.iter().enumerate() {
+        for i in 0..8 {
+            let store = if (n + i) % 2 == 0 {
+                db.store().clone()
+            } else {
+                replica.clone()
+            };
+            let rec = if i % 3 == 0 {
+                deny(s, "email.send", &format!("call-{i}"), T0 + 1)
+            } else {
+                allow(s, "web.search", &format!("call-{i}"), T0 + 1)
+            };
+            tasks.push(tokio::spawn(async move {
+                store.record_decision(rec).await.map(|_| ())
+            }));
+        }
+        let store = replica.clone();
+        let (id, event) = (s.id.clone(), closed(s, T0 + 2));
+        tasks.push(tokio::spawn(async move {
+            store.close_session(&id, T0 + 2, event).await.map(|_| ())
+        }));
+    }
+    for task in futures::future::join_all(tasks).await {
+        task??;
+    }
+    let total = 6 * (1 + 8 + 1);
+    let report = db.store().verify_chain().await?;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, total);
+    let seqs: Vec<i64> = events(db.store(), EventFilter::default())
+        .await?
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=i64::try_from(total)?).collect::<Vec<_>>(),
+        "seq is contiguous"
+    );
+    Ok(())
+}
+
+async fn audit_rows_are_append_only(db: &TestDb) -> TestResult {
+    let s = session(3);
+    open_with_decisions(db.store(), &s, &[("web.search", Outcome::Allow)]).await?;
+    let update = db
+        .execute("UPDATE audit_events SET outcome = 'DENY' WHERE seq = 2")
+        .await;
+    assert!(update.is_err(), "{update:?}");
+    let delete = db.execute("DELETE FROM audit_events WHERE seq = 1").await;
+    assert!(delete.is_err(), "{delete:?}");
+    assert!(db.store().verify_chain().await?.ok);
+    Ok(())
+}
+
+async fn tamper_update_is_named_by_seq(db: &TestDb) -> TestResult {
+    let s = session(5);
+    let calls = [
+        ("web.search", Outcome::Allow),
+        ("web.search", Outcome::Allow),
+        ("email.send", Outcome::Deny),
+    ];
+    open_with_decisions(db.store(), &s, &calls).await?;
+    assert_eq!(db.store().verify_chain().await?.events_checked, 4);
+
+    drop_append_only_guard(db).await?;
+    assert_eq!(
+        db.execute("UPDATE audit_events SET outcome = 'DENY' WHERE seq = 3")
+            .await?,
+        1
+    );
+    let report = db.store().verify_chain().await?;
+    let broken = report.first_break.ok_or("tampering not detected")?;
+    assert!(!report.ok);
+    assert_eq!(broken.seq, 3);
+    assert!(broken.problem.contains("modified"), "{}", broken.problem);
+    assert_eq!(report.events_checked, 2);
+
+    // A value the domain cannot even read is named the same way.
+    db.execute("UPDATE audit_events SET outcome = 'MAYBE' WHERE seq = 2")
+        .await?;
+    let broken = db
+        .store()
+        .verify_chain()
+        .await?
+        .first_break
+        .ok_or("tampering not detected")?;
+    assert_eq!(broken.seq, 2);
+    Ok(())
+}
+
+async fn tamper_delete_is_named_by_next_seq(db: &TestDb) -> TestResult {
+    let s = session(5);
+    let calls = [
+        ("web.search", Outcome::Allow),
+        ("web.search", Outcome::Allow),
+        ("email.send", Outcome::Deny),
+    ];
+    open_with_decisions(db.store(), &s, &calls).await?;
+    drop_append_only_guard(db).await?;
+    assert_eq!(
+        db.execute("DELETE FROM audit_events WHERE seq = 3").await?,
+        1
+    );
+    let report = db.store().verify_chain().await?;
+    let broken = report.first_break.ok_or("deletion not detected")?;
+    assert!(!report.ok);
+    assert_eq!(broken.seq, 4);
+    assert!(broken.problem.contains("missing"), "{}", broken.problem);
+    Ok(())
+}
+
+async fn list_events_filters_and_paginates(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let a = session(5);
+    let b = Session {
+        agent: "agent-2".into(),
+        ..session(5)
+    };
+    store.open_session(&a, opened(&a)).await?; // 1, T0
+    store.open_session(&b, opened(&b)).await?; // 2, T0
+    store
+        .record_decision(allow(&a, "web.search", "c1", T0 + 100))
+        .await?; // 3
+    store
+        .record_decision(deny(&a, "email.send", "c2", T0 + 200))
+        .await?; // 4
+    store
+        .record_decision(allow(&b, "web.search", "c3", T0 + 300))
+        .await?; // 5
+    store
+        .close_session(&a.id, T0 + 400, closed(&a, T0 + 400))
+        .await?; // 6
+
+    let seqs = |events: Vec<AuditEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let by_session = EventFilter {
+        session_id: Some(a.id.clone()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        seqs(events(store, by_session.clone()).await?),
+        vec![1, 3, 4, 6]
+    );
+    let by_agent = EventFilter {
+        agent: Some("agent-2".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(seqs(events(store, by_agent).await?), vec![2, 5]);
+    let by_tool = EventFilter {
+        tool: Some("web.search".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(seqs(events(store, by_tool).await?), vec![3, 5]);
+    let by_outcome = EventFilter {
+        outcome: Some(Outcome::Deny),
+        ..EventFilter::default()
+    };
+    assert_eq!(seqs(events(store, by_outcome).await?), vec![4]);
+    let by_time = EventFilter {
+        since: Some(T0 + 200),
+        until: Some(T0 + 400),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        seqs(events(store, by_time).await?),
+        vec![4, 5],
+        "since is inclusive, until exclusive"
+    );
+    let combined = EventFilter {
+        tool: Some("web.search".into()),
+        ..by_session
+    };
+    assert_eq!(seqs(events(store, combined).await?), vec![3]);
+    let none = EventFilter {
+        agent: Some("nobody".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        store.list_events(&none, Page::default()).await?,
+        (vec![], None)
+    );
+
+    // Pages of two: the cursor is the last seq of the page, and the last page has none.
+    let all = EventFilter::default();
+    let (page, next) = store
+        .list_events(
+            &all,
+            Page {
+                after_seq: 0,
+                limit: 2,
+            },
+        )
+        .await?;
+    assert_eq!((seqs(page), next), (vec![1, 2], Some(2)));
+    let (page, next) = store
+        .list_events(
+            &all,
+            Page {
+                after_seq: 2,
+                limit: 2,
+            },
+        )
+        .await?;
+    assert_eq!((seqs(page), next), (vec![3, 4], Some(4)));
+    let (page, next) = store
+        .list_events(
+            &all,
+            Page {
+                after_seq: 4,
+                limit: 2,
+            },
+        )
+        .await?;
+    assert_eq!((seqs(page), next), (vec![5, 6], None));
+    let (page, next) = store
+        .list_events(
+            &all,
+            Page {
+                after_seq: 0,
+                limit: 0,
+            },
+        )
+        .await?;
+    assert_eq!(
+        (page.len(), next),
+        (6, None),
+        "limit 0 means the default page"
+    );
+
+    // Events read back are exactly the ones written: the stored chain re-hashes.
+    assert!(store.verify_chain().await?.ok);
+    Ok(())
+}
+
+fn short_timeouts() -> StoreConfig {
+    StoreConfig {
+        commit_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(1),
+        ..TestDb::test_config()
+    }
+}
+
+async fn locked_database_times_out_fast_then_recovers(db: &TestDb) -> TestResult {
+    let store = db.connect_another(short_timeouts()).await?;
+    let s = session(10);
+    store.open_session(&s, opened(&s)).await?;
+
+    let lock = db.hold_write_lock().await?;
+    let started = Instant::now();
+    let blocked = store
+        .record_decision(allow(&s, "web.search", "c1", T0 + 1))
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            kind_of(&blocked),
+            Some(ErrorKind::Timeout | ErrorKind::Unavailable)
+        ),
+        "a write that cannot commit is refused, not allowed: {blocked:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "refused after {waited:?}");
+    // Reads do not wait for the writer.
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.id),
+        Some(s.id.clone())
+    );
+    lock.release().await?;
+
+    // The writer recovers by itself once the lock is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store
+            .record_decision(allow(&s, "web.search", &format!("retry-{attempt}"), T0 + 2))
+            .await
+        {
+            Ok(recorded) => {
+                assert!(committed(recorded)?.is_allow());
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.is_unavailable(), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("the writer did not recover: {e}").into()),
+        }
+    }
+    // Whether or not the timed-out write committed later, the chain is whole.
+    assert!(store.verify_chain().await?.ok);
+    Ok(())
+}
+
+async fn full_queue_is_overloaded(db: &TestDb) -> TestResult {
+    let store = db
+        .connect_another(StoreConfig {
+            queue_capacity: 1,
+            ..short_timeouts()
+        })
+        .await?;
+    let s = session(100);
+    store.open_session(&s, opened(&s)).await?;
+    let lock = db.hold_write_lock().await?;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let (store, rec) = (
+                store.clone(),
+                allow(&s, "web.search", &format!("c{i}"), T0 + 1),
+            );
+            tokio::spawn(async move { store.record_decision(rec).await })
+        })
+        .collect();
+    let results: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    lock.release().await?;
+    let overloaded = results
+        .iter()
+        .filter(|r| kind_of(r) == Some(ErrorKind::Overloaded))
+        .count();
+    assert!(overloaded >= 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().err().is_some_and(Error::is_unavailable)),
+        "{results:?}"
+    );
+    Ok(())
+}
+
+async fn a_bad_job_fails_alone(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let first = store.open_session(&s, opened(&s)).await?;
+
+    let mut nul = allow(&s, "web.search", "c-nul", T0 + 1);
+    nul.call.agent = "agent\0one".into();
+    let mut long = allow(
+        &s,
+        "web.search",
+        &"x".repeat(super::MAX_KEY_BYTES + 1),
+        T0 + 1,
+    );
+    long.call.event_id = ids::event_id();
+    let mut reused_event = allow(&s, "web.search", "c-reused", T0 + 1);
+    reused_event.call.event_id = first.body.event_id.clone();
+    let other = session(1);
+    let mut duplicate_open = opened(&other);
+    duplicate_open.event_id = first.body.event_id.clone();
+
+    let good = |i: usize| allow(&s, "web.search", &format!("good-{i}"), T0 + 1);
+    let (a, b, c, d, e, f, g) = tokio::join!(
+        store.record_decision(good(1)),
+        store.record_decision(nul),
+        store.record_decision(long),
+        store.record_decision(reused_event),
+        store.open_session(&other, duplicate_open),
+        store.record_decision(good(2)),
+        store.record_decision(good(3)),
+    );
+    assert_eq!(kind_of(&b), Some(ErrorKind::Invalid), "{b:?}");
+    assert_eq!(kind_of(&c), Some(ErrorKind::Invalid), "{c:?}");
+    assert_eq!(kind_of(&d), Some(ErrorKind::Conflict), "{d:?}");
+    assert_eq!(kind_of(&e), Some(ErrorKind::Conflict), "{e:?}");
+    for ok in [a, f, g] {
+        assert!(committed(ok?)?.is_allow());
+    }
+    assert_eq!(
+        store.session(&other.id).await?,
+        None,
+        "the refused open left nothing behind"
+    );
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(3)
+    );
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 4));
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------------
+// one backend only
+
+#[tokio::test]
+async fn postgres_unreachable_fails_fast() -> TestResult {
+    let cfg = StoreConfig {
+        database_url: "postgres://postgres@127.0.0.1:1/postgres".into(),
+        connect_timeout: Duration::from_millis(500),
+        ..StoreConfig::default()
+    };
+    let started = Instant::now();
+    let result = Store::connect(&cfg).await;
+    assert_eq!(kind_of(&result), Some(ErrorKind::Unavailable), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_recovers_when_its_connections_are_killed() -> TestResult {
+    let db = TestDb::new(Backend::Postgres).await?;
+    let store = db.store();
+    let s = session(10);
+    store.open_session(&s, opened(&s)).await?;
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await?;
+    let mut last = None;
+    for i in 0..3 {
+        match store
+            .record_decision(allow(&s, "web.search", &format!("c{i}"), T0 + 1))
+            .await
+        {
+            Ok(r) => {
+                last = Some(committed(r)?);
+                break;
+            }
+            Err(e) => assert!(e.is_unavailable(), "{e}"),
+        }
+    }
+    assert!(
+        last.is_some_and(|d| d.is_allow()),
+        "the writer did not recover"
+    );
+    assert!(store.verify_chain().await?.ok);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_creates_its_directory_and_runs_in_wal_mode() -> TestResult {
+    let db = TestDb::new(Backend::Sqlite).await?;
+    let s = session(1);
+    db.store().open_session(&s, opened(&s)).await?;
+    let path = super::config::sqlite_path(&db.config().database_url)?;
+    assert!(
+        std::path::Path::new(&format!("{path}-wal")).exists(),
+        "no WAL file beside {path}"
+    );
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! The group-commit audit writer: one task per [`Store`](super::Store) owns every write.
+//!
+//! Callers put a job on a bounded queue and wait (at most `commit_timeout`) for its answer. The task takes
+//! the first job, drains whatever else is waiting (up to `max_batch`), and runs ONE transaction for all
+//! of them: it takes the chain lock, reads the chain head once, applies each job and appends its event,
+//! commits, and only then answers each job. A caller therefore never hears "committed" (nor an ALLOW)
+//! before the commit, and because the job lives in the queue, a caller that goes away does not stop it.
+//!
+//! Jobs are built so that one cannot fail another: everything that could make a statement fail for one
+//! job alone (duplicate ids, oversized or NUL-carrying text, unserialisable content) is either checked
+//! before the job is queued or turned into a per-job answer with `ON CONFLICT DO NOTHING` / `NOT EXISTS`.
+//! What remains is a database failure, which fails the whole batch (every job answered with its error).
+//!
+//! The writer never stops while a `Store` handle lives: a failed or timed-out transaction is rolled back
+//! (or its connection discarded), the batch is answered with the error, and the next batch starts from a
+//! freshly read chain head, so it recovers by itself when the database returns.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use sqlx::{Any, AnyConnection, AnyPool, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql::{self, db, ChainHead};
+use super::{Backend, DecisionRecord, Error, Recorded};
+use crate::clock::Micros;
+use crate::domain::audit::{AuditEvent, EventBody, GENESIS_HASH};
+use crate::domain::decision::{Reason, ReasonCode};
+use crate::domain::session::Session;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// One write, and where its answer goes.
+pub(crate) enum Job {
+    OpenSession {
+        session: Session,
+        event: EventBody,
+        reply: Reply<AuditEvent>,
+    },
+    CloseSession {
+        session_id: String,
+        at: Micros,
+        event: EventBody,
+        reply: Reply<AuditEvent>,
+    },
+    RecordDecision {
+        rec: Box<DecisionRecord>,
+        reply: Reply<Recorded>,
+    },
+}
+
+/// A job's answer, held until the batch commits.
+enum Answer {
+    Event(Result<AuditEvent, Error>),
+    Recorded(Result<Recorded, Error>),
+}
+
+enum Work {
+    OpenSession {
+        session: Session,
+        event: EventBody,
+    },
+    CloseSession {
+        session_id: String,
+        at: Micros,
+        event: EventBody,
+    },
+    RecordDecision(Box<DecisionRecord>),
+}
+
+enum ReplyTo {
+    Event(Reply<AuditEvent>),
+    Recorded(Reply<Recorded>),
+}
+
+impl Job {
+    fn split(self) -> (Work, ReplyTo) {
+        match self {
+            Job::OpenSession {
+                session,
+                event,
+                reply,
+            } => (Work::OpenSession { session, event }, ReplyTo::Event(reply)),
+            Job::CloseSession {
+                session_id,
+                at,
+                event,
+                reply,
+            } => (
+                Work::CloseSession {
+                    session_id,
+                    at,
+                    event,
+                },
+                ReplyTo::Event(reply),
+            ),
+            Job::RecordDecision { rec, reply } => {
+                (Work::RecordDecision(rec), ReplyTo::Recorded(reply))
+            }
+        }
+    }
+}
+
+impl ReplyTo {
+    /// Sends `answer`; a caller that stopped waiting is not an error (its write is committed anyway).
+    fn send(self, answer: Result<Answer, Error>) {
+        let mismatch =
+            || Error::internal("audit writer answered a job with the wrong kind of result");
+        match self {
+            ReplyTo::Event(tx) => {
+                let _ = tx.send(match answer {
+                    Ok(Answer::Event(r)) => r,
+                    Ok(Answer::Recorded(_)) => Err(mismatch()),
+                    Err(e) => Err(e),
+                });
+            }
+            ReplyTo::Recorded(tx) => {
+                let _ = tx.send(match answer {
+                    Ok(Answer::Recorded(r)) => r,
+                    Ok(Answer::Event(_)) => Err(mismatch()),
+                    Err(e) => Err(e),
+                });
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    pub(crate) backend: Backend,
+    pub(crate) max_batch: usize,
+    pub(crate) transaction_timeout: Duration,
+}
+
+/// Runs until every sender (every `Store` handle) is gone.
+pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < cfg.max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (work, replies): (Vec<Work>, Vec<ReplyTo>) = batch.drain(..).map(Job::split).unzip();
+        let size = work.len();
+        let outcome = AssertUnwindSafe(commit_batch(&pool, cfg, work))
+            .catch_unwind()
+            .await;
+        let answers = match outcome {
+            Ok(Ok(answers)) if answers.len() == size => Ok(answers),
+            Ok(Ok(_)) => Err(Error::internal("audit writer lost track of its batch")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::internal("audit writer failed unexpectedly")),
+        };
+        match answers {
+            Ok(answers) => {
+                tracing::trace!(batch = size, "audit batch committed");
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(batch = size, error = %e, "audit batch failed; every write in it is refused");
+                for reply in replies {
+                    reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    tracing::debug!("audit writer stopped: every store handle is gone");
+}
+
+/// One transaction for the whole batch, bounded in time. On timeout the connection is discarded (the
+/// database rolls the transaction back when the connection goes away) rather than returned to the pool.
+async fn commit_batch(
+    pool: &AnyPool,
+    cfg: WriterConfig,
+    work: Vec<Work>,
+) -> Result<Vec<Answer>, Error> {
+    let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
+    let mut conn = tokio::time::timeout_at(deadline, pool.acquire())
+        .await
+        .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
+        .map_err(db)?;
+    match tokio::time::timeout_at(deadline, transact(&mut conn, cfg.backend, &work)).await {
+        Ok(result) => result,
+        Err(_) => {
+            drop(conn.detach());
+            Err(Error::timeout(format!(
+                "audit transaction did not finish within {} ms",
+                cfg.transaction_timeout.as_millis()
+            )))
+        }
+    }
+}
+
+async fn transact(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    work: &[Work],
+) -> Result<Vec<Answer>, Error> {
+    let mut tx = match backend {
+        // Takes SQLite's write lock now, so the chain head read below is the one we append to.
+        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => conn.begin().await,
+    }
+    .map_err(db)?;
+    if backend == Backend::Postgres {
+        // Serialises chain appends across every broker process sharing this database; released at
+        // commit or rollback.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(sql::CHAIN_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    let mut chain = Chain::start(sql::chain_head(&mut *tx).await?);
+    let mut answers = Vec::with_capacity(work.len());
+    for job in work {
+        answers.push(apply(&mut tx, &mut chain, job).await?);
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(answers)
+}
+
+/// Where the next event goes.
+struct Chain {
+    seq: i64,
+    hash: String,
+}
+
+impl Chain {
+    fn start(head: Option<ChainHead>) -> Self {
+        match head {
+            Some(ChainHead { seq, hash }) => Self { seq, hash },
+            None => Self {
+                seq: 0,
+                hash: GENESIS_HASH.to_owned(),
+            },
+        }
+    }
+
+    /// Places `body` after the head, stores it, and moves the head.
+    async fn append(
+        &mut self,
+        conn: &mut AnyConnection,
+        body: EventBody,
+    ) -> Result<AuditEvent, Error> {
+        let event = AuditEvent::chain(self.seq + 1, self.hash.clone(), body)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        sql::insert_event(conn, &event).await?;
+        self.seq = event.seq;
+        self.hash.clone_from(&event.hash);
+        Ok(event)
+    }
+}
+
+/// Applies one job. `Err` is a database failure (the batch fails); a per-job refusal is an `Ok(Answer)`
+/// carrying the error.
+async fn apply(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    chain: &mut Chain,
+    job: &Work,
+) -> Result<Answer, Error> {
+    match job {
+        Work::OpenSession { session, event } => {
+            if !sql::insert_session(tx, session, &event.event_id).await? {
+                let why = if sql::event_id_taken(tx, &event.event_id).await? {
+                    event_id_conflict(&event.event_id)
+                } else {
+                    Error::conflict(format!("session `{}` already exists", session.id))
+                };
+                return Ok(Answer::Event(Err(why)));
+            }
+            Ok(Answer::Event(Ok(chain.append(tx, event.clone()).await?)))
+        }
+        Work::CloseSession {
+            session_id,
+            at,
+            event,
+        } => {
+            if !sql::close_session(tx, session_id, *at, &event.event_id).await? {
+                let why = if sql::event_id_taken(tx, &event.event_id).await? {
+                    event_id_conflict(&event.event_id)
+                } else {
+                    match sql::fetch_session(&mut **tx, session_id).await? {
+                        None => Error::new(
+                            super::ErrorKind::NotFound,
+                            format!("session `{session_id}` does not exist"),
+                        ),
+                        Some(_) => {
+                            Error::conflict(format!("session `{session_id}` is already closed"))
+                        }
+                    }
+                };
+                return Ok(Answer::Event(Err(why)));
+            }
+            Ok(Answer::Event(Ok(chain.append(tx, event.clone()).await?)))
+        }
+        Work::RecordDecision(rec) => record_decision(tx, chain, rec).await.map(Answer::Recorded),
+    }
+}
+
+async fn record_decision(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    chain: &mut Chain,
+    rec: &DecisionRecord,
+) -> Result<Result<Recorded, Error>, Error> {
+    let mut decision = rec.decision.clone();
+    let check = sql::precheck_decision(
+        tx,
+        &decision.session_id,
+        &rec.call.agent,
+        &decision.call_id,
+        &rec.call.event_id,
+    )
+    .await?;
+    // (1) A call already committed under this key is answered as it was, without a new event or spend.
+    if rec.remember {
+        if let Some(earlier) = check.earlier {
+            return Ok(earlier.map(Recorded::Replayed));
+        }
+    }
+    if check.event_id_taken {
+        return Ok(Err(event_id_conflict(&rec.call.event_id)));
+    }
+    // (2) The budget is spent here, under the chain lock, so it holds across concurrent calls and replicas.
+    if rec.spend_budget
+        && !sql::spend_budget(tx, &decision.session_id, rec.now).await?
+        && decision.is_allow()
+    {
+        let refusal = match sql::fetch_session(&mut **tx, &decision.session_id).await? {
+            Some(session) => session.refusal(rec.now).unwrap_or_else(|| {
+                Reason::new(
+                    ReasonCode::BudgetExhausted,
+                    format!("session `{}` cannot spend a tool call", session.id),
+                )
+            }),
+            None => Reason::new(
+                ReasonCode::SessionNotFound,
+                format!("session `{}` does not exist", decision.session_id),
+            ),
+        };
+        decision.overrule(refusal);
+    }
+    // (3) Remember the final decision, so a retry replays it.
+    if rec.remember {
+        sql::insert_tool_call(
+            tx,
+            &rec.call.agent,
+            &rec.call.arguments_digest,
+            &decision,
+            rec.now,
+        )
+        .await?;
+    }
+    // (4) The event, in the chain.
+    chain
+        .append(tx, EventBody::for_decision(&decision, &rec.call))
+        .await?;
+    Ok(Ok(Recorded::Committed(decision)))
+}
+
+fn event_id_conflict(event_id: &str) -> Error {
+    Error::conflict(format!("event `{event_id}` is already in the audit trail"))
+}

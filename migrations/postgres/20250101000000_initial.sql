@@ -1,0 +1,68 @@
+-- Sessions, remembered tool calls (idempotency keys) and the hash-chained audit trail.
+-- Times are microseconds since the Unix epoch (UTC); JSON is stored as TEXT so both backends hash
+-- and return exactly the bytes the broker wrote.
+
+CREATE TABLE sessions (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    agent           TEXT    NOT NULL,
+    user_id         TEXT,
+    tenant          TEXT,
+    tools           TEXT    NOT NULL, -- JSON array of scope strings
+    purpose         TEXT    NOT NULL,
+    created_at      BIGINT  NOT NULL,
+    expires_at      BIGINT  NOT NULL,
+    max_tool_calls  BIGINT  NOT NULL CHECK (max_tool_calls >= 0),
+    tool_calls_used BIGINT  NOT NULL DEFAULT 0 CHECK (tool_calls_used >= 0),
+    closed_at       BIGINT
+);
+
+CREATE INDEX sessions_agent ON sessions (agent);
+
+-- One row per remembered (session, agent, call_id): a retried call replays its first decision.
+CREATE TABLE tool_calls (
+    session_id       TEXT   NOT NULL,
+    agent            TEXT   NOT NULL,
+    call_id          TEXT   NOT NULL,
+    arguments_digest TEXT   NOT NULL,
+    decision         TEXT   NOT NULL, -- JSON of the domain `Decision`
+    recorded_at      BIGINT NOT NULL,
+    PRIMARY KEY (session_id, agent, call_id)
+);
+
+-- Append-only: the broker never updates or deletes an event; seq is assigned by the writer under the
+-- chain lock (1, 2, 3, ...) and each row's hash covers its content, its seq and its predecessor's hash.
+CREATE TABLE audit_events (
+    seq                BIGINT NOT NULL PRIMARY KEY,
+    event_id           TEXT   NOT NULL UNIQUE,
+    time               BIGINT NOT NULL,
+    kind               TEXT   NOT NULL,
+    agent              TEXT   NOT NULL,
+    user_id            TEXT,
+    session_id         TEXT,
+    decision_id        TEXT,
+    tool               TEXT,
+    call_id            TEXT,
+    outcome            TEXT,
+    reasons            TEXT   NOT NULL, -- JSON array of the domain `Reason`
+    policy_version     TEXT,
+    arguments_digest   TEXT,
+    arguments_redacted TEXT,
+    prev_hash          TEXT   NOT NULL,
+    hash               TEXT   NOT NULL
+);
+
+CREATE INDEX audit_events_session ON audit_events (session_id, seq);
+CREATE INDEX audit_events_agent ON audit_events (agent, seq);
+CREATE INDEX audit_events_tool ON audit_events (tool, seq);
+CREATE INDEX audit_events_time ON audit_events (time);
+
+CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit events are append-only';
+END;
+$$;
+
+CREATE TRIGGER audit_events_no_update_or_delete BEFORE UPDATE OR DELETE ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();

@@ -1,0 +1,294 @@
+//! An in-process fake broker whose answers each test controls, and which records what it received.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use broker_sdk::proto;
+use broker_sdk::{AuditClient, Client, TokenSource};
+use proto::agent_service_server::{AgentService, AgentServiceServer};
+use proto::audit_service_server::{AuditService, AuditServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// How the fake answers one kind of request.
+type Answer<Req, Resp> = Arc<dyn Fn(&Req) -> Result<Resp, Status> + Send + Sync>;
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub authorization: Option<String>,
+    pub grpc_timeout: Option<String>,
+    pub message: Message,
+}
+
+/// The request's message.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Open(proto::OpenSessionRequest),
+    Close(proto::CloseSessionRequest),
+    Authorize(proto::AuthorizeToolCallRequest),
+    List(proto::ListAuditEventsRequest),
+    Verify,
+}
+
+struct Answers {
+    open: Answer<proto::OpenSessionRequest, proto::Session>,
+    close: Answer<proto::CloseSessionRequest, proto::Session>,
+    authorize: Answer<proto::AuthorizeToolCallRequest, proto::Decision>,
+    list: Answer<proto::ListAuditEventsRequest, proto::ListAuditEventsResponse>,
+    verify: Answer<proto::VerifyAuditChainRequest, proto::VerifyAuditChainResponse>,
+}
+
+/// The fake broker; clones share state, so a test keeps one to script and inspect it.
+#[derive(Clone)]
+pub struct Fake {
+    calls: Arc<Mutex<Vec<Call>>>,
+    answers: Arc<Mutex<Answers>>,
+    hang: Arc<AtomicBool>,
+}
+
+pub fn timestamp(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+/// A well-formed session like the broker's.
+pub fn session(request: &proto::OpenSessionRequest) -> proto::Session {
+    proto::Session {
+        session_id: "ses_0123456789abcdef0123456789abcdef".into(),
+        agent: "agent-1".into(),
+        user: String::new(),
+        tools: request.tools.clone(),
+        purpose: request.purpose.clone(),
+        created_at: timestamp(1_700_000_000),
+        expires_at: timestamp(1_700_000_600),
+        max_tool_calls: request.max_tool_calls,
+        tool_calls_used: 0,
+        state: proto::SessionState::Open.into(),
+    }
+}
+
+/// A decision about `request` with this outcome, echoing the call like the broker does.
+pub fn decision(
+    request: &proto::AuthorizeToolCallRequest,
+    outcome: proto::Outcome,
+    reasons: Vec<proto::Reason>,
+) -> proto::Decision {
+    proto::Decision {
+        decision_id: "dec_fedcba9876543210fedcba9876543210".into(),
+        outcome: outcome.into(),
+        reasons,
+        policy_version: "sha256:abc".into(),
+        session_id: request.session_id.clone(),
+        tool: request.tool.clone(),
+        call_id: request.call_id.clone(),
+        decided_at: timestamp(1_700_000_100),
+    }
+}
+
+pub fn reason(code: &str, policy_id: &str, message: &str) -> proto::Reason {
+    proto::Reason {
+        code: code.into(),
+        policy_id: policy_id.into(),
+        message: message.into(),
+    }
+}
+
+impl Fake {
+    /// Answers like a permissive broker: sessions open, every call allowed, an empty verified audit log.
+    pub fn new() -> Self {
+        let answers = Answers {
+            open: Arc::new(|r| Ok(session(r))),
+            close: Arc::new(|r| {
+                let mut closed = session(&proto::OpenSessionRequest::default());
+                closed.session_id.clone_from(&r.session_id);
+                closed.state = proto::SessionState::Closed.into();
+                Ok(closed)
+            }),
+            authorize: Arc::new(|r| Ok(decision(r, proto::Outcome::Allow, vec![]))),
+            list: Arc::new(|_| Ok(proto::ListAuditEventsResponse::default())),
+            verify: Arc::new(|_| {
+                Ok(proto::VerifyAuditChainResponse {
+                    ok: true,
+                    ..Default::default()
+                })
+            }),
+        };
+        Self {
+            calls: Arc::default(),
+            answers: Arc::new(Mutex::new(answers)),
+            hang: Arc::default(),
+        }
+    }
+
+    pub fn on_open(
+        &self,
+        f: impl Fn(&proto::OpenSessionRequest) -> Result<proto::Session, Status> + Send + Sync + 'static,
+    ) {
+        self.answers.lock().expect("answers").open = Arc::new(f);
+    }
+
+    pub fn on_close(
+        &self,
+        f: impl Fn(&proto::CloseSessionRequest) -> Result<proto::Session, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").close = Arc::new(f);
+    }
+
+    pub fn on_authorize(
+        &self,
+        f: impl Fn(&proto::AuthorizeToolCallRequest) -> Result<proto::Decision, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").authorize = Arc::new(f);
+    }
+
+    pub fn on_list(
+        &self,
+        f: impl Fn(&proto::ListAuditEventsRequest) -> Result<proto::ListAuditEventsResponse, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").list = Arc::new(f);
+    }
+
+    pub fn on_verify(
+        &self,
+        f: impl Fn(&proto::VerifyAuditChainRequest) -> Result<proto::VerifyAuditChainResponse, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").verify = Arc::new(f);
+    }
+
+    /// From now on, received requests are recorded but never answered.
+    pub fn hang(&self) {
+        self.hang.store(true, Ordering::SeqCst);
+    }
+
+    /// Everything received so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    /// The `AuthorizeToolCall` requests received so far.
+    pub fn authorizations(&self) -> Vec<proto::AuthorizeToolCallRequest> {
+        self.calls()
+            .into_iter()
+            .filter_map(|call| match call.message {
+                Message::Authorize(request) => Some(request),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Records the request and waits forever if told to hang.
+    async fn receive<M>(&self, request: &Request<M>, message: Message) {
+        let header = |key: &str| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let call = Call {
+            authorization: header("authorization"),
+            grpc_timeout: header("grpc-timeout"),
+            message,
+        };
+        self.calls.lock().expect("calls").push(call);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Serves both services on `127.0.0.1:0` and returns the address.
+    pub async fn serve(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let router = tonic::transport::Server::builder()
+            .add_service(AgentServiceServer::new(self.clone()))
+            .add_service(AuditServiceServer::new(self.clone()));
+        tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+        addr
+    }
+
+    /// Serves and returns a connected [`Client`].
+    pub async fn client(&self, tokens: impl TokenSource) -> Client {
+        let addr = self.serve().await;
+        Client::connect(format!("http://{addr}"), tokens)
+            .await
+            .expect("connect")
+    }
+
+    /// Serves and returns a connected [`AuditClient`].
+    pub async fn audit_client(&self, tokens: impl TokenSource) -> AuditClient {
+        let addr = self.serve().await;
+        AuditClient::connect(format!("http://{addr}"), tokens)
+            .await
+            .expect("connect")
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Fake {
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<proto::Session>, Status> {
+        self.receive(&request, Message::Open(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").open.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<proto::CloseSessionRequest>,
+    ) -> Result<Response<proto::Session>, Status> {
+        self.receive(&request, Message::Close(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").close.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn authorize_tool_call(
+        &self,
+        request: Request<proto::AuthorizeToolCallRequest>,
+    ) -> Result<Response<proto::Decision>, Status> {
+        self.receive(&request, Message::Authorize(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").authorize.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for Fake {
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        self.receive(&request, Message::List(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").list.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn verify_audit_chain(
+        &self,
+        request: Request<proto::VerifyAuditChainRequest>,
+    ) -> Result<Response<proto::VerifyAuditChainResponse>, Status> {
+        self.receive(&request, Message::Verify).await;
+        let answer = self.answers.lock().expect("answers").verify.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+}

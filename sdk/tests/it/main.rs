@@ -1,0 +1,11 @@
+//! The SDK against an in-process fake broker whose answers each test controls.
+
+#![expect(clippy::expect_used, reason = "a test fails loudly on setup errors")]
+
+mod audit;
+mod auth;
+mod authorize;
+mod errors;
+mod fake;
+mod guard;
+mod session;

@@ -1,0 +1,17 @@
+//! End-to-end: a real broker, a real database (each test runs on SQLite and on Postgres), driven through
+//! the SDK as an agent framework would.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+mod audit_trail;
+mod decisions;
+mod identity;
+mod outage;
+mod server;
+mod sessions;
