@@ -31,7 +31,22 @@ async fn another_agent_cannot_use_or_close_a_session(backend: DbBackend) {
         thief.close_session(&s.session_id).await.unwrap_err().code(),
         tonic::Code::NotFound
     );
-    // The thief's attempts used the owner's call ids? No: they are not remembered against the session.
+    // A decision made for alice cannot be replayed by the same agent acting for mallory.
+    let args = json!({"query": "alice's"});
+    let mine = owner
+        .authorize_with_call_id(&s.session_id, "web.search", &args, "call-1")
+        .await
+        .unwrap();
+    assert!(mine.is_allowed());
+    let replayed = other_user
+        .authorize_with_call_id(&s.session_id, "web.search", &args, "call-1")
+        .await
+        .unwrap();
+    assert!(
+        replayed.has_reason("SESSION_NOT_OWNED") && replayed.decision_id != mine.decision_id,
+        "{replayed:?}"
+    );
+    // The others' attempts are not remembered against the session, so they cannot poison its call ids.
     assert!(owner
         .authorize(&s.session_id, "web.search", &json!({"query": "x"}))
         .await

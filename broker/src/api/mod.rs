@@ -13,8 +13,8 @@ use std::time::Duration;
 use broker_proto::v1::agent_service_server::AgentServiceServer;
 use broker_proto::v1::audit_service_server::AuditServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
@@ -97,7 +97,6 @@ pub async fn serve(
         .http2_max_local_error_reset_streams(Some(256))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
         // Upper bound on any RPC, whatever deadline the client sent.
         .timeout(limits.request_timeout)
         // Outermost: past `max_in_flight` requests, shed at once with RESOURCE_EXHAUSTED rather than queue.
@@ -113,7 +112,14 @@ pub async fn serve(
         // Authentication wraps each broker service, so no handler runs without a verified principal.
         .add_service(InterceptedService::new(agent_service, authenticate.clone()))
         .add_service(InterceptedService::new(audit_service, authenticate))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Our own listener (so tests can bind port 0) skips the builder's socket options: set them here.
+        // Without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to every unary call.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            shutdown,
+        )
         .await
         .map_err(|e| Error::Serve(e.to_string()))?;
     health

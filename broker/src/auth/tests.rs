@@ -1,10 +1,4 @@
 //! Tests of the token verifier and the dev issuer, one security rule per test.
-#![expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    reason = "tests fail loudly on broken fixtures"
-)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -241,7 +241,13 @@ impl Broker {
         }
         let now = self.now();
         let event = self.session_event(EventKind::SessionClosed, &session, now);
-        self.store.close_session(&session.id, now, event).await?;
+        match self.store.close_session(&session.id, now, event).await {
+            // Another close won the race: the session is closed either way.
+            Err(e) if e.kind() == store::ErrorKind::Conflict => {}
+            other => {
+                other?;
+            }
+        }
         self.owned_session(caller, session_id).await
     }
 
@@ -329,20 +335,6 @@ impl Broker {
         let digest =
             audit::arguments_digest(&args).map_err(|e| invalid("arguments_json", e.to_string()))?;
 
-        // A retry of a call already decided gets the same answer and spends nothing.
-        if let Some(prior) = self
-            .store
-            .recorded_call(&req.session_id, &caller.subject, &req.call_id)
-            .await?
-        {
-            return replay(
-                prior.arguments_digest,
-                prior.decision,
-                &digest,
-                &req.call_id,
-            );
-        }
-
         let now = self.now();
         let engine = self.policies();
         let mut decision = Decision {
@@ -376,6 +368,20 @@ impl Broker {
                 ));
             }
             Some(s) => {
+                // A retry of a call already decided gets the same answer and spends nothing. Checked
+                // only once the caller is known to own the session, so nobody else replays its decisions.
+                if let Some(prior) = self
+                    .store
+                    .recorded_call(&req.session_id, &caller.subject, &req.call_id)
+                    .await?
+                {
+                    return replay(
+                        prior.arguments_digest,
+                        prior.decision,
+                        &digest,
+                        &req.call_id,
+                    );
+                }
                 if let Some(refusal) = s.refusal(now) {
                     decision.reasons.push(refusal);
                 } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {

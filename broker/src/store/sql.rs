@@ -210,17 +210,12 @@ pub(crate) async fn precheck_decision(
     .map_err(db)?;
     let taken: i64 = column(&row, "event_id_taken")?;
     let decision: Option<String> = column(&row, "decision")?;
-    let earlier = match decision {
-        None => None,
-        Some(decision) => Some(column::<String>(&row, "arguments_digest").and_then(
-            |arguments_digest| {
-                Ok(RecordedCall {
-                    arguments_digest,
-                    decision: from_json::<Decision>("decision", &decision)?,
-                })
-            },
-        )),
-    };
+    let earlier = decision.map(|decision| -> Result<RecordedCall, Error> {
+        Ok(RecordedCall {
+            arguments_digest: column(&row, "arguments_digest")?,
+            decision: from_json("decision", &decision)?,
+        })
+    });
     Ok(Precheck {
         earlier,
         event_id_taken: taken > 0,
