@@ -142,6 +142,7 @@ pub async fn start(
         session: config.session.clone(),
         audit: config.audit.clone(),
         limits: config.limits.clone(),
+        store_bound: config.store.commit_timeout,
     };
     let broker = Broker::new(store.clone(), policies_rx, clock.clone(), settings);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

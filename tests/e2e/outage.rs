@@ -164,3 +164,54 @@ async fn a_decision_is_committed_even_if_the_client_gives_up(backend: DbBackend)
     }
 }
 both!(a_decision_is_committed_even_if_the_client_gives_up);
+
+async fn a_frozen_database_is_answered_within_the_bound(backend: DbBackend) {
+    let bound = Duration::from_millis(500);
+    let h = Harness::start_with(
+        backend,
+        Options {
+            db_proxy: true,
+            commit_timeout: bound,
+        },
+    )
+    .await;
+    let agent = h.agent("research-agent", Some("alice")).await;
+    let s = agent
+        .open_session(SessionRequest::new(["web.search"]))
+        .await
+        .unwrap();
+    // SQLite: writes wait on a lock held elsewhere; Postgres: the server stops answering (SIGSTOP-like),
+    // so even the session read hangs unless the broker bounds it.
+    let lock = match backend {
+        DbBackend::Sqlite => Some(h.db.hold_write_lock().await.unwrap()),
+        DbBackend::Postgres => {
+            h.proxy.as_ref().unwrap().freeze();
+            None
+        }
+    };
+    for i in 0..3 {
+        let started = Instant::now();
+        let err = agent
+            .authorize(
+                &s.session_id,
+                "web.search",
+                &json!({"query": format!("frozen {i}")}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        // Reads and the commit are each bounded: never more than a few bounds, never the 10 s request limit.
+        assert!(
+            started.elapsed() < bound * 4,
+            "answered in {:?}",
+            started.elapsed()
+        );
+    }
+    match lock {
+        Some(l) => l.release().await.unwrap(),
+        None => h.proxy.as_ref().unwrap().thaw(),
+    }
+    until_allowed(&agent, &s.session_id, Duration::from_secs(15)).await;
+    assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
+}
+both!(a_frozen_database_is_answered_within_the_bound);

@@ -86,6 +86,8 @@ pub struct Settings {
     pub session: SessionConfig,
     pub audit: AuditConfig,
     pub limits: Limits,
+    /// The bound on every store step of a decision (`store.commit_timeout`): past it, UNAVAILABLE.
+    pub store_bound: Duration,
 }
 
 #[derive(Clone)]
@@ -147,6 +149,20 @@ impl Broker {
     /// The policy set in effect now.
     pub fn policies(&self) -> Arc<PolicyEngine> {
         self.policies.borrow().clone()
+    }
+
+    /// A store read bounded like a commit: a frozen database yields UNAVAILABLE, not a hung call.
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, store::Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.settings.store_bound, read).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from the database within {:?}",
+                self.settings.store_bound
+            ))),
+        }
     }
 
     fn now(&self) -> Micros {
@@ -258,7 +274,7 @@ impl Broker {
                 "not a session id (`ses_` and 32 hex digits)",
             ));
         }
-        match self.store.session(session_id).await? {
+        match self.bounded(self.store.session(session_id)).await? {
             Some(s) if s.agent == caller.subject && s.user == caller.user => Ok(s),
             _ => Err(Error::NotFound(format!(
                 "no session `{session_id}` for this agent"
@@ -349,7 +365,7 @@ impl Broker {
         };
         // Calls outside the caller's own session are not remembered, so they cannot poison its call ids.
         let mut remember = true;
-        match self.store.session(&req.session_id).await? {
+        match self.bounded(self.store.session(&req.session_id)).await? {
             None => {
                 remember = false;
                 decision.reasons.push(Reason::new(
@@ -371,8 +387,11 @@ impl Broker {
                 // A retry of a call already decided gets the same answer and spends nothing. Checked
                 // only once the caller is known to own the session, so nobody else replays its decisions.
                 if let Some(prior) = self
-                    .store
-                    .recorded_call(&req.session_id, &caller.subject, &req.call_id)
+                    .bounded(self.store.recorded_call(
+                        &req.session_id,
+                        &caller.subject,
+                        &req.call_id,
+                    ))
                     .await?
                 {
                     return replay(
