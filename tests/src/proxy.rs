@@ -28,7 +28,7 @@ impl Proxy {
         let target = target.to_owned();
         let (d, f, l) = (down.clone(), frozen.clone(), live.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
                     drop(inbound); // refused: the database is "down"
                     continue;
