@@ -15,3 +15,4 @@ mod identity;
 mod outage;
 mod server;
 mod sessions;
+mod tls;

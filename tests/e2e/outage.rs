@@ -38,6 +38,7 @@ async fn database_down_means_unavailable_then_recovery(backend: DbBackend) {
         Options {
             db_proxy: true,
             commit_timeout: Duration::from_millis(500),
+            ..Options::default()
         },
     )
     .await;
@@ -172,6 +173,7 @@ async fn a_frozen_database_is_answered_within_the_bound(backend: DbBackend) {
         Options {
             db_proxy: true,
             commit_timeout: bound,
+            ..Options::default()
         },
     )
     .await;

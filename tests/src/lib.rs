@@ -45,6 +45,8 @@ pub struct Options {
     /// Route the broker's Postgres connections through a proxy the test can cut.
     pub db_proxy: bool,
     pub commit_timeout: Duration,
+    /// Serve over TLS (and mTLS when `client_ca` is set).
+    pub tls: Option<broker::config::TlsConfig>,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
         Self {
             db_proxy: false,
             commit_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Harness {
             database_url,
             policies: policies_dir(),
             store,
+            tls: opts.tls,
             ..Config::default()
         };
         let clock = ManualClock::default();
