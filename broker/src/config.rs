@@ -205,9 +205,16 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         let env = Env::prefixed("BROKER_").split("__").filter(|key| {
-            ENV_KEYS
-                .iter()
-                .any(|k| key.as_str().split('.').next() == Some(*k))
+            // Figment shows the key as written (`AUTH__ISSUER`) or split (`auth.issuer`): match either.
+            let key = key.as_str().to_ascii_lowercase();
+            let top = key
+                .split(['.'])
+                .next()
+                .unwrap_or_default()
+                .split("__")
+                .next()
+                .unwrap_or_default();
+            ENV_KEYS.contains(&top)
         });
         let config: Config = figment
             .merge(env)
@@ -359,5 +366,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn environment_sits_between_file_and_flags() {
+        // nextest runs each test in its own process, so setting variables here touches no other test.
+        std::env::set_var("BROKER_POLICIES", "/from/env");
+        std::env::set_var("BROKER_AUTH__ISSUER", "https://idp.example.com/");
+        std::env::set_var("BROKER_TEST_DATABASE_URL", "postgres://not-config");
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.policies, PathBuf::from("/from/env"));
+        assert_eq!(c.auth.issuer, "https://idp.example.com/");
+        let c = Config::load(
+            None,
+            &Overrides {
+                policies: Some("/from/flag".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.policies, PathBuf::from("/from/flag"));
     }
 }

@@ -221,6 +221,7 @@ async fn serve(config: Config, log_json: bool) -> anyhow::Result<ExitCode> {
             "dev issuer on: get a token with `broker token --sub agent-1 --role agent --on-behalf-of alice`"
         );
     }
+    reload_policies_on_sighup(config.policies.clone(), running.policies.clone())?;
     running
         .run_until(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -228,6 +229,34 @@ async fn serve(config: Config, log_json: bool) -> anyhow::Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kill -HUP` reloads the policy directory. A set that fails strict validation is refused and the one in
+/// effect stays: a typo never turns into an open (or a closed) door.
+fn reload_policies_on_sighup(
+    dir: PathBuf,
+    policies: tokio::sync::watch::Sender<Arc<PolicyEngine>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match PolicyEngine::load(&dir) {
+                Ok(engine) => {
+                    tracing::info!(
+                        policies = engine.policy_count(),
+                        version = engine.version(),
+                        "policies reloaded"
+                    );
+                    policies.send_replace(Arc::new(engine));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload refused; the previous policies stay in effect")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 fn token(config: &Config, args: TokenArgs) -> anyhow::Result<ExitCode> {

@@ -276,3 +276,48 @@ async fn retry_with_same_call_id_is_idempotent(backend: DbBackend) {
     assert_eq!(err.reason(), Some("CALL_ID_REUSED"));
 }
 both!(retry_with_same_call_id_is_idempotent);
+
+async fn a_policy_reload_takes_effect_on_the_next_call(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("research-agent", Some("alice")).await;
+    let s = agent
+        .open_session(SessionRequest::new(["web.search"]))
+        .await
+        .unwrap();
+    let before = agent
+        .authorize(&s.session_id, "web.search", &json!({"query": "x"}))
+        .await
+        .unwrap();
+    assert!(before.is_allowed());
+
+    // An admin adds a forbid and reloads (what `kill -HUP` does in `broker serve`).
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(broker_e2e::policies_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("freeze.cedar"),
+        "@id(\"web-search-frozen\")\n@reason(\"web search is paused\")\nforbid (principal, action == Action::\"web.search\", resource);\n",
+    )
+    .unwrap();
+    let engine = broker::policy::PolicyEngine::load(dir.path()).unwrap();
+    h.running.policies.send_replace(std::sync::Arc::new(engine));
+
+    let after = agent
+        .authorize(&s.session_id, "web.search", &json!({"query": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(after.outcome, Outcome::Deny);
+    assert_eq!(
+        after.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
+        Some("web-search-frozen")
+    );
+    assert_ne!(
+        after.policy_version, before.policy_version,
+        "decisions name the policy set that made them"
+    );
+}
+both!(a_policy_reload_takes_effect_on_the_next_call);
