@@ -1,0 +1,59 @@
+//! Sequential `AuthorizeToolCall` latency against a running broker: one call in flight, N calls.
+//! Not the benchmark (that is issue 6): a quick probe of the decision path, durable audit included.
+//!
+//! ```sh
+//! export BROKER_TOKEN=$(broker token --sub probe --role agent --on-behalf-of alice)
+//! cargo run --release -p broker-sdk --example latency -- 2000
+//! ```
+
+use std::time::Instant;
+
+use broker_sdk::{Client, SessionRequest};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: usize = std::env::args().nth(1).map_or(Ok(1000), |a| a.parse())?;
+    let endpoint =
+        std::env::var("BROKER_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let token = std::env::var("BROKER_TOKEN").map_err(|_| "set BROKER_TOKEN")?;
+    let client = Client::connect(endpoint, token).await?;
+    let budget = u32::try_from(n + 10)?;
+    let session = client
+        .open_session(SessionRequest::new(["web.search"]).max_tool_calls(budget))
+        .await?;
+    let mut micros = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let d = client
+            .authorize(
+                &session.session_id,
+                "web.search",
+                &json!({"query": format!("q{i}")}),
+            )
+            .await?;
+        micros.push(t.elapsed().as_micros());
+        if !d.is_allowed() {
+            return Err(format!("unexpected {d:?}").into());
+        }
+    }
+    let total = started.elapsed();
+    micros.sort_unstable();
+    let at = |q: f64| {
+        micros
+            .get(((micros.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "{n} sequential ALLOWs in {:.2}s: {:.0}/s, p50 {} us, p90 {} us, p99 {} us, max {} us",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
+    Ok(())
+}
