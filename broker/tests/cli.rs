@@ -114,22 +114,7 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
             tool_calls_used: 0,
             closed_at: None,
         };
-        let event = EventBody {
-            event_id: broker::ids::event_id(),
-            time: i,
-            kind: EventKind::SessionOpened,
-            agent: "agent-1".into(),
-            user: None,
-            session_id: Some(session.id.clone()),
-            decision_id: None,
-            tool: None,
-            call_id: None,
-            outcome: None,
-            reasons: vec![],
-            policy_version: None,
-            arguments_digest: None,
-            arguments_redacted: None,
-        };
+        let event = EventBody::for_session(EventKind::SessionOpened, &session, i);
         db.store().open_session(&session, event).await.unwrap();
     }
     let url = db.config().database_url.clone();

@@ -62,6 +62,26 @@ pub struct EventBody {
 }
 
 impl EventBody {
+    /// The event recording a session opened or closed.
+    pub fn for_session(kind: EventKind, session: &super::session::Session, time: Micros) -> Self {
+        Self {
+            event_id: crate::ids::event_id(),
+            time,
+            kind,
+            agent: session.agent.clone(),
+            user: session.user.clone(),
+            session_id: Some(session.id.clone()),
+            decision_id: None,
+            tool: None,
+            call_id: None,
+            outcome: None,
+            reasons: Vec::new(),
+            policy_version: None,
+            arguments_digest: None,
+            arguments_redacted: None,
+        }
+    }
+
     /// The event recording a tool-call decision.
     pub fn for_decision(decision: &super::decision::Decision, call: &CallFacts) -> Self {
         Self {

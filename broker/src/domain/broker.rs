@@ -240,7 +240,7 @@ impl Broker {
             tool_calls_used: 0,
             closed_at: None,
         };
-        let event = self.session_event(EventKind::SessionOpened, &session, now);
+        let event = EventBody::for_session(EventKind::SessionOpened, &session, now);
         self.store.open_session(&session, event).await?;
         Ok(session)
     }
@@ -256,7 +256,7 @@ impl Broker {
             return Ok(session);
         }
         let now = self.now();
-        let event = self.session_event(EventKind::SessionClosed, &session, now);
+        let event = EventBody::for_session(EventKind::SessionClosed, &session, now);
         match self.store.close_session(&session.id, now, event).await {
             // Another close won the race: the session is closed either way.
             Err(e) if e.kind() == store::ErrorKind::Conflict => {}
@@ -279,25 +279,6 @@ impl Broker {
             _ => Err(Error::NotFound(format!(
                 "no session `{session_id}` for this agent"
             ))),
-        }
-    }
-
-    fn session_event(&self, kind: EventKind, s: &Session, now: Micros) -> EventBody {
-        EventBody {
-            event_id: ids::event_id(),
-            time: now,
-            kind,
-            agent: s.agent.clone(),
-            user: s.user.clone(),
-            session_id: Some(s.id.clone()),
-            decision_id: None,
-            tool: None,
-            call_id: None,
-            outcome: None,
-            reasons: Vec::new(),
-            policy_version: None,
-            arguments_digest: None,
-            arguments_redacted: None,
         }
     }
 

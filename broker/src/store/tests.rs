@@ -82,22 +82,7 @@ fn session(max_tool_calls: u32) -> Session {
 }
 
 fn body(kind: EventKind, s: &Session, time: Micros) -> EventBody {
-    EventBody {
-        event_id: ids::event_id(),
-        time,
-        kind,
-        agent: s.agent.clone(),
-        user: s.user.clone(),
-        session_id: Some(s.id.clone()),
-        decision_id: None,
-        tool: None,
-        call_id: None,
-        outcome: None,
-        reasons: vec![],
-        policy_version: None,
-        arguments_digest: None,
-        arguments_redacted: None,
-    }
+    EventBody::for_session(kind, s, time)
 }
 
 fn opened(s: &Session) -> EventBody {
