@@ -4,7 +4,11 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["broker/v1/agent.proto", "broker/v1/audit.proto"];
+    let files = [
+        "broker/v1/agent.proto",
+        "broker/v1/audit.proto",
+        "broker/v1/killswitch.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -20,6 +20,10 @@ pub fn event_id() -> String {
     mint("evt_")
 }
 
+pub fn kill_switch_id() -> String {
+    mint("ksw_")
+}
+
 /// True when `id` has the shape of an id minted with `prefix` (prefix + 32 lowercase hex digits).
 pub fn is_well_formed(id: &str, prefix: &str) -> bool {
     id.strip_prefix(prefix).is_some_and(|rest| {

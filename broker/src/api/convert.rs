@@ -43,6 +43,7 @@ fn reason(r: &Reason) -> pb::Reason {
         code: r.code.as_str().to_owned(),
         policy_id: r.policy_id.clone().unwrap_or_default(),
         message: r.message.clone(),
+        kill_switch_id: r.kill_switch_id.clone().unwrap_or_default(),
     }
 }
 

@@ -19,6 +19,9 @@ pub enum EventKind {
     SessionOpened,
     SessionClosed,
     ToolCallDecided,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    KillSwitchExpired,
 }
 
 impl EventKind {
@@ -27,6 +30,9 @@ impl EventKind {
             EventKind::SessionOpened => "SESSION_OPENED",
             EventKind::SessionClosed => "SESSION_CLOSED",
             EventKind::ToolCallDecided => "TOOL_CALL_DECIDED",
+            EventKind::KillSwitchEngaged => "KILL_SWITCH_ENGAGED",
+            EventKind::KillSwitchReleased => "KILL_SWITCH_RELEASED",
+            EventKind::KillSwitchExpired => "KILL_SWITCH_EXPIRED",
         }
     }
 
@@ -35,6 +41,9 @@ impl EventKind {
             "SESSION_OPENED" => Some(EventKind::SessionOpened),
             "SESSION_CLOSED" => Some(EventKind::SessionClosed),
             "TOOL_CALL_DECIDED" => Some(EventKind::ToolCallDecided),
+            "KILL_SWITCH_ENGAGED" => Some(EventKind::KillSwitchEngaged),
+            "KILL_SWITCH_RELEASED" => Some(EventKind::KillSwitchReleased),
+            "KILL_SWITCH_EXPIRED" => Some(EventKind::KillSwitchExpired),
             _ => None,
         }
     }
@@ -59,6 +68,10 @@ pub struct EventBody {
     pub arguments_digest: Option<String>,
     /// The arguments as JSON text, with configured secret fields redacted.
     pub arguments_redacted: Option<String>,
+    /// What else the event is about, as JSON text (e.g. the kill switch engaged). Absent from the hash
+    /// input when empty, so events written before the field existed still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl EventBody {
@@ -79,6 +92,42 @@ impl EventBody {
             policy_version: None,
             arguments_digest: None,
             arguments_redacted: None,
+            detail: None,
+        }
+    }
+
+    /// The event recording a kill switch engaged, released or expired; `actor` is who did it. The
+    /// switch itself (scope, target, reason, times) is the event's `detail`.
+    pub fn for_kill_switch(
+        kind: EventKind,
+        switch: &super::killswitch::KillSwitch,
+        actor: &str,
+        time: Micros,
+    ) -> Self {
+        let mut reasons = Vec::new();
+        if let Some(release) = &switch.released {
+            reasons.push(Reason::new(
+                super::decision::ReasonCode::KillSwitch,
+                release.reason.clone(),
+            ));
+        }
+        Self {
+            event_id: crate::ids::event_id(),
+            time,
+            kind,
+            agent: actor.to_owned(),
+            user: None,
+            session_id: (switch.scope == super::killswitch::Scope::Session)
+                .then(|| switch.target.clone()),
+            decision_id: None,
+            tool: (switch.scope == super::killswitch::Scope::Tool).then(|| switch.target.clone()),
+            call_id: None,
+            outcome: None,
+            reasons,
+            policy_version: None,
+            arguments_digest: None,
+            arguments_redacted: None,
+            detail: serde_json::to_string(switch).ok(),
         }
     }
 
@@ -99,6 +148,7 @@ impl EventBody {
             policy_version: Some(decision.policy_version.clone()),
             arguments_digest: Some(call.arguments_digest.clone()),
             arguments_redacted: Some(call.arguments_redacted.clone()),
+            detail: None,
         }
     }
 }
@@ -288,6 +338,7 @@ mod tests {
             policy_version: Some("v".into()),
             arguments_digest: Some("d".into()),
             arguments_redacted: Some("{}".into()),
+            detail: None,
         }
     }
 

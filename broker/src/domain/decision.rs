@@ -50,6 +50,8 @@ pub enum ReasonCode {
     BudgetExhausted,
     UnknownTool,
     InvalidArguments,
+    /// A kill switch covers the call (or the switches could not be read: every scope counts as killed).
+    KillSwitch,
 }
 
 impl ReasonCode {
@@ -67,6 +69,7 @@ impl ReasonCode {
             ReasonCode::BudgetExhausted => "BUDGET_EXHAUSTED",
             ReasonCode::UnknownTool => "UNKNOWN_TOOL",
             ReasonCode::InvalidArguments => "INVALID_ARGUMENTS",
+            ReasonCode::KillSwitch => "KILL_SWITCH",
         }
     }
 }
@@ -84,6 +87,9 @@ pub struct Reason {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_id: Option<String>,
     pub message: String,
+    /// The kill switch that blocked the call, for [`ReasonCode::KillSwitch`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_switch_id: Option<String>,
 }
 
 impl Reason {
@@ -92,6 +98,7 @@ impl Reason {
             code,
             policy_id: None,
             message: message.into(),
+            kill_switch_id: None,
         }
     }
 
@@ -104,6 +111,16 @@ impl Reason {
             code,
             policy_id: Some(policy_id.into()),
             message: message.into(),
+            kill_switch_id: None,
+        }
+    }
+
+    pub fn from_kill_switch(switch_id: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: ReasonCode::KillSwitch,
+            policy_id: None,
+            message: message.into(),
+            kill_switch_id: Some(switch_id.into()),
         }
     }
 }

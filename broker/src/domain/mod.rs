@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod broker;
 pub mod decision;
+pub mod killswitch;
 pub mod session;

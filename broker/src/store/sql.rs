@@ -347,6 +347,8 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<AuditEvent, Error> {
             policy_version: column(row, "policy_version")?,
             arguments_digest: column(row, "arguments_digest")?,
             arguments_redacted: column(row, "arguments_redacted")?,
+            // Not stored yet: the kill-switch migration adds the column.
+            detail: None,
         },
     })
 }
