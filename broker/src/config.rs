@@ -49,6 +49,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
+    pub kill_switch: KillSwitchConfig,
 }
 
 impl Default for Config {
@@ -65,8 +66,62 @@ impl Default for Config {
             audit: AuditConfig::default(),
             tls: None,
             limits: Limits::default(),
+            kill_switch: KillSwitchConfig::default(),
         }
     }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KillSwitchConfig {
+    /// How often each broker re-reads the switches (Postgres also pushes changes at once with NOTIFY).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// If the switches could not be read for this long, every scope counts as killed until they can.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// Rules that engage a switch by themselves (AUTO_QUARANTINE).
+    pub quarantine: Vec<QuarantineRule>,
+}
+
+impl Default for KillSwitchConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+            stale_after: Duration::from_secs(3),
+            quarantine: vec![QuarantineRule {
+                scope: QuarantineScope::Session,
+                denials: Some(10),
+                calls: None,
+                within: Duration::from_secs(60),
+                expires_after: None,
+            }],
+        }
+    }
+}
+
+/// Engage a switch on a session or an agent when it is denied `denials` times, or makes `calls` calls,
+/// within `within`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineRule {
+    pub scope: QuarantineScope,
+    #[serde(default)]
+    pub denials: Option<u32>,
+    #[serde(default)]
+    pub calls: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+    /// The switch releases itself after this long; unset: until an admin releases it.
+    #[serde(default, with = "humantime_serde")]
+    pub expires_after: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineScope {
+    Session,
+    Agent,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +234,7 @@ pub struct Overrides {
 
 /// Top-level keys read from `BROKER_*`; other `BROKER_` variables (e.g. test settings) are not config.
 const ENV_KEYS: &[&str] = &[
+    "kill_switch",
     "listen",
     "data_dir",
     "database_url",
@@ -280,6 +336,25 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));
+            }
+        }
+        let k = &self.kill_switch;
+        if k.poll_interval.is_zero() || k.stale_after <= k.poll_interval {
+            return Err(invalid(
+                "kill_switch.stale_after",
+                "must be longer than kill_switch.poll_interval",
+            ));
+        }
+        for (i, rule) in k.quarantine.iter().enumerate() {
+            if rule.denials.is_some() == rule.calls.is_some()
+                || rule.denials == Some(0)
+                || rule.calls == Some(0)
+                || rule.within.is_zero()
+            {
+                return Err(invalid(
+                    "kill_switch.quarantine",
+                    format!("rule {i}: set exactly one of `denials` or `calls` (positive) and a positive `within`"),
+                ));
             }
         }
         if l.max_arguments_bytes > l.max_message_bytes {

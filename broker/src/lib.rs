@@ -21,6 +21,7 @@ use crate::auth::Verifier;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::domain::broker::{Broker, Settings};
+use crate::domain::switchboard::Switchboard;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 
@@ -143,8 +144,23 @@ pub async fn start(
         audit: config.audit.clone(),
         limits: config.limits.clone(),
         store_bound: config.store.commit_timeout,
+        quarantine: config.kill_switch.quarantine.clone(),
     };
-    let broker = Broker::new(store.clone(), policies_rx, clock.clone(), settings);
+    // Kill switches are read before the broker serves: a broker that cannot say what is stopped does not start.
+    let switchboard = Switchboard::start(
+        store.clone(),
+        clock.clone(),
+        config.kill_switch.poll_interval,
+        config.kill_switch.stale_after,
+    )
+    .await?;
+    let broker = Broker::new(
+        store.clone(),
+        policies_rx,
+        clock.clone(),
+        settings,
+        switchboard,
+    );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let limits = config.limits.clone();
     let tls = config.tls.clone();

@@ -63,6 +63,49 @@ enum Command {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Engage, release and list kill switches on a running broker (role `admin`).
+    Kill(KillArgs),
+}
+
+#[derive(Args)]
+struct KillArgs {
+    /// The broker to talk to [default: http://<listen>].
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// An admin token.
+    #[arg(long, global = true, env = "BROKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: KillCommand,
+}
+
+#[derive(Subcommand)]
+enum KillCommand {
+    /// Stop everything, a tenant, an agent, a user, a tool (name or `prefix.*`) or one session, now.
+    Engage {
+        /// global, tenant, agent, user, tool or session.
+        #[arg(long)]
+        scope: String,
+        /// What to stop (empty for global).
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long)]
+        reason: String,
+        /// Release by itself after this long, e.g. `30m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// Release an engaged switch.
+    Release {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The switches in force (with `--all`, released and expired ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Args)]
@@ -190,6 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(dir.unwrap_or(config.policies)),
         Command::Audit(cmd) => audit(&config, cmd).await,
+        Command::Kill(args) => kill(&config, args).await,
     }
 }
 
@@ -381,4 +425,68 @@ async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_switch(k: &broker_sdk::KillSwitch) {
+    let state = if k.active {
+        "ACTIVE".to_owned()
+    } else {
+        format!(
+            "released by {}: {}",
+            k.released_by.as_deref().unwrap_or("-"),
+            k.release_reason.as_deref().unwrap_or("-")
+        )
+    };
+    let expires = k
+        .expires_at
+        .map(|t| format!(" expires {}", humantime::format_rfc3339_seconds(t)))
+        .unwrap_or_default();
+    println!(
+        "{} {:<7} {:<24} by {} at {}{} [{}] {}",
+        k.id,
+        k.scope.as_str(),
+        if k.target.is_empty() { "*" } else { &k.target },
+        k.engaged_by,
+        humantime::format_rfc3339_seconds(k.engaged_at),
+        expires,
+        state,
+        k.reason
+    );
+}
+
+async fn kill(config: &Config, args: KillArgs) -> anyhow::Result<ExitCode> {
+    let token = args
+        .token
+        .context("an admin token is required: --token or BROKER_TOKEN")?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint = args
+        .endpoint
+        .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
+    let client = broker_sdk::KillSwitchClient::connect(endpoint, token).await?;
+    match args.command {
+        KillCommand::Engage {
+            scope,
+            target,
+            reason,
+            expires_in,
+        } => {
+            let scope: broker_sdk::KillSwitchScope = scope.to_uppercase().parse()?;
+            let mut req = broker_sdk::EngageRequest::new(scope, target, reason);
+            if let Some(d) = expires_in {
+                req = req.expires_at(std::time::SystemTime::now() + d);
+            }
+            print_switch(&client.engage(req).await?);
+        }
+        KillCommand::Release { id, reason } => print_switch(&client.release(&id, &reason).await?),
+        KillCommand::List { all } => {
+            for k in client.list(all).await? {
+                print_switch(&k);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

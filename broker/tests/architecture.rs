@@ -140,8 +140,9 @@ fn the_wall_clock_is_read_only_by_the_clock() {
     // Expiry and timestamps come from `clock::Clock`, so tests can move time.
     let found: Vec<String> = offenders(&broker_src(), "clock.rs", &["Utc::now", "SystemTime::now"])
         .into_iter()
-        // JWT checks and the dev issuer use real time: tokens are verified against the wall clock by design.
-        .filter(|l| !l.contains("/auth/"))
+        // JWT checks and the dev issuer use real time: tokens are verified against the wall clock by design;
+        // the CLI (main.rs) is a client, computing e.g. `--expires-in` from the operator's clock.
+        .filter(|l| !l.contains("/auth/") && !l.contains("/src/main.rs"))
         .collect();
     assert!(
         found.is_empty(),

@@ -70,6 +70,9 @@ pub struct Reason {
     pub policy_id: Option<String>,
     /// For people: the policy's `@reason` annotation, or what the broker found.
     pub message: String,
+    /// The kill switch that blocked the call, for code `KILL_SWITCH` (see
+    /// [`KillSwitchClient`](crate::KillSwitchClient)).
+    pub kill_switch_id: Option<String>,
 }
 
 impl From<proto::Reason> for Reason {
@@ -78,6 +81,7 @@ impl From<proto::Reason> for Reason {
             code: reason.code,
             policy_id: non_empty(reason.policy_id),
             message: reason.message,
+            kill_switch_id: non_empty(reason.kill_switch_id),
         }
     }
 }
@@ -87,6 +91,9 @@ impl fmt::Display for Reason {
         write!(f, "{}", self.code)?;
         if let Some(policy_id) = &self.policy_id {
             write!(f, " ({policy_id})")?;
+        }
+        if let Some(kill_switch_id) = &self.kill_switch_id {
+            write!(f, " (kill switch {kill_switch_id})")?;
         }
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
@@ -208,6 +215,7 @@ mod tests {
                 code: "POLICY_DENY".into(),
                 policy_id: String::new(),
                 message: "no".into(),
+                kill_switch_id: String::new(),
             }],
             policy_version: "v".into(),
             session_id: "ses_1".into(),
@@ -232,6 +240,21 @@ mod tests {
         let decision = Decision::try_from(answer(proto::Outcome::Deny));
         let reason = decision.as_ref().ok().and_then(|d| d.reasons.first());
         assert_eq!(reason.map(|r| r.policy_id.clone()), Some(None));
+    }
+
+    #[test]
+    fn a_kill_switch_reason_names_the_switch() {
+        let reason = Reason::from(proto::Reason {
+            code: "KILL_SWITCH".into(),
+            policy_id: String::new(),
+            message: "incident 42".into(),
+            kill_switch_id: "ksw_1".into(),
+        });
+        assert_eq!(reason.kill_switch_id.as_deref(), Some("ksw_1"));
+        assert_eq!(
+            reason.to_string(),
+            "KILL_SWITCH (kill switch ksw_1): incident 42"
+        );
     }
 
     #[test]

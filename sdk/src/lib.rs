@@ -47,8 +47,9 @@
 //! # }
 //! ```
 //!
-//! Security teams read the audit trail with [`AuditClient`]. The raw generated types and clients are in
-//! [`proto`]; [`BearerAuth`] authenticates them.
+//! Security teams read the audit trail with [`AuditClient`]; admins stop everything, a tenant, an agent,
+//! a user, a tool or a session at once with [`KillSwitchClient`]. The raw generated types and clients are
+//! in [`proto`]; [`BearerAuth`] authenticates them.
 
 #![warn(missing_docs)]
 
@@ -60,6 +61,8 @@ mod connect;
 mod decision;
 mod error;
 mod guard;
+mod kill_switch;
+mod kill_switch_event;
 mod rpc;
 mod session;
 mod timestamp;
@@ -76,6 +79,10 @@ pub use connect::{endpoint, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIM
 pub use decision::{Decision, Outcome, Reason};
 pub use error::Error;
 pub use guard::GuardError;
+pub use kill_switch::{KillSwitchClient, KillSwitchWatch};
+pub use kill_switch_event::{
+    EngageRequest, KillSwitch, KillSwitchChange, KillSwitchEvent, KillSwitchScope,
+};
 pub use rpc::DEFAULT_TIMEOUT;
 pub use session::{Session, SessionRequest, SessionState};
 pub use token::{BearerAuth, SharedToken, StaticToken, TokenFn, TokenSource, AUTHORIZATION};

@@ -1,5 +1,6 @@
 //! What every RPC of the SDK does around the generated client: a fresh bearer token, a deadline
-//! (sent as `grpc-timeout` and enforced locally), and the status-to-[`Error`] mapping.
+//! (sent as `grpc-timeout` and enforced locally; for a server stream, enforced locally on opening only),
+//! and the status-to-[`Error`] mapping.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,10 +41,7 @@ impl Rpc {
         F: FnOnce(tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(AUTHORIZATION, bearer(self.tokens.as_ref())?);
+        let mut request = self.request(message)?;
         request.set_timeout(self.timeout);
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.timeout, call(request)).await {
@@ -61,5 +59,29 @@ impl Rpc {
             Ok(Err(status)) => Err(Error::from(status)),
             Err(_elapsed) => Err(Error::deadline(self.timeout)),
         }
+    }
+
+    /// Opens a server stream through `call` with a bearer token. The deadline bounds the opening only
+    /// and is not sent as `grpc-timeout`, which would make the server end the stream when it passes.
+    pub(crate) async fn open_stream<M, R, F, Fut>(&self, message: M, call: F) -> Result<R, Error>
+    where
+        F: FnOnce(tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let request = self.request(message)?;
+        match tokio::time::timeout(self.timeout, call(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(Error::from(status)),
+            Err(_elapsed) => Err(Error::deadline(self.timeout)),
+        }
+    }
+
+    /// `message` with the bearer token from the token source.
+    fn request<M>(&self, message: M) -> Result<tonic::Request<M>, Error> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(AUTHORIZATION, bearer(self.tokens.as_ref())?);
+        Ok(request)
     }
 }

@@ -12,6 +12,7 @@
 mod audit_trail;
 mod decisions;
 mod identity;
+mod kill_switches;
 mod outage;
 mod server;
 mod sessions;

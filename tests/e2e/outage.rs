@@ -15,6 +15,10 @@ async fn until_allowed(agent: &broker_sdk::Client, session: &str, deadline: Dura
             .await
         {
             Ok(d) if d.is_allowed() => return start.elapsed(),
+            // Until the broker has re-read the kill switches, it fails closed: that is a DENY, recorded.
+            Ok(d)
+                if d.reason("KILL_SWITCH")
+                    .is_some_and(|r| r.message.contains("unknown")) => {}
             Ok(d) => panic!("unexpected decision {d:?}"),
             Err(e) => assert!(
                 matches!(

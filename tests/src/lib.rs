@@ -103,6 +103,12 @@ impl Harness {
             policies: policies_dir(),
             store,
             tls: opts.tls,
+            // Fast enough that tests of staleness and expiry take about a second.
+            kill_switch: broker::config::KillSwitchConfig {
+                poll_interval: Duration::from_millis(100),
+                stale_after: Duration::from_millis(800),
+                ..broker::config::KillSwitchConfig::default()
+            },
             ..Config::default()
         };
         let clock = ManualClock::default();
@@ -127,11 +133,21 @@ impl Harness {
     }
 
     pub fn token(&self, sub: &str, roles: &[Role], user: Option<&str>) -> String {
+        self.token_in_tenant(sub, roles, user, None)
+    }
+
+    pub fn token_in_tenant(
+        &self,
+        sub: &str,
+        roles: &[Role],
+        user: Option<&str>,
+        tenant: Option<&str>,
+    ) -> String {
         let req = dev::TokenRequest {
             subject: sub.to_owned(),
             roles: roles.to_vec(),
             on_behalf_of: user.map(str::to_owned),
-            tenant: None,
+            tenant: tenant.map(str::to_owned),
             ttl: Duration::from_secs(600),
             issuer: self.config.auth.issuer.clone(),
             audience: self.config.auth.audience.clone(),
@@ -170,6 +186,43 @@ impl Harness {
 
     pub async fn client_with_token(&self, token: String) -> Client {
         Client::connect(self.endpoint(), token).await.unwrap()
+    }
+
+    pub async fn admin(&self) -> broker_sdk::KillSwitchClient {
+        broker_sdk::KillSwitchClient::connect(
+            self.endpoint(),
+            self.token("ops-admin", &[Role::Admin], None),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Another broker on the same database (as another replica would be), with its own pool and view of
+    /// the kill switches. Its address is `running.addr`.
+    pub async fn another_broker(&self) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        broker::start(
+            self.config.clone(),
+            Some(listener),
+            Arc::new(self.clock.clone()),
+        )
+        .await
+        .expect("second broker starts")
+    }
+
+    /// Stops the broker and starts a new one on the same database and data dir.
+    pub async fn restart(mut self) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let next = broker::start(
+            self.config.clone(),
+            Some(listener),
+            Arc::new(self.clock.clone()),
+        )
+        .await
+        .expect("broker restarts");
+        let old = std::mem::replace(&mut self.running, next);
+        old.shutdown().await.unwrap();
+        self
     }
 
     pub async fn auditor(&self) -> AuditClient {

@@ -8,6 +8,7 @@ use super::status::invalid;
 use crate::clock::Micros;
 use crate::domain::audit::AuditEvent;
 use crate::domain::decision::{Decision, Outcome, Reason};
+use crate::domain::killswitch::{KillSwitch, Scope};
 use crate::domain::session::{Session, SessionState};
 use crate::store::{EventFilter, Page};
 
@@ -21,7 +22,7 @@ pub fn timestamp(micros: Micros) -> Timestamp {
     }
 }
 
-fn micros(field: &'static str, t: &Timestamp) -> Result<Micros, Status> {
+pub fn micros(field: &'static str, t: &Timestamp) -> Result<Micros, Status> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err(invalid(field, "nanos out of range"));
     }
@@ -140,4 +141,29 @@ pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page),
             .ok_or_else(|| invalid("page_token", "not a token from a previous page"))?
     };
     Ok((filter, Page { after_seq, limit }))
+}
+
+pub fn kill_switch(k: &KillSwitch, now: Micros) -> pb::KillSwitch {
+    let scope = match k.scope {
+        Scope::Global => pb::KillSwitchScope::Global,
+        Scope::Tenant => pb::KillSwitchScope::Tenant,
+        Scope::Agent => pb::KillSwitchScope::Agent,
+        Scope::User => pb::KillSwitchScope::User,
+        Scope::Tool => pb::KillSwitchScope::Tool,
+        Scope::Session => pb::KillSwitchScope::Session,
+    };
+    let r = k.released.as_ref();
+    pb::KillSwitch {
+        id: k.id.clone(),
+        scope: scope.into(),
+        target: k.target.clone(),
+        reason: k.reason.clone(),
+        engaged_by: k.engaged_by.clone(),
+        engaged_at: Some(timestamp(k.engaged_at)),
+        expires_at: k.expires_at.map(timestamp),
+        active: k.is_active(now),
+        released_by: r.map(|r| r.by.clone()).unwrap_or_default(),
+        released_at: r.map(|r| timestamp(r.at)),
+        release_reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
+    }
 }

@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod authn;
 mod convert;
+mod killswitch;
 mod status;
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use broker_proto::v1::agent_service_server::AgentServiceServer;
 use broker_proto::v1::audit_service_server::AuditServiceServer;
+use broker_proto::v1::kill_switch_service_server::KillSwitchServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -75,7 +77,15 @@ pub async fn serve(
     let authenticate = authn::Authenticate::new(verifier);
     let agent_service = AgentServiceServer::new(agent::AgentApi {
         broker: broker.clone(),
+        clock: clock.clone(),
+    })
+    .max_decoding_message_size(limits.max_message_bytes)
+    .max_encoding_message_size(limits.max_message_bytes);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let kill_switch_service = KillSwitchServiceServer::new(killswitch::KillSwitchApi {
+        broker: broker.clone(),
         clock,
+        stopping,
     })
     .max_decoding_message_size(limits.max_message_bytes)
     .max_encoding_message_size(limits.max_message_bytes);
@@ -111,14 +121,18 @@ pub async fn serve(
         .add_service(reflection)
         // Authentication wraps each broker service, so no handler runs without a verified principal.
         .add_service(InterceptedService::new(agent_service, authenticate.clone()))
-        .add_service(InterceptedService::new(audit_service, authenticate))
+        .add_service(InterceptedService::new(audit_service, authenticate.clone()))
+        .add_service(InterceptedService::new(kill_switch_service, authenticate))
         // Our own listener (so tests can bind port 0) skips the builder's socket options: set them here.
         // Without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to every unary call.
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60))),
-            shutdown,
+            async move {
+                shutdown.await;
+                let _ = stopping_tx.send(true);
+            },
         )
         .await
         .map_err(|e| Error::Serve(e.to_string()))?;

@@ -35,6 +35,17 @@ pub fn from_domain(e: Error) -> Status {
         Error::PermissionDenied { .. } => {
             status(Code::PermissionDenied, "ROLE_REQUIRED", e.to_string())
         }
+        Error::Killed {
+            kill_switch_id,
+            message,
+        } => {
+            let mut metadata = HashMap::new();
+            if let Some(id) = kill_switch_id {
+                metadata.insert("kill_switch_id".to_owned(), id);
+            }
+            let details = ErrorDetails::with_error_info("KILL_SWITCH", DOMAIN, metadata);
+            Status::with_error_details(Code::PermissionDenied, message, details)
+        }
         Error::CallIdReused(_) => status(Code::AlreadyExists, "CALL_ID_REUSED", e.to_string()),
         Error::Unavailable(cause) => {
             tracing::warn!(%cause, "could not decide: audit store unavailable");

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::audit::{self, CallFacts, EventBody, EventKind};
 use super::decision::{Decision, Outcome, Reason, ReasonCode};
+use super::killswitch::{Check, KillSwitch, Release, Scope, Subject, MAX_REASON_LEN};
+use super::quarantine::Quarantine;
 use super::session::{is_tool_name, Session, ToolScope, MAX_TOOL_NAME_LEN};
+use super::switchboard::{Change, Switchboard};
 use crate::auth::{Principal, Role};
 use crate::clock::{Micros, SharedClock};
 use crate::config::{AuditConfig, Limits, SessionConfig};
@@ -38,6 +41,12 @@ pub enum Error {
     /// The store could not be reached or did not commit within its bound: no decision was made.
     #[error("audit store unavailable: {0}")]
     Unavailable(String),
+    /// A kill switch stops the caller (for calls that are not decisions, such as opening a session).
+    #[error("{message}")]
+    Killed {
+        kill_switch_id: Option<String>,
+        message: String,
+    },
     #[error("broker overloaded: {0}")]
     Overloaded(String),
     #[error("internal error: {0}")]
@@ -88,6 +97,7 @@ pub struct Settings {
     pub limits: Limits,
     /// The bound on every store step of a decision (`store.commit_timeout`): past it, UNAVAILABLE.
     pub store_bound: Duration,
+    pub quarantine: Vec<crate::config::QuarantineRule>,
 }
 
 #[derive(Clone)]
@@ -96,6 +106,20 @@ pub struct Broker {
     policies: watch::Receiver<Arc<PolicyEngine>>,
     clock: SharedClock,
     settings: Arc<Settings>,
+    switchboard: Switchboard,
+    quarantine: Arc<Quarantine>,
+}
+
+/// Who engages automatic quarantine switches, in the audit trail.
+pub const QUARANTINE_ACTOR: &str = "broker:auto-quarantine";
+
+/// An admin's request to stop something.
+#[derive(Debug, Clone)]
+pub struct Engage {
+    pub scope: Scope,
+    pub target: String,
+    pub reason: String,
+    pub expires_at: Option<Micros>,
 }
 
 fn require(principal: &Principal, role: Role) -> Result<(), Error> {
@@ -133,12 +157,16 @@ impl Broker {
         policies: watch::Receiver<Arc<PolicyEngine>>,
         clock: SharedClock,
         settings: Settings,
+        switchboard: Switchboard,
     ) -> Self {
+        let quarantine = Arc::new(Quarantine::new(settings.quarantine.clone()));
         Self {
             store,
             policies,
             clock,
             settings: Arc::new(settings),
+            switchboard,
+            quarantine,
         }
     }
 
@@ -175,6 +203,12 @@ impl Broker {
         req: OpenSession,
     ) -> Result<Session, Error> {
         require(caller, Role::Agent)?;
+        if let Some(killed) = self.kill_check(caller, None, None, self.now()) {
+            return Err(Error::Killed {
+                kill_switch_id: killed.kill_switch_id,
+                message: killed.message,
+            });
+        }
         let cfg = &self.settings.session;
         if req.tools.is_empty() {
             return Err(invalid(
@@ -346,71 +380,77 @@ impl Broker {
         };
         // Calls outside the caller's own session are not remembered, so they cannot poison its call ids.
         let mut remember = true;
-        match self.bounded(self.store.session(&req.session_id)).await? {
-            None => {
-                remember = false;
-                decision.reasons.push(Reason::new(
-                    ReasonCode::SessionNotFound,
-                    format!("no session `{}`", req.session_id),
-                ));
-            }
-            Some(s) if s.agent != caller.subject || s.user != caller.user => {
-                remember = false;
-                decision.reasons.push(Reason::new(
-                    ReasonCode::SessionNotOwned,
-                    format!(
-                        "session `{}` belongs to another agent or user",
-                        req.session_id
-                    ),
-                ));
-            }
-            Some(s) => {
-                // A retry of a call already decided gets the same answer and spends nothing. Checked
-                // only once the caller is known to own the session, so nobody else replays its decisions.
-                if let Some(prior) = self
-                    .bounded(self.store.recorded_call(
-                        &req.session_id,
-                        &caller.subject,
-                        &req.call_id,
-                    ))
-                    .await?
-                {
-                    return replay(
-                        prior.arguments_digest,
-                        prior.decision,
-                        &digest,
-                        &req.call_id,
-                    );
+        if let Some(killed) = self.kill_check(caller, Some(&req.tool), Some(&req.session_id), now) {
+            // Not remembered: once the switch is released, a retry of this call is decided afresh.
+            remember = false;
+            decision.reasons.push(killed);
+        } else {
+            match self.bounded(self.store.session(&req.session_id)).await? {
+                None => {
+                    remember = false;
+                    decision.reasons.push(Reason::new(
+                        ReasonCode::SessionNotFound,
+                        format!("no session `{}`", req.session_id),
+                    ));
                 }
-                if let Some(refusal) = s.refusal(now) {
-                    decision.reasons.push(refusal);
-                } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {
+                Some(s) if s.agent != caller.subject || s.user != caller.user => {
+                    remember = false;
                     decision.reasons.push(Reason::new(
-                        ReasonCode::UnknownTool,
-                        format!("tool `{}` is not in the catalogue", req.tool),
+                        ReasonCode::SessionNotOwned,
+                        format!(
+                            "session `{}` belongs to another agent or user",
+                            req.session_id
+                        ),
                     ));
-                } else if !s.allows_tool(&req.tool) {
-                    decision.reasons.push(Reason::new(
-                        ReasonCode::NotInSessionScope,
-                        format!("tool `{}` is outside this session's scopes", req.tool),
-                    ));
-                } else {
-                    let roles: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
-                    let verdict = engine.decide(&ToolCall {
-                        agent: &s.agent,
-                        user: s.user.as_deref(),
-                        roles,
-                        tool: &req.tool,
-                        args: &args,
-                        session: SessionFacts {
-                            id: &s.id,
-                            purpose: &s.purpose,
-                            calls: i64::from(s.tool_calls_used),
-                            max_calls: i64::from(s.max_tool_calls),
-                        },
-                    });
-                    decision.outcome = verdict.outcome;
-                    decision.reasons = verdict.reasons;
+                }
+                Some(s) => {
+                    // A retry of a call already decided gets the same answer and spends nothing. Checked
+                    // only once the caller is known to own the session, so nobody else replays its decisions.
+                    if let Some(prior) = self
+                        .bounded(self.store.recorded_call(
+                            &req.session_id,
+                            &caller.subject,
+                            &req.call_id,
+                        ))
+                        .await?
+                    {
+                        return replay(
+                            prior.arguments_digest,
+                            prior.decision,
+                            &digest,
+                            &req.call_id,
+                        );
+                    }
+                    if let Some(refusal) = s.refusal(now) {
+                        decision.reasons.push(refusal);
+                    } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {
+                        decision.reasons.push(Reason::new(
+                            ReasonCode::UnknownTool,
+                            format!("tool `{}` is not in the catalogue", req.tool),
+                        ));
+                    } else if !s.allows_tool(&req.tool) {
+                        decision.reasons.push(Reason::new(
+                            ReasonCode::NotInSessionScope,
+                            format!("tool `{}` is outside this session's scopes", req.tool),
+                        ));
+                    } else {
+                        let roles: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
+                        let verdict = engine.decide(&ToolCall {
+                            agent: &s.agent,
+                            user: s.user.as_deref(),
+                            roles,
+                            tool: &req.tool,
+                            args: &args,
+                            session: SessionFacts {
+                                id: &s.id,
+                                purpose: &s.purpose,
+                                calls: i64::from(s.tool_calls_used),
+                                max_calls: i64::from(s.max_tool_calls),
+                            },
+                        });
+                        decision.outcome = verdict.outcome;
+                        decision.reasons = verdict.reasons;
+                    }
                 }
             }
         }
@@ -436,7 +476,10 @@ impl Broker {
             })
             .await?
         {
-            Recorded::Committed(d) => Ok(d),
+            Recorded::Committed(d) => {
+                self.quarantine_after(&d, caller, now).await;
+                Ok(d)
+            }
             Recorded::Replayed(prior) => replay(
                 prior.arguments_digest,
                 prior.decision,
@@ -444,6 +487,187 @@ impl Broker {
                 &req.call_id,
             ),
         }
+    }
+
+    /// Whether a kill switch stops this caller (and tool, and session) now. A view of the switches too
+    /// old to trust stops everything.
+    fn kill_check(
+        &self,
+        caller: &Principal,
+        tool: Option<&str>,
+        session: Option<&str>,
+        now: Micros,
+    ) -> Option<Reason> {
+        let subject = Subject {
+            tenant: caller.tenant.as_deref(),
+            agent: &caller.subject,
+            user: caller.user.as_deref(),
+            tool,
+            session,
+        };
+        let snapshot = self.switchboard.snapshot();
+        match snapshot.check(&subject, now, self.switchboard.stale_after()) {
+            Check::Clear => None,
+            Check::Blocked(k) => Some(Reason::from_kill_switch(
+                k.id.clone(),
+                format!("stopped by kill switch `{}` ({} {}): {}", k.id, k.scope.as_str(), k.target, k.reason),
+            )),
+            Check::Unknown { since } => Some(Reason::new(
+                ReasonCode::KillSwitch,
+                format!(
+                    "kill-switch state unknown (the database has not answered for {}); every scope counts as killed",
+                    since.map_or_else(|| "ever".to_owned(), |d| format!("{}s", d.as_secs()))
+                ),
+            )),
+        }
+    }
+
+    /// Feeds a committed decision to the quarantine rules; a rule that trips engages a switch by itself.
+    async fn quarantine_after(&self, d: &Decision, caller: &Principal, now: Micros) {
+        // Denials by a kill switch do not count, or a quarantined session would keep re-tripping.
+        if d.reasons.iter().any(|r| r.code == ReasonCode::KillSwitch) {
+            return;
+        }
+        let Some(trip) = self.quarantine.observe(
+            &caller.subject,
+            &d.session_id,
+            d.outcome == Outcome::Deny,
+            now,
+        ) else {
+            return;
+        };
+        let switch = KillSwitch {
+            id: ids::kill_switch_id(),
+            scope: trip.scope,
+            target: trip.target,
+            reason: trip.reason,
+            engaged_by: QUARANTINE_ACTOR.to_owned(),
+            engaged_at: now,
+            expires_at: trip.expires_at,
+            released: None,
+        };
+        match self.engage_switch(switch).await {
+            Ok(k) => {
+                tracing::warn!(kill_switch = %k.id, scope = k.scope.as_str(), target = %k.target, "auto-quarantine engaged")
+            }
+            Err(e) => tracing::error!(error = %e, "auto-quarantine could not engage its switch"),
+        }
+    }
+
+    async fn engage_switch(&self, switch: KillSwitch) -> Result<KillSwitch, Error> {
+        let event = EventBody::for_kill_switch(
+            EventKind::KillSwitchEngaged,
+            &switch,
+            &switch.engaged_by,
+            switch.engaged_at,
+        );
+        self.store.engage_kill_switch(&switch, event).await?;
+        self.switchboard.engaged_here(switch.clone());
+        Ok(switch)
+    }
+
+    pub async fn engage(&self, caller: &Principal, req: Engage) -> Result<KillSwitch, Error> {
+        require(caller, Role::Admin)?;
+        req.scope
+            .validate_target(&req.target)
+            .map_err(|m| invalid("target", m))?;
+        let reason = req.reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON_LEN {
+            return Err(invalid(
+                "reason",
+                format!("required, at most {MAX_REASON_LEN} characters"),
+            ));
+        }
+        let now = self.now();
+        if req.expires_at.is_some_and(|e| e <= now) {
+            return Err(invalid("expires_at", "must be in the future"));
+        }
+        self.engage_switch(KillSwitch {
+            id: ids::kill_switch_id(),
+            scope: req.scope,
+            target: req.target,
+            reason: reason.to_owned(),
+            engaged_by: caller.subject.clone(),
+            engaged_at: now,
+            expires_at: req.expires_at,
+            released: None,
+        })
+        .await
+    }
+
+    pub async fn release(
+        &self,
+        caller: &Principal,
+        id: &str,
+        reason: &str,
+    ) -> Result<KillSwitch, Error> {
+        require(caller, Role::Admin)?;
+        if !ids::is_well_formed(id, "ksw_") {
+            return Err(invalid(
+                "id",
+                "not a kill switch id (`ksw_` and 32 hex digits)",
+            ));
+        }
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON_LEN {
+            return Err(invalid(
+                "reason",
+                format!("required, at most {MAX_REASON_LEN} characters"),
+            ));
+        }
+        let release = Release {
+            by: caller.subject.clone(),
+            at: self.now(),
+            reason: reason.to_owned(),
+        };
+        match self
+            .store
+            .release_kill_switch(id, &release, release.at)
+            .await?
+        {
+            Some(k) => {
+                self.switchboard.released_here(&k.id);
+                Ok(k)
+            }
+            // Unknown, or already released (returned as it is).
+            None => self
+                .store
+                .kill_switch(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no kill switch `{id}`"))),
+        }
+    }
+
+    pub async fn list_kill_switches(
+        &self,
+        caller: &Principal,
+        include_released: bool,
+    ) -> Result<Vec<KillSwitch>, Error> {
+        require(caller, Role::Admin)?;
+        if include_released {
+            Ok(self.store.list_kill_switches(true, 1000).await?)
+        } else {
+            Ok(self.store.active_kill_switches(self.now()).await?)
+        }
+    }
+
+    /// The switches in force now, and every change from here on.
+    pub fn watch_kill_switches(
+        &self,
+        caller: &Principal,
+    ) -> Result<(Vec<KillSwitch>, broadcast::Receiver<Change>), Error> {
+        require(caller, Role::Admin)?;
+        let changes = self.switchboard.subscribe();
+        let now = self.now();
+        let active = self
+            .switchboard
+            .snapshot()
+            .switches
+            .iter()
+            .filter(|k| k.is_active(now))
+            .cloned()
+            .collect();
+        Ok((active, changes))
     }
 
     pub async fn list_events(

@@ -4,4 +4,6 @@ pub mod audit;
 pub mod broker;
 pub mod decision;
 pub mod killswitch;
+pub mod quarantine;
 pub mod session;
+pub mod switchboard;

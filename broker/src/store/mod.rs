@@ -1,4 +1,5 @@
-//! Durable state: sessions, remembered tool calls and the hash-chained audit trail, in SQLite or Postgres.
+//! Durable state: sessions, remembered tool calls, kill switches and the hash-chained audit trail, in SQLite
+//! or Postgres.
 //!
 //! The only module that knows sqlx. One implementation over sqlx's `Any` driver: SQL is written once with
 //! `$N` placeholders, and the few statements that differ are chosen by [`Backend`]. Times are stored as
@@ -7,6 +8,10 @@
 //! Reads go straight to the pool. Every write goes through the group-commit audit writer
 //! ([`writer`]): it commits the write and its audit event in one transaction, in the hash chain, and
 //! answers only after the commit.
+//!
+//! Kill switches reach every broker replica through the database: Postgres announces each committed change
+//! on a channel ([`Store::kill_switch_listener`]); with SQLite (one host) brokers poll
+//! [`Store::active_kill_switches`].
 
 mod config;
 mod error;
@@ -32,9 +37,11 @@ pub use self::sql::ChainHead;
 use self::writer::{Job, WriterConfig};
 use crate::clock::Micros;
 use crate::domain::audit::{
-    chain_hash, AuditEvent, CallFacts, ChainBreak, ChainVerifier, EventBody, GENESIS_HASH,
+    chain_hash, AuditEvent, CallFacts, ChainBreak, ChainVerifier, EventBody, EventKind,
+    GENESIS_HASH,
 };
 use crate::domain::decision::{Decision, Outcome};
+use crate::domain::killswitch::{KillSwitch, Release};
 use crate::domain::session::Session;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -49,6 +56,10 @@ pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
 /// How many events [`Store::verify_chain`] reads per query.
 const VERIFY_PAGE: i64 = 1000;
+/// Who [`Store::expire_kill_switches`] records as releasing an expired switch.
+pub const EXPIRED_BY: &str = "broker";
+/// The release reason [`Store::expire_kill_switches`] records.
+pub const EXPIRED_REASON: &str = "expired";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -382,6 +393,52 @@ impl Store {
         Ok((events, next))
     }
 
+    pub async fn kill_switch(&self, id: &str) -> Result<Option<KillSwitch>, Error> {
+        self.bounded(sql::fetch_kill_switch(&self.inner.pool, id))
+            .await
+    }
+
+    /// The switches in force at `now`: not released, and not expired (`expires_at` absent or after `now`),
+    /// whether or not [`Store::expire_kill_switches`] has run yet. Oldest first.
+    pub async fn active_kill_switches(&self, now: Micros) -> Result<Vec<KillSwitch>, Error> {
+        self.bounded(sql::fetch_active_kill_switches(&self.inner.pool, now))
+            .await
+    }
+
+    /// Newest first (by `engaged_at`), at most `limit` (0 means [`DEFAULT_PAGE`]; capped at [`MAX_PAGE`]).
+    /// Without `include_released`, only unreleased switches, including any past their `expires_at` that
+    /// [`Store::expire_kill_switches`] has not released yet.
+    pub async fn list_kill_switches(
+        &self,
+        include_released: bool,
+        limit: u32,
+    ) -> Result<Vec<KillSwitch>, Error> {
+        let limit = match limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        self.bounded(sql::fetch_kill_switches(
+            &self.inner.pool,
+            include_released,
+            limit,
+        ))
+        .await
+    }
+
+    /// Postgres: a listener that hears every committed change to the kill switches, made by any broker on
+    /// this database. SQLite: `None` (brokers poll). Call this *before* reading the switches, so that no
+    /// change falls between the read and the first [`KillSwitchListener::recv`].
+    pub async fn kill_switch_listener(&self) -> Result<Option<KillSwitchListener>, Error> {
+        match self.inner.backend {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres => {
+                KillSwitchListener::connect(&self.inner.options, self.inner.connect_timeout)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
     /// Reads every event in `seq` order, a page at a time, checking positions, links and hashes; stops at
     /// the first break. A row that cannot even be read as an event counts as a break at its `seq`.
     pub async fn verify_chain(&self) -> Result<ChainReport, Error> {
@@ -480,6 +537,69 @@ impl Store {
             .await
     }
 
+    /// Stores a new (unreleased) kill switch and its `KILL_SWITCH_ENGAGED` event (`event`, e.g.
+    /// [`EventBody::for_kill_switch`]), in one transaction; on Postgres every broker's listener hears it once
+    /// committed. `Conflict` when the switch id (or the event id) exists: nothing is written then.
+    pub async fn engage_kill_switch(
+        &self,
+        switch: &KillSwitch,
+        event: EventBody,
+    ) -> Result<AuditEvent, Error> {
+        check_kill_switch(switch)?;
+        check_event(&event)?;
+        if event.kind != EventKind::KillSwitchEngaged {
+            return Err(Error::invalid(format!(
+                "the event of an engaged kill switch must be `{}`, not `{}`",
+                EventKind::KillSwitchEngaged.as_str(),
+                event.kind.as_str()
+            )));
+        }
+        let switch = Box::new(switch.clone());
+        self.submit(|reply| Job::EngageKillSwitch {
+            switch,
+            event,
+            reply,
+        })
+        .await
+    }
+
+    /// Releases switch `id` if it is not released yet (a conditional update, so of concurrent releases on
+    /// any number of brokers exactly one wins), appends its `KILL_SWITCH_RELEASED` event
+    /// ([`EventBody::for_kill_switch`] by `release.by` at `now`) in the same transaction, and returns the
+    /// switch as released. `None` when the switch is unknown or already released: nothing is written then.
+    pub async fn release_kill_switch(
+        &self,
+        id: &str,
+        release: &Release,
+        now: Micros,
+    ) -> Result<Option<KillSwitch>, Error> {
+        check_key("kill_switch.id", id)?;
+        check_release(release)?;
+        let (id, release) = (id.to_owned(), release.clone());
+        self.submit(|reply| Job::ReleaseKillSwitch {
+            id,
+            release,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Releases (by [`EXPIRED_BY`], reason [`EXPIRED_REASON`], at `now`) every unreleased switch whose
+    /// `expires_at <= now`, each with a `KILL_SWITCH_EXPIRED` event, and returns them. Conditional, so when
+    /// several brokers run this, each switch is expired (and audited) exactly once. When nothing is due
+    /// (the usual case) it only reads, without a write transaction.
+    pub async fn expire_kill_switches(&self, now: Micros) -> Result<Vec<KillSwitch>, Error> {
+        if !self
+            .bounded(sql::kill_switch_due(&self.inner.pool, now))
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Job::ExpireKillSwitches { now, reply })
+            .await
+    }
+
     /// Queues a job for the writer and waits for its answer, at most `commit_timeout`.
     async fn submit<T>(&self, job: impl FnOnce(writer::Reply<T>) -> Job) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
@@ -514,6 +634,106 @@ impl Store {
                 ))
             })?
     }
+}
+
+/// Hears every committed change to the kill switches (engaged, released, expired) made by any broker on the
+/// same Postgres database, through `LISTEN`/`NOTIFY` on a connection of its own. A notification is sent
+/// at commit, so a rolled-back change is never heard.
+///
+/// Use: create it, *then* load the switches, then loop on [`recv`](Self::recv) and reload after each
+/// return. `recv` also returns `Ok(())` after the connection was lost and re-established (a change may
+/// have been missed meanwhile), so a reload after every `Ok` is always right. When it cannot reconnect it
+/// returns an `Unavailable` error: log it, wait a little, and call `recv` again; the first `recv` that
+/// reconnects returns at once, for the reload. Notifications do not detect a silently dead connection,
+/// so keep a periodic reload as well (and treat switches you could not read as engaged).
+pub struct KillSwitchListener {
+    options: sqlx::postgres::PgConnectOptions,
+    connect_timeout: Duration,
+    /// `None` after a failure: the next `recv` connects afresh.
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl std::fmt::Debug for KillSwitchListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KillSwitchListener")
+            .field("channel", &sql::KILL_SWITCH_CHANNEL)
+            .field("connected", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl KillSwitchListener {
+    async fn connect(any: &AnyConnectOptions, connect_timeout: Duration) -> Result<Self, Error> {
+        use sqlx::ConnectOptions;
+        // The Any driver cannot listen: connect with the Postgres driver, to the same URL.
+        let options = sqlx::postgres::PgConnectOptions::from_url(&any.database_url).map_err(db)?;
+        let listener = Self::open(&options, connect_timeout).await?;
+        Ok(Self {
+            options,
+            connect_timeout,
+            listener: Some(listener),
+        })
+    }
+
+    /// A listener on a pool of one connection (the pool is how `PgListener` reconnects), without lifetime or
+    /// idle limits, which would only drop the LISTEN connection for nothing. Bounded in time.
+    async fn open(
+        options: &sqlx::postgres::PgConnectOptions,
+        connect_timeout: Duration,
+    ) -> Result<sqlx::postgres::PgListener, Error> {
+        let opening = async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .acquire_timeout(connect_timeout)
+                .connect_with(options.clone())
+                .await?;
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.listen(sql::KILL_SWITCH_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        tokio::time::timeout(connect_timeout.saturating_mul(2), opening)
+            .await
+            .map_err(|_| Error::unavailable("kill switch listener timed out connecting"))?
+            .map_err(listener_error)
+    }
+
+    /// Returns when any broker changed the switches (or when changes may have been missed: see the type's
+    /// documentation). Cancel-safe: dropping the future loses no notification.
+    pub async fn recv(&mut self) -> Result<(), Error> {
+        self.recv_change().await.map(|_| ())
+    }
+
+    /// As [`recv`](Self::recv), with the id of the switch that changed, or `None` when changes may have been
+    /// missed (the connection was lost and is back).
+    pub(crate) async fn recv_change(&mut self) -> Result<Option<String>, Error> {
+        let Some(listener) = self.listener.as_mut() else {
+            // The last `recv` failed: listen afresh, and report that changes may have gone unheard.
+            self.listener = Some(Self::open(&self.options, self.connect_timeout).await?);
+            return Ok(None);
+        };
+        match listener.try_recv().await {
+            Ok(Some(notification)) => Ok(Some(notification.payload().to_owned())),
+            // The connection was lost and `PgListener` has re-established it (listening again).
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // Whatever state the connection is in, the next call starts from a new one.
+                self.listener = None;
+                Err(listener_error(e))
+            }
+        }
+    }
+}
+
+fn listener_error(e: sqlx::Error) -> Error {
+    let e = Error::from_sqlx(e);
+    Error::unavailable(format!(
+        "kill switch listener cannot use the database: {}",
+        e.message()
+    ))
 }
 
 fn create_sqlite_file(url: &str) -> Result<(), Error> {
@@ -569,6 +789,29 @@ fn check_session(s: &Session) -> Result<(), Error> {
     check_text("session.purpose", &s.purpose)
 }
 
+fn check_opt_text(field: &str, value: Option<&str>) -> Result<(), Error> {
+    value.map_or(Ok(()), |v| check_text(field, v))
+}
+
+fn check_kill_switch(k: &KillSwitch) -> Result<(), Error> {
+    check_key("kill_switch.id", &k.id)?;
+    check_key("kill_switch.target", &k.target)?;
+    check_key("kill_switch.engaged_by", &k.engaged_by)?;
+    check_text("kill_switch.reason", &k.reason)?;
+    if k.released.is_some() {
+        return Err(Error::invalid(format!(
+            "kill switch `{}` cannot be engaged already released",
+            k.id
+        )));
+    }
+    Ok(())
+}
+
+fn check_release(r: &Release) -> Result<(), Error> {
+    check_key("release.by", &r.by)?;
+    check_text("release.reason", &r.reason)
+}
+
 fn check_event(b: &EventBody) -> Result<(), Error> {
     check_key("event.event_id", &b.event_id)?;
     check_key("event.agent", &b.agent)?;
@@ -582,6 +825,7 @@ fn check_event(b: &EventBody) -> Result<(), Error> {
     if let Some(args) = &b.arguments_redacted {
         check_text("event.arguments_redacted", args)?;
     }
+    check_opt_text("event.detail", b.detail.as_deref())?;
     for reason in &b.reasons {
         check_text("event.reasons.message", &reason.message)?;
         check_opt_key("event.reasons.policy_id", reason.policy_id.as_deref())?;

@@ -8,13 +8,14 @@ use super::{Error, RecordedCall};
 use crate::clock::Micros;
 use crate::domain::audit::{AuditEvent, EventBody, EventKind};
 use crate::domain::decision::{Decision, Outcome, Reason};
+use crate::domain::killswitch::{KillSwitch, Release, Scope};
 use crate::domain::session::{Session, ToolScope};
 
 /// The key of the Postgres advisory lock that serialises chain appends across broker processes.
 pub(crate) const CHAIN_LOCK_KEY: i64 = 0x6272_6f6b_6572_0001;
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, event_id, time, kind, agent, user_id, session_id, decision_id, tool, \
-     call_id, outcome, reasons, policy_version, arguments_digest, arguments_redacted, prev_hash, hash";
+     call_id, outcome, reasons, policy_version, arguments_digest, arguments_redacted, detail, prev_hash, hash";
 
 const SESSION_COLUMNS: &str =
     "id, agent, user_id, tenant, tools, purpose, created_at, expires_at, max_tool_calls, tool_calls_used, closed_at";
@@ -258,6 +259,212 @@ pub(crate) async fn event_id_taken(
 }
 
 // ---------------------------------------------------------------------------------------------------
+// kill switches
+
+/// The Postgres channel every change to the kill switches is announced on (payload: the switch id).
+pub(crate) const KILL_SWITCH_CHANNEL: &str = "broker_kill_switches";
+
+const SWITCH_COLUMNS: &str =
+    "id, scope, target, reason, engaged_by, engaged_at, expires_at, released_at, \
+     released_by, release_reason";
+
+fn switch_from_row(row: &AnyRow) -> Result<KillSwitch, Error> {
+    let scope: String = column(row, "scope")?;
+    let scope = Scope::parse(&scope)
+        .ok_or_else(|| Error::corrupt(format!("unknown kill switch scope `{scope}`")))?;
+    let released_at: Option<Micros> = column(row, "released_at")?;
+    let released_by: Option<String> = column(row, "released_by")?;
+    let release_reason: Option<String> = column(row, "release_reason")?;
+    let released =
+        match (released_at, released_by, release_reason) {
+            (None, None, None) => None,
+            (Some(at), Some(by), Some(reason)) => Some(Release { by, at, reason }),
+            _ => return Err(Error::corrupt(
+                "kill switch release is partly stored (released_at, released_by, release_reason)",
+            )),
+        };
+    Ok(KillSwitch {
+        id: column(row, "id")?,
+        scope,
+        target: column(row, "target")?,
+        reason: column(row, "reason")?,
+        engaged_by: column(row, "engaged_by")?,
+        engaged_at: column(row, "engaged_at")?,
+        expires_at: column(row, "expires_at")?,
+        released,
+    })
+}
+
+fn switches_from_rows(rows: &[AnyRow]) -> Result<Vec<KillSwitch>, Error> {
+    rows.iter().map(switch_from_row).collect()
+}
+
+pub(crate) async fn fetch_kill_switch<'e, E>(ex: E, id: &str) -> Result<Option<KillSwitch>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let sql = format!("SELECT {SWITCH_COLUMNS} FROM kill_switches WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(switch_from_row).transpose()
+}
+
+/// Unreleased and unexpired at `now`, oldest first.
+pub(crate) async fn fetch_active_kill_switches<'e, E>(
+    ex: E,
+    now: Micros,
+) -> Result<Vec<KillSwitch>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let sql = format!(
+        "SELECT {SWITCH_COLUMNS} FROM kill_switches \
+         WHERE released_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+         ORDER BY engaged_at, id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now)
+        .fetch_all(ex)
+        .await
+        .map_err(db)?;
+    switches_from_rows(&rows)
+}
+
+/// Newest first; only the unreleased ones unless `include_released`.
+pub(crate) async fn fetch_kill_switches<'e, E>(
+    ex: E,
+    include_released: bool,
+    limit: u32,
+) -> Result<Vec<KillSwitch>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let filter = if include_released {
+        ""
+    } else {
+        "WHERE released_at IS NULL "
+    };
+    let sql = format!(
+        "SELECT {SWITCH_COLUMNS} FROM kill_switches {filter}ORDER BY engaged_at DESC, id DESC LIMIT $1"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(i64::from(limit))
+        .fetch_all(ex)
+        .await
+        .map_err(db)?;
+    switches_from_rows(&rows)
+}
+
+/// True when some unreleased switch has `expires_at <= now`.
+pub(crate) async fn kill_switch_due<'e, E>(ex: E, now: Micros) -> Result<bool, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM kill_switches \
+         WHERE released_at IS NULL AND expires_at <= $1 LIMIT 1) AS due",
+    )
+    .bind(now)
+    .fetch_one(ex)
+    .await
+    .map_err(db)?;
+    Ok(column::<i64>(&row, "n")? > 0)
+}
+
+/// Inserts an unreleased `switch` unless its id exists or `event_id` is already in the chain; true when
+/// inserted.
+pub(crate) async fn insert_kill_switch(
+    conn: &mut sqlx::AnyConnection,
+    switch: &KillSwitch,
+    event_id: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "INSERT INTO kill_switches (id, scope, target, reason, engaged_by, engaged_at, expires_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7 \
+         WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $8) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&switch.id)
+    .bind(switch.scope.as_str())
+    .bind(&switch.target)
+    .bind(&switch.reason)
+    .bind(&switch.engaged_by)
+    .bind(switch.engaged_at)
+    .bind(switch.expires_at)
+    .bind(event_id)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Releases switch `id` if it is not released yet, and returns it as released; `None` when it is unknown or
+/// already released (nothing changed).
+pub(crate) async fn release_kill_switch(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    release: &Release,
+) -> Result<Option<KillSwitch>, Error> {
+    let sql = format!(
+        "UPDATE kill_switches SET released_at = $2, released_by = $3, release_reason = $4 \
+         WHERE id = $1 AND released_at IS NULL RETURNING {SWITCH_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(release.at)
+        .bind(&release.by)
+        .bind(&release.reason)
+        .fetch_optional(conn)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(switch_from_row).transpose()
+}
+
+/// Releases, as `release`, every unreleased switch with `expires_at <= now`, and returns them as released
+/// in the order they expired.
+pub(crate) async fn expire_kill_switches(
+    conn: &mut sqlx::AnyConnection,
+    now: Micros,
+    release: &Release,
+) -> Result<Vec<KillSwitch>, Error> {
+    let sql = format!(
+        "UPDATE kill_switches SET released_at = $2, released_by = $3, release_reason = $4 \
+         WHERE released_at IS NULL AND expires_at <= $1 RETURNING {SWITCH_COLUMNS}"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now)
+        .bind(release.at)
+        .bind(&release.by)
+        .bind(&release.reason)
+        .fetch_all(conn)
+        .await
+        .map_err(db)?;
+    let mut expired = switches_from_rows(&rows)?;
+    // RETURNING has no order of its own; the events are appended in this one.
+    expired.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
+    Ok(expired)
+}
+
+/// Postgres: announces a change of switch `id` on [`KILL_SWITCH_CHANNEL`]. Inside the writer's transaction,
+/// so listeners hear it only if (and when) the change commits.
+pub(crate) async fn notify_kill_switch(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<(), Error> {
+    // `pg_notify` returns `void`, a type the Any driver cannot decode: select a boolean instead.
+    sqlx::query("SELECT pg_notify($1, $2) IS NULL AS notified")
+        .bind(KILL_SWITCH_CHANNEL)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
 // audit events
 
 /// The last event of the chain: where the next one links.
@@ -291,7 +498,7 @@ pub(crate) async fn insert_event(
     let b = &event.body;
     let sql = format!(
         "INSERT INTO audit_events ({EVENT_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     );
     sqlx::query(&sql)
         .bind(event.seq)
@@ -309,6 +516,7 @@ pub(crate) async fn insert_event(
         .bind(&b.policy_version)
         .bind(&b.arguments_digest)
         .bind(&b.arguments_redacted)
+        .bind(&b.detail)
         .bind(&event.prev_hash)
         .bind(&event.hash)
         .execute(conn)
@@ -347,8 +555,7 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<AuditEvent, Error> {
             policy_version: column(row, "policy_version")?,
             arguments_digest: column(row, "arguments_digest")?,
             arguments_redacted: column(row, "arguments_redacted")?,
-            // Not stored yet: the kill-switch migration adds the column.
-            detail: None,
+            detail: column(row, "detail")?,
         },
     })
 }

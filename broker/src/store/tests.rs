@@ -9,6 +9,7 @@ use super::{
 use crate::clock::Micros;
 use crate::domain::audit::{AuditEvent, CallFacts, EventBody, EventKind, GENESIS_HASH};
 use crate::domain::decision::{Decision, Outcome, Reason, ReasonCode};
+use crate::domain::killswitch::{KillSwitch, Release, Scope};
 use crate::domain::session::{Session, SessionState, ToolScope};
 use crate::ids;
 
@@ -53,6 +54,10 @@ contract_tests!(
     locked_database_times_out_fast_then_recovers,
     full_queue_is_overloaded,
     a_bad_job_fails_alone,
+    kill_switch_engage_is_active_and_audited,
+    kill_switch_release_happens_once,
+    kill_switch_expires_once_across_brokers,
+    kill_switches_list_newest_first,
 );
 
 // -------------------------------------------------------------------------------------------------
@@ -850,6 +855,310 @@ async fn a_bad_job_fails_alone(db: &TestDb) -> TestResult {
 }
 
 // -------------------------------------------------------------------------------------------------
+// kill switches
+
+fn switch(
+    scope: Scope,
+    target: &str,
+    engaged_at: Micros,
+    expires_at: Option<Micros>,
+) -> KillSwitch {
+    KillSwitch {
+        id: ids::kill_switch_id(),
+        scope,
+        target: target.into(),
+        reason: "agents are looping on payments".into(),
+        engaged_by: "admin-1".into(),
+        engaged_at,
+        expires_at,
+        released: None,
+    }
+}
+
+fn engaged(k: &KillSwitch) -> EventBody {
+    EventBody::for_kill_switch(EventKind::KillSwitchEngaged, k, &k.engaged_by, k.engaged_at)
+}
+
+fn release(by: &str, at: Micros) -> Release {
+    Release {
+        by: by.into(),
+        at,
+        reason: "fixed the loop".into(),
+    }
+}
+
+async fn events_of_kind(store: &Store, kind: EventKind) -> Result<Vec<AuditEvent>, Error> {
+    Ok(events(store, EventFilter::default())
+        .await?
+        .into_iter()
+        .filter(|e| e.body.kind == kind)
+        .collect())
+}
+
+fn ids_of(switches: &[KillSwitch]) -> Vec<&str> {
+    switches.iter().map(|k| k.id.as_str()).collect()
+}
+
+async fn kill_switch_engage_is_active_and_audited(db: &TestDb) -> TestResult {
+    let store = db.store();
+    // An event without `detail` before, so the chain mixes both kinds.
+    let s = session(3);
+    store.open_session(&s, opened(&s)).await?;
+
+    let k = switch(Scope::Tool, "payments.*", T0 + 10, None);
+    let event = store.engage_kill_switch(&k, engaged(&k)).await?;
+    assert_eq!(
+        (event.seq, event.body.kind),
+        (2, EventKind::KillSwitchEngaged)
+    );
+    assert_eq!(event.body.agent, "admin-1");
+    assert_eq!(event.body.tool.as_deref(), Some("payments.*"));
+
+    assert_eq!(store.kill_switch(&k.id).await?, Some(k.clone()));
+    assert_eq!(store.kill_switch("ksw_missing").await?, None);
+    assert_eq!(store.active_kill_switches(T0 + 11).await?, vec![k.clone()]);
+    assert_eq!(store.list_kill_switches(false, 0).await?, vec![k.clone()]);
+
+    // The stored event is the one written, `detail` included, and the detail is the switch.
+    let stored = events_of_kind(store, EventKind::KillSwitchEngaged).await?;
+    assert_eq!(stored, vec![event.clone()]);
+    let detail = stored
+        .first()
+        .and_then(|e| e.body.detail.as_deref())
+        .ok_or("no detail")?;
+    assert_eq!(serde_json::from_str::<KillSwitch>(detail)?, k);
+    let opened_event = events(store, EventFilter::default()).await?;
+    assert_eq!(
+        opened_event.first().map(|e| e.body.detail.clone()),
+        Some(None),
+        "an event without detail reads back without one"
+    );
+
+    // The same id again is refused and writes nothing; so is a switch already released or a wrong event.
+    let again = store.engage_kill_switch(&k, engaged(&k)).await;
+    assert_eq!(kind_of(&again), Some(ErrorKind::Conflict), "{again:?}");
+    let mut released = switch(Scope::Global, "", T0, None);
+    released.released = Some(release("admin-1", T0));
+    let refused = store
+        .engage_kill_switch(&released, engaged(&released))
+        .await;
+    assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+    let other = switch(Scope::Global, "", T0, None);
+    let wrong_kind =
+        EventBody::for_kill_switch(EventKind::KillSwitchReleased, &other, "admin-1", T0);
+    let refused = store.engage_kill_switch(&other, wrong_kind).await;
+    assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+    assert_eq!(store.kill_switch(&other.id).await?, None);
+    assert_eq!(last_seq(store).await?, 2);
+
+    // A session-scoped switch is findable by the session's events.
+    let ks = switch(Scope::Session, &s.id, T0 + 20, Some(T0 + HOUR));
+    store.engage_kill_switch(&ks, engaged(&ks)).await?;
+    let by_session = session_events(store, &s).await?;
+    assert_eq!(
+        by_session.iter().map(|e| e.body.kind).collect::<Vec<_>>(),
+        vec![EventKind::SessionOpened, EventKind::KillSwitchEngaged]
+    );
+
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 3), "{report:?}");
+    if db.backend() == Backend::Sqlite {
+        assert!(
+            store.kill_switch_listener().await?.is_none(),
+            "SQLite has no channel"
+        );
+    }
+    Ok(())
+}
+
+async fn kill_switch_release_happens_once(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let k = switch(Scope::Agent, "agent-1", T0, None);
+    let keep = switch(Scope::Agent, "agent-2", T0 + 1, None);
+    store.engage_kill_switch(&k, engaged(&k)).await?;
+    store.engage_kill_switch(&keep, engaged(&keep)).await?;
+
+    let by = release("admin-2", T0 + 50);
+    let released = store
+        .release_kill_switch(&k.id, &by, T0 + 50)
+        .await?
+        .ok_or("not released")?;
+    let expected = KillSwitch {
+        released: Some(by.clone()),
+        ..k.clone()
+    };
+    assert_eq!(released, expected);
+    assert_eq!(store.kill_switch(&k.id).await?, Some(expected.clone()));
+    assert_eq!(
+        ids_of(&store.active_kill_switches(T0 + 51).await?),
+        vec![keep.id.as_str()]
+    );
+
+    let event = events_of_kind(store, EventKind::KillSwitchReleased).await?;
+    let [event] = event.as_slice() else {
+        return Err(format!("expected one release event, got {event:?}").into());
+    };
+    assert_eq!((event.seq, event.body.time), (3, T0 + 50));
+    assert_eq!(
+        event.body.agent, "admin-2",
+        "the event names who released it"
+    );
+    assert_eq!(
+        event.body.reasons.first().map(|r| r.message.as_str()),
+        Some("fixed the loop")
+    );
+    let detail = event.body.detail.as_deref().ok_or("no detail")?;
+    assert_eq!(serde_json::from_str::<KillSwitch>(detail)?, expected);
+
+    // Releasing again, or an unknown switch, changes and appends nothing.
+    assert_eq!(
+        store
+            .release_kill_switch(&k.id, &release("admin-3", T0 + 60), T0 + 60)
+            .await?,
+        None
+    );
+    assert_eq!(
+        store
+            .release_kill_switch("ksw_missing", &release("admin-3", T0 + 60), T0 + 60)
+            .await?,
+        None
+    );
+    assert_eq!(store.kill_switch(&k.id).await?, Some(expected));
+    assert_eq!(last_seq(store).await?, 3);
+
+    // Two brokers releasing the same switch at once: one wins, one event.
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let (by_a, by_b) = (release("admin-a", T0 + 70), release("admin-b", T0 + 70));
+    let (a, b) = tokio::join!(
+        store.release_kill_switch(&keep.id, &by_a, T0 + 70),
+        replica.release_kill_switch(&keep.id, &by_b, T0 + 70),
+    );
+    let winners = [a?, b?].into_iter().flatten().count();
+    assert_eq!(winners, 1);
+    assert_eq!(
+        events_of_kind(store, EventKind::KillSwitchReleased)
+            .await?
+            .len(),
+        2
+    );
+    assert!(store.active_kill_switches(T0 + 71).await?.is_empty());
+
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 4), "{report:?}");
+    Ok(())
+}
+
+async fn kill_switch_expires_once_across_brokers(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let due = switch(Scope::Tenant, "acme", T0, Some(T0 + 100));
+    let later = switch(Scope::Tenant, "globex", T0, Some(T0 + HOUR));
+    let forever = switch(Scope::Global, "", T0, None);
+    for k in [&due, &later, &forever] {
+        store.engage_kill_switch(k, engaged(k)).await?;
+    }
+    let seq = last_seq(store).await?;
+
+    // Expiry is a matter of time alone: past `expires_at` a switch is not active, swept or not.
+    assert_eq!(store.active_kill_switches(T0 + 99).await?.len(), 3);
+    let active = store.active_kill_switches(T0 + 100).await?;
+    assert!(!ids_of(&active).contains(&due.id.as_str()), "{active:?}");
+    assert_eq!(active.len(), 2);
+    assert_eq!(
+        store.expire_kill_switches(T0 + 99).await?,
+        vec![],
+        "nothing due yet"
+    );
+    assert_eq!(last_seq(store).await?, seq);
+
+    // Two brokers sweep at once, several times each: the switch expires, and is audited, once.
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let sweeps: Vec<_> = (0..6)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                store.clone()
+            } else {
+                replica.clone()
+            };
+            tokio::spawn(async move { store.expire_kill_switches(T0 + 200).await })
+        })
+        .collect();
+    let mut expired = Vec::new();
+    for sweep in futures::future::join_all(sweeps).await {
+        expired.extend(sweep??);
+    }
+    let by = Release {
+        by: super::EXPIRED_BY.into(),
+        at: T0 + 200,
+        reason: super::EXPIRED_REASON.into(),
+    };
+    let expected = KillSwitch {
+        released: Some(by),
+        ..due.clone()
+    };
+    assert_eq!(expired, vec![expected.clone()]);
+    assert_eq!(store.kill_switch(&due.id).await?, Some(expected.clone()));
+
+    let events = events_of_kind(store, EventKind::KillSwitchExpired).await?;
+    let [event] = events.as_slice() else {
+        return Err(format!("expected one expiry event, got {events:?}").into());
+    };
+    assert_eq!((event.seq, event.body.agent.as_str()), (seq + 1, "broker"));
+    let detail = event.body.detail.as_deref().ok_or("no detail")?;
+    assert_eq!(serde_json::from_str::<KillSwitch>(detail)?, expected);
+
+    // Released switches do not expire again; the others are untouched.
+    assert_eq!(store.expire_kill_switches(T0 + 300).await?, vec![]);
+    assert_eq!(store.kill_switch(&later.id).await?, Some(later.clone()));
+    assert_eq!(
+        store
+            .release_kill_switch(&due.id, &release("admin-1", T0 + 300), T0 + 300)
+            .await?,
+        None,
+        "an expired switch is released already"
+    );
+    let active = store.active_kill_switches(T0 + 300).await?;
+    assert_eq!(ids_of(&active).len(), 2);
+    assert_eq!(last_seq(store).await?, seq + 1);
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 4), "{report:?}");
+    Ok(())
+}
+
+async fn kill_switches_list_newest_first(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let switches: Vec<KillSwitch> = (0..4)
+        .map(|i| switch(Scope::Agent, &format!("agent-{i}"), T0 + i * 10, None))
+        .collect();
+    for k in &switches {
+        store.engage_kill_switch(k, engaged(k)).await?;
+    }
+    let [first, second, third, fourth] = switches.as_slice() else {
+        return Err("four switches".into());
+    };
+    store
+        .release_kill_switch(&third.id, &release("admin-1", T0 + 100), T0 + 100)
+        .await?
+        .ok_or("not released")?;
+
+    let all = store.list_kill_switches(true, 0).await?;
+    assert_eq!(
+        ids_of(&all),
+        vec![&fourth.id, &third.id, &second.id, &first.id]
+    );
+    assert!(all.get(1).is_some_and(|k| k.released.is_some()));
+    let unreleased = store.list_kill_switches(false, 0).await?;
+    assert_eq!(ids_of(&unreleased), vec![&fourth.id, &second.id, &first.id]);
+    let two = store.list_kill_switches(true, 2).await?;
+    assert_eq!(ids_of(&two), vec![&fourth.id, &third.id]);
+    assert_eq!(
+        ids_of(&store.active_kill_switches(T0 + 100).await?),
+        vec![&first.id, &second.id, &fourth.id],
+        "active switches come oldest first"
+    );
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------------
 // one backend only
 
 #[tokio::test]
@@ -912,5 +1221,115 @@ async fn sqlite_creates_its_directory_and_runs_in_wal_mode() -> TestResult {
         std::path::Path::new(&format!("{path}-wal")).exists(),
         "no WAL file beside {path}"
     );
+    Ok(())
+}
+
+/// Waits (bounded) for the listener's next report.
+async fn next_change(listener: &mut super::KillSwitchListener) -> Result<Option<String>, String> {
+    tokio::time::timeout(Duration::from_secs(5), listener.recv_change())
+        .await
+        .map_err(|_| "no notification within 5 s".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_hears_committed_changes_from_another_broker_only() -> TestResult {
+    let db = TestDb::new(Backend::Postgres).await?;
+    let mut listener = db
+        .store()
+        .kill_switch_listener()
+        .await?
+        .ok_or("Postgres has a listener")?;
+    let replica = db.connect_another(TestDb::test_config()).await?;
+
+    // A change whose transaction does not commit: everything runs (NOTIFY included), then COMMIT fails on
+    // a deferred constraint, so the whole batch is rolled back.
+    db.execute("CREATE TABLE allowed_reasons (reason TEXT PRIMARY KEY)")
+        .await?;
+    db.execute("INSERT INTO allowed_reasons VALUES ('ok')")
+        .await?;
+    db.execute(
+        "ALTER TABLE kill_switches ADD CONSTRAINT reason_allowed FOREIGN KEY (reason) \
+         REFERENCES allowed_reasons (reason) DEFERRABLE INITIALLY DEFERRED",
+    )
+    .await?;
+    let doomed = switch(Scope::Global, "", T0, None);
+    let failed = replica.engage_kill_switch(&doomed, engaged(&doomed)).await;
+    assert!(
+        failed
+            .as_ref()
+            .is_err_and(|e| e.message().contains("reason_allowed")),
+        "refused at COMMIT by the deferred constraint: {failed:?}"
+    );
+    assert_eq!(replica.kill_switch(&doomed.id).await?, None);
+
+    // So the first thing heard is the next, committed, change.
+    let k = KillSwitch {
+        reason: "ok".into(),
+        ..switch(Scope::Agent, "agent-1", T0 + 1, None)
+    };
+    replica.engage_kill_switch(&k, engaged(&k)).await?;
+    assert_eq!(next_change(&mut listener).await?, Some(k.id.clone()));
+    replica
+        .release_kill_switch(&k.id, &release("admin-1", T0 + 2), T0 + 2)
+        .await?
+        .ok_or("not released")?;
+    assert_eq!(next_change(&mut listener).await?, Some(k.id.clone()));
+
+    let expiring = KillSwitch {
+        reason: "ok".into(),
+        ..switch(Scope::Agent, "agent-2", T0 + 3, Some(T0 + 4))
+    };
+    replica
+        .engage_kill_switch(&expiring, engaged(&expiring))
+        .await?;
+    assert_eq!(next_change(&mut listener).await?, Some(expiring.id.clone()));
+    assert_eq!(replica.expire_kill_switches(T0 + 5).await?.len(), 1);
+    assert_eq!(next_change(&mut listener).await?, Some(expiring.id.clone()));
+    assert!(db.store().verify_chain().await?.ok);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_reports_a_lost_connection_and_listens_again() -> TestResult {
+    let db = TestDb::new(Backend::Postgres).await?;
+    let mut listener = db
+        .store()
+        .kill_switch_listener()
+        .await?
+        .ok_or("Postgres has a listener")?;
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await?;
+    // The loss is reported (as "changes may have been missed", possibly after an error), never hidden.
+    let mut reported = false;
+    for _ in 0..3 {
+        match next_change(&mut listener).await {
+            Ok(None) => {
+                reported = true;
+                break;
+            }
+            Ok(Some(id)) => return Err(format!("heard a change nobody made: {id}").into()),
+            Err(e) => assert!(e.contains("unavailable"), "{e}"),
+        }
+    }
+    assert!(reported, "the lost connection was not reported");
+
+    // Listening again: a change made afterwards is heard.
+    let k = switch(Scope::Global, "", T0, None);
+    let mut engaged_ok = false;
+    for _ in 0..3 {
+        match db.store().engage_kill_switch(&k, engaged(&k)).await {
+            Ok(_) => {
+                engaged_ok = true;
+                break;
+            }
+            Err(e) => assert!(e.is_unavailable(), "{e}"),
+        }
+    }
+    assert!(engaged_ok, "the writer did not recover");
+    assert_eq!(next_change(&mut listener).await?, Some(k.id.clone()));
     Ok(())
 }

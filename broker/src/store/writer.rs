@@ -1,4 +1,5 @@
-//! The group-commit audit writer: one task per [`Store`](super::Store) owns every write.
+//! The group-commit audit writer: one task per [`Store`](super::Store) owns every write (sessions,
+//! decisions, kill switches).
 //!
 //! Callers put a job on a bounded queue and wait (at most `commit_timeout`) for its answer. The task takes
 //! the first job, drains whatever else is waiting (up to `max_batch`), and runs ONE transaction for all
@@ -23,10 +24,11 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{self, db, ChainHead};
-use super::{Backend, DecisionRecord, Error, Recorded};
+use super::{Backend, DecisionRecord, Error, Recorded, EXPIRED_BY, EXPIRED_REASON};
 use crate::clock::Micros;
-use crate::domain::audit::{AuditEvent, EventBody, GENESIS_HASH};
+use crate::domain::audit::{AuditEvent, EventBody, EventKind, GENESIS_HASH};
 use crate::domain::decision::{Reason, ReasonCode};
+use crate::domain::killswitch::{KillSwitch, Release};
 use crate::domain::session::Session;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -48,12 +50,29 @@ pub(crate) enum Job {
         rec: Box<DecisionRecord>,
         reply: Reply<Recorded>,
     },
+    EngageKillSwitch {
+        switch: Box<KillSwitch>,
+        event: EventBody,
+        reply: Reply<AuditEvent>,
+    },
+    ReleaseKillSwitch {
+        id: String,
+        release: Release,
+        now: Micros,
+        reply: Reply<Option<KillSwitch>>,
+    },
+    ExpireKillSwitches {
+        now: Micros,
+        reply: Reply<Vec<KillSwitch>>,
+    },
 }
 
 /// A job's answer, held until the batch commits.
 enum Answer {
     Event(Result<AuditEvent, Error>),
     Recorded(Result<Recorded, Error>),
+    Switch(Result<Option<KillSwitch>, Error>),
+    Switches(Result<Vec<KillSwitch>, Error>),
 }
 
 enum Work {
@@ -67,11 +86,25 @@ enum Work {
         event: EventBody,
     },
     RecordDecision(Box<DecisionRecord>),
+    EngageKillSwitch {
+        switch: Box<KillSwitch>,
+        event: EventBody,
+    },
+    ReleaseKillSwitch {
+        id: String,
+        release: Release,
+        now: Micros,
+    },
+    ExpireKillSwitches {
+        now: Micros,
+    },
 }
 
 enum ReplyTo {
     Event(Reply<AuditEvent>),
     Recorded(Reply<Recorded>),
+    Switch(Reply<Option<KillSwitch>>),
+    Switches(Reply<Vec<KillSwitch>>),
 }
 
 impl Job {
@@ -98,6 +131,26 @@ impl Job {
             Job::RecordDecision { rec, reply } => {
                 (Work::RecordDecision(rec), ReplyTo::Recorded(reply))
             }
+            Job::EngageKillSwitch {
+                switch,
+                event,
+                reply,
+            } => (
+                Work::EngageKillSwitch { switch, event },
+                ReplyTo::Event(reply),
+            ),
+            Job::ReleaseKillSwitch {
+                id,
+                release,
+                now,
+                reply,
+            } => (
+                Work::ReleaseKillSwitch { id, release, now },
+                ReplyTo::Switch(reply),
+            ),
+            Job::ExpireKillSwitches { now, reply } => {
+                (Work::ExpireKillSwitches { now }, ReplyTo::Switches(reply))
+            }
         }
     }
 }
@@ -105,25 +158,40 @@ impl Job {
 impl ReplyTo {
     /// Sends `answer`; a caller that stopped waiting is not an error (its write is committed anyway).
     fn send(self, answer: Result<Answer, Error>) {
-        let mismatch =
-            || Error::internal("audit writer answered a job with the wrong kind of result");
         match self {
-            ReplyTo::Event(tx) => {
-                let _ = tx.send(match answer {
-                    Ok(Answer::Event(r)) => r,
-                    Ok(Answer::Recorded(_)) => Err(mismatch()),
-                    Err(e) => Err(e),
-                });
-            }
-            ReplyTo::Recorded(tx) => {
-                let _ = tx.send(match answer {
-                    Ok(Answer::Recorded(r)) => r,
-                    Ok(Answer::Event(_)) => Err(mismatch()),
-                    Err(e) => Err(e),
-                });
-            }
+            ReplyTo::Event(tx) => deliver(tx, answer, |a| match a {
+                Answer::Event(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Recorded(tx) => deliver(tx, answer, |a| match a {
+                Answer::Recorded(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Switch(tx) => deliver(tx, answer, |a| match a {
+                Answer::Switch(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Switches(tx) => deliver(tx, answer, |a| match a {
+                Answer::Switches(r) => Some(r),
+                _ => None,
+            }),
         }
     }
+}
+
+/// Sends the part of `answer` that `pick` recognises as this reply's kind.
+fn deliver<T>(
+    tx: Reply<T>,
+    answer: Result<Answer, Error>,
+    pick: impl FnOnce(Answer) -> Option<Result<T, Error>>,
+) {
+    let _ = tx.send(answer.and_then(|a| {
+        pick(a).unwrap_or_else(|| {
+            Err(Error::internal(
+                "audit writer answered a job with the wrong kind of result",
+            ))
+        })
+    }));
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,7 +288,7 @@ async fn transact(
     let mut chain = Chain::start(sql::chain_head(&mut *tx).await?);
     let mut answers = Vec::with_capacity(work.len());
     for job in work {
-        answers.push(apply(&mut tx, &mut chain, job).await?);
+        answers.push(apply(&mut tx, backend, &mut chain, job).await?);
     }
     tx.commit().await.map_err(db)?;
     Ok(answers)
@@ -262,6 +330,7 @@ impl Chain {
 /// carrying the error.
 async fn apply(
     tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
     chain: &mut Chain,
     job: &Work,
 ) -> Result<Answer, Error> {
@@ -301,6 +370,61 @@ async fn apply(
             Ok(Answer::Event(Ok(chain.append(tx, event.clone()).await?)))
         }
         Work::RecordDecision(rec) => record_decision(tx, chain, rec).await.map(Answer::Recorded),
+        Work::EngageKillSwitch { switch, event } => {
+            if !sql::insert_kill_switch(tx, switch, &event.event_id).await? {
+                let why = if sql::event_id_taken(tx, &event.event_id).await? {
+                    event_id_conflict(&event.event_id)
+                } else {
+                    Error::conflict(format!("kill switch `{}` already exists", switch.id))
+                };
+                return Ok(Answer::Event(Err(why)));
+            }
+            let event = chain.append(tx, event.clone()).await?;
+            announce(tx, backend, &switch.id).await?;
+            Ok(Answer::Event(Ok(event)))
+        }
+        Work::ReleaseKillSwitch { id, release, now } => {
+            let Some(released) = sql::release_kill_switch(tx, id, release).await? else {
+                return Ok(Answer::Switch(Ok(None)));
+            };
+            let event = EventBody::for_kill_switch(
+                EventKind::KillSwitchReleased,
+                &released,
+                &release.by,
+                *now,
+            );
+            chain.append(tx, event).await?;
+            announce(tx, backend, &released.id).await?;
+            Ok(Answer::Switch(Ok(Some(released))))
+        }
+        Work::ExpireKillSwitches { now } => {
+            let release = Release {
+                by: EXPIRED_BY.to_owned(),
+                at: *now,
+                reason: EXPIRED_REASON.to_owned(),
+            };
+            let expired = sql::expire_kill_switches(tx, *now, &release).await?;
+            for switch in &expired {
+                let event = EventBody::for_kill_switch(
+                    EventKind::KillSwitchExpired,
+                    switch,
+                    EXPIRED_BY,
+                    *now,
+                );
+                chain.append(tx, event).await?;
+                announce(tx, backend, &switch.id).await?;
+            }
+            Ok(Answer::Switches(Ok(expired)))
+        }
+    }
+}
+
+/// Tells every broker sharing a Postgres database that switch `id` changed (delivered at commit, never
+/// for a rolled-back change). SQLite has no such channel: brokers there poll.
+async fn announce(conn: &mut AnyConnection, backend: Backend, id: &str) -> Result<(), Error> {
+    match backend {
+        Backend::Postgres => sql::notify_kill_switch(conn, id).await,
+        Backend::Sqlite => Ok(()),
     }
 }
 

@@ -1,19 +1,25 @@
 //! An in-process fake broker whose answers each test controls, and which records what it received.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use broker_sdk::proto;
-use broker_sdk::{AuditClient, Client, TokenSource};
+use broker_sdk::{AuditClient, Client, KillSwitchClient, TokenSource};
 use proto::agent_service_server::{AgentService, AgentServiceServer};
 use proto::audit_service_server::{AuditService, AuditServiceServer};
+use proto::kill_switch_service_server::{KillSwitchService, KillSwitchServiceServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// How the fake answers one kind of request.
 type Answer<Req, Resp> = Arc<dyn Fn(&Req) -> Result<Resp, Status> + Send + Sync>;
+
+/// What the fake streams for one `WatchKillSwitches`, in order, before it ends the stream.
+pub type Script = Vec<Result<proto::KillSwitchEvent, Status>>;
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -31,6 +37,10 @@ pub enum Message {
     Authorize(proto::AuthorizeToolCallRequest),
     List(proto::ListAuditEventsRequest),
     Verify,
+    Engage(proto::EngageKillSwitchRequest),
+    Release(proto::ReleaseKillSwitchRequest),
+    ListSwitches(proto::ListKillSwitchesRequest),
+    Watch,
 }
 
 struct Answers {
@@ -39,6 +49,10 @@ struct Answers {
     authorize: Answer<proto::AuthorizeToolCallRequest, proto::Decision>,
     list: Answer<proto::ListAuditEventsRequest, proto::ListAuditEventsResponse>,
     verify: Answer<proto::VerifyAuditChainRequest, proto::VerifyAuditChainResponse>,
+    engage: Answer<proto::EngageKillSwitchRequest, proto::KillSwitch>,
+    release: Answer<proto::ReleaseKillSwitchRequest, proto::KillSwitch>,
+    list_switches: Answer<proto::ListKillSwitchesRequest, proto::ListKillSwitchesResponse>,
+    watch: Answer<proto::WatchKillSwitchesRequest, Script>,
 }
 
 /// The fake broker; clones share state, so a test keeps one to script and inspect it.
@@ -92,6 +106,44 @@ pub fn reason(code: &str, policy_id: &str, message: &str) -> proto::Reason {
         code: code.into(),
         policy_id: policy_id.into(),
         message: message.into(),
+        kill_switch_id: String::new(),
+    }
+}
+
+/// An engaged switch like the broker's, for `request`.
+pub fn kill_switch(request: &proto::EngageKillSwitchRequest) -> proto::KillSwitch {
+    proto::KillSwitch {
+        id: "ksw_0123456789abcdef0123456789abcdef".into(),
+        scope: request.scope,
+        target: request.target.clone(),
+        reason: request.reason.clone(),
+        engaged_by: "admin-1".into(),
+        engaged_at: timestamp(1_700_000_000),
+        expires_at: request.expires_at,
+        active: true,
+        released_by: String::new(),
+        released_at: None,
+        release_reason: String::new(),
+    }
+}
+
+/// A watch event: `change` of an engaged switch with this id, scope and target.
+pub fn kill_switch_event(
+    change: &str,
+    id: &str,
+    scope: proto::KillSwitchScope,
+    target: &str,
+) -> proto::KillSwitchEvent {
+    let mut switch = kill_switch(&proto::EngageKillSwitchRequest {
+        scope: scope.into(),
+        target: target.into(),
+        reason: "incident 42".into(),
+        expires_at: None,
+    });
+    switch.id = id.into();
+    proto::KillSwitchEvent {
+        change: change.into(),
+        switch: Some(switch),
     }
 }
 
@@ -114,6 +166,19 @@ impl Fake {
                     ..Default::default()
                 })
             }),
+            engage: Arc::new(|r| Ok(kill_switch(r))),
+            release: Arc::new(|r| {
+                let mut released = kill_switch(&proto::EngageKillSwitchRequest::default());
+                released.scope = proto::KillSwitchScope::Global.into();
+                released.id.clone_from(&r.id);
+                released.active = false;
+                released.released_by = "admin-1".into();
+                released.released_at = timestamp(1_700_000_900);
+                released.release_reason.clone_from(&r.reason);
+                Ok(released)
+            }),
+            list_switches: Arc::new(|_| Ok(proto::ListKillSwitchesResponse::default())),
+            watch: Arc::new(|_| Ok(Vec::new())),
         };
         Self {
             calls: Arc::default(),
@@ -169,6 +234,44 @@ impl Fake {
         self.answers.lock().expect("answers").verify = Arc::new(f);
     }
 
+    pub fn on_engage(
+        &self,
+        f: impl Fn(&proto::EngageKillSwitchRequest) -> Result<proto::KillSwitch, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").engage = Arc::new(f);
+    }
+
+    pub fn on_release(
+        &self,
+        f: impl Fn(&proto::ReleaseKillSwitchRequest) -> Result<proto::KillSwitch, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").release = Arc::new(f);
+    }
+
+    pub fn on_list_switches(
+        &self,
+        f: impl Fn(&proto::ListKillSwitchesRequest) -> Result<proto::ListKillSwitchesResponse, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").list_switches = Arc::new(f);
+    }
+
+    /// `WatchKillSwitches` fails with the error, or streams the script and then ends the stream.
+    pub fn on_watch(
+        &self,
+        f: impl Fn(&proto::WatchKillSwitchesRequest) -> Result<Script, Status> + Send + Sync + 'static,
+    ) {
+        self.answers.lock().expect("answers").watch = Arc::new(f);
+    }
+
     /// From now on, received requests are recorded but never answered.
     pub fn hang(&self) {
         self.hang.store(true, Ordering::SeqCst);
@@ -210,13 +313,14 @@ impl Fake {
         }
     }
 
-    /// Serves both services on `127.0.0.1:0` and returns the address.
+    /// Serves every service on `127.0.0.1:0` and returns the address.
     pub async fn serve(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let router = tonic::transport::Server::builder()
             .add_service(AgentServiceServer::new(self.clone()))
-            .add_service(AuditServiceServer::new(self.clone()));
+            .add_service(AuditServiceServer::new(self.clone()))
+            .add_service(KillSwitchServiceServer::new(self.clone()));
         tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
         addr
     }
@@ -233,6 +337,14 @@ impl Fake {
     pub async fn audit_client(&self, tokens: impl TokenSource) -> AuditClient {
         let addr = self.serve().await;
         AuditClient::connect(format!("http://{addr}"), tokens)
+            .await
+            .expect("connect")
+    }
+
+    /// Serves and returns a connected [`KillSwitchClient`].
+    pub async fn kill_switch_client(&self, tokens: impl TokenSource) -> KillSwitchClient {
+        let addr = self.serve().await;
+        KillSwitchClient::connect(format!("http://{addr}"), tokens)
             .await
             .expect("connect")
     }
@@ -290,5 +402,52 @@ impl AuditService for Fake {
         self.receive(&request, Message::Verify).await;
         let answer = self.answers.lock().expect("answers").verify.clone();
         answer(request.get_ref()).map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl KillSwitchService for Fake {
+    type WatchKillSwitchesStream =
+        Pin<Box<dyn Stream<Item = Result<proto::KillSwitchEvent, Status>> + Send>>;
+
+    async fn engage(
+        &self,
+        request: Request<proto::EngageKillSwitchRequest>,
+    ) -> Result<Response<proto::KillSwitch>, Status> {
+        self.receive(&request, Message::Engage(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").engage.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn release(
+        &self,
+        request: Request<proto::ReleaseKillSwitchRequest>,
+    ) -> Result<Response<proto::KillSwitch>, Status> {
+        self.receive(&request, Message::Release(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").release.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn list_kill_switches(
+        &self,
+        request: Request<proto::ListKillSwitchesRequest>,
+    ) -> Result<Response<proto::ListKillSwitchesResponse>, Status> {
+        self.receive(&request, Message::ListSwitches(*request.get_ref()))
+            .await;
+        let answer = self.answers.lock().expect("answers").list_switches.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn watch_kill_switches(
+        &self,
+        request: Request<proto::WatchKillSwitchesRequest>,
+    ) -> Result<Response<Self::WatchKillSwitchesStream>, Status> {
+        self.receive(&request, Message::Watch).await;
+        let answer = self.answers.lock().expect("answers").watch.clone();
+        let script = answer(request.get_ref())?;
+        let stream: Self::WatchKillSwitchesStream = Box::pin(tokio_stream::iter(script));
+        Ok(Response::new(stream))
     }
 }

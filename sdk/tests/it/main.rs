@@ -8,4 +8,5 @@ mod authorize;
 mod errors;
 mod fake;
 mod guard;
+mod kill_switch;
 mod session;
