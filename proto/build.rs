@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "broker/v1/agent.proto",
         "broker/v1/audit.proto",
         "broker/v1/killswitch.proto",
+        "broker/v1/approval.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -10,7 +10,13 @@
 //! cargo bench -p broker --bench kill_propagation -- postgres 100
 //! ```
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "benchmark driver")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark driver"
+)]
 
 use std::path::Path;
 use std::process::Stdio;
@@ -33,7 +39,13 @@ async fn spawn(db_url: &str, data_dir: &Path) -> Broker {
     drop(listener);
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_broker"))
-        .args(["serve", "--listen", &addr.to_string(), "--database-url", db_url])
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--database-url",
+            db_url,
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--policies")
@@ -44,7 +56,10 @@ async fn spawn(db_url: &str, data_dir: &Path) -> Broker {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    Broker { child, endpoint: format!("http://{addr}") }
+    Broker {
+        child,
+        endpoint: format!("http://{addr}"),
+    }
 }
 
 async fn connect_agent(endpoint: &str, token: &str) -> Client {
@@ -53,7 +68,10 @@ async fn connect_agent(endpoint: &str, token: &str) -> Client {
         if let Ok(c) = Client::connect(endpoint.to_owned(), token.to_owned()).await {
             return c;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "broker at {endpoint} did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "broker at {endpoint} did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -63,7 +81,9 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 async fn run(backend: Backend, rounds: usize) {
-    let db = TestDb::new(backend).await.expect("database (is Postgres running on 127.0.0.1:5432?)");
+    let db = TestDb::new(backend)
+        .await
+        .expect("database (is Postgres running on 127.0.0.1:5432?)");
     let url = db.config().database_url.clone();
     let data = tempfile::tempdir().unwrap();
     // Both processes share the data dir, hence the dev signing key.
@@ -75,6 +95,7 @@ async fn run(backend: Backend, rounds: usize) {
             roles: vec![role],
             on_behalf_of: Some("alice".into()),
             tenant: None,
+            groups: vec![],
             ttl: Duration::from_secs(3600),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
@@ -86,24 +107,47 @@ async fn run(backend: Backend, rounds: usize) {
     let agent_token = mint("bench-agent", Role::Agent);
     let on_b = connect_agent(&b.endpoint, &agent_token).await;
     connect_agent(&a.endpoint, &agent_token).await;
-    let admin = KillSwitchClient::connect(a.endpoint.clone(), mint("bench-admin", Role::Admin)).await.unwrap();
-    let session = on_b.open_session(SessionRequest::new(["web.search"]).max_tool_calls(100_000)).await.unwrap().session_id;
+    let admin = KillSwitchClient::connect(a.endpoint.clone(), mint("bench-admin", Role::Admin))
+        .await
+        .unwrap();
+    let session = on_b
+        .open_session(SessionRequest::new(["web.search"]).max_tool_calls(100_000))
+        .await
+        .unwrap()
+        .session_id;
     let args = json!({"query": "propagation"});
 
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        let k = admin.engage(EngageRequest::new(KillSwitchScope::Agent, "bench-agent", "propagation bench")).await.unwrap();
+        let k = admin
+            .engage(EngageRequest::new(
+                KillSwitchScope::Agent,
+                "bench-agent",
+                "propagation bench",
+            ))
+            .await
+            .unwrap();
         let engaged = Instant::now();
         loop {
             let d = on_b.authorize(&session, "web.search", &args).await.unwrap();
-            if d.reason("KILL_SWITCH").is_some_and(|r| r.kill_switch_id.as_deref() == Some(k.id.as_str())) {
+            if d.reason("KILL_SWITCH")
+                .is_some_and(|r| r.kill_switch_id.as_deref() == Some(k.id.as_str()))
+            {
                 samples.push(engaged.elapsed());
                 break;
             }
-            assert!(engaged.elapsed() < Duration::from_secs(10), "no propagation within 10 s");
+            assert!(
+                engaged.elapsed() < Duration::from_secs(10),
+                "no propagation within 10 s"
+            );
         }
         admin.release(&k.id, "next round").await.unwrap();
-        while !on_b.authorize(&session, "web.search", &args).await.unwrap().is_allowed() {
+        while !on_b
+            .authorize(&session, "web.search", &args)
+            .await
+            .unwrap()
+            .is_allowed()
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -122,9 +166,16 @@ async fn run(backend: Backend, rounds: usize) {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; positional words choose the backend and the number of rounds.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let rounds = args.iter().find_map(|a| a.parse().ok()).unwrap_or(30);
-    let backends: Vec<Backend> = match args.iter().find(|a| a.parse::<usize>().is_err()).map(String::as_str) {
+    let backends: Vec<Backend> = match args
+        .iter()
+        .find(|a| a.parse::<usize>().is_err())
+        .map(String::as_str)
+    {
         Some("postgres") => vec![Backend::Postgres],
         Some("sqlite") => vec![Backend::Sqlite],
         _ => vec![Backend::Postgres, Backend::Sqlite],

@@ -50,6 +50,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub kill_switch: KillSwitchConfig,
+    pub approvals: ApprovalsConfig,
 }
 
 impl Default for Config {
@@ -67,6 +68,34 @@ impl Default for Config {
             tls: None,
             limits: Limits::default(),
             kill_switch: KillSwitchConfig::default(),
+            approvals: ApprovalsConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long an approval may wait for people, unless its policy says (`@approval_expires`).
+    #[serde(with = "humantime_serde")]
+    pub default_expiry: Duration,
+    /// The longest one AwaitApproval call waits (the agent may call again).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// How often a waiting agent and the approval watchers look for changes made through other brokers.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Where to announce new pending approvals (signed JSON POST, retried; never blocks a decision).
+    pub webhook: Option<crate::notify::WebhookConfig>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            default_expiry: Duration::from_secs(15 * 60),
+            max_wait: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(200),
+            webhook: None,
         }
     }
 }
@@ -234,6 +263,7 @@ pub struct Overrides {
 
 /// Top-level keys read from `BROKER_*`; other `BROKER_` variables (e.g. test settings) are not config.
 const ENV_KEYS: &[&str] = &[
+    "approvals",
     "kill_switch",
     "listen",
     "data_dir",
@@ -337,6 +367,23 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));
             }
+        }
+        let a = &self.approvals;
+        if a.default_expiry.is_zero() || a.max_wait.is_zero() || a.poll_interval.is_zero() {
+            return Err(invalid(
+                "approvals",
+                "default_expiry, max_wait and poll_interval must be positive",
+            ));
+        }
+        if a.poll_interval > Duration::from_secs(1) {
+            return Err(invalid(
+                "approvals.poll_interval",
+                "at most 1s: approvals must reach waiting agents on every broker within a second",
+            ));
+        }
+        if let Some(hook) = &a.webhook {
+            hook.validate()
+                .map_err(|e| invalid("approvals.webhook", e.to_string()))?;
         }
         let k = &self.kill_switch;
         if k.poll_interval.is_zero() || k.stale_after <= k.poll_interval {

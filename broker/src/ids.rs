@@ -20,6 +20,10 @@ pub fn event_id() -> String {
     mint("evt_")
 }
 
+pub fn approval_id() -> String {
+    mint("apr_")
+}
+
 pub fn kill_switch_id() -> String {
     mint("ksw_")
 }

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod ids;
+pub mod notify;
 pub mod policy;
 pub mod store;
 
@@ -39,6 +40,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, message: String },
     #[error(transparent)]
     Api(#[from] api::Error),
+    #[error("approvals webhook: {0}")]
+    Webhook(#[from] notify::Error),
 }
 
 /// A running broker.
@@ -145,7 +148,14 @@ pub async fn start(
         limits: config.limits.clone(),
         store_bound: config.store.commit_timeout,
         quarantine: config.kill_switch.quarantine.clone(),
+        approvals: config.approvals.clone(),
     };
+    let webhook = config
+        .approvals
+        .webhook
+        .as_ref()
+        .map(notify::Webhook::start)
+        .transpose()?;
     // Kill switches are read before the broker serves: a broker that cannot say what is stopped does not start.
     let switchboard = Switchboard::start(
         store.clone(),
@@ -160,7 +170,12 @@ pub async fn start(
         clock.clone(),
         settings,
         switchboard,
+        webhook,
     );
+    tokio::spawn(domain::approving::watch_store(
+        broker.clone(),
+        config.approvals.poll_interval,
+    ));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let limits = config.limits.clone();
     let tls = config.tls.clone();

@@ -65,6 +65,42 @@ enum Command {
     Audit(AuditCommand),
     /// Engage, release and list kill switches on a running broker (role `admin`).
     Kill(KillArgs),
+    /// List, show, approve and deny tool calls waiting for people (role `approver`).
+    Approvals(ApprovalArgs),
+}
+
+#[derive(Args)]
+struct ApprovalArgs {
+    /// The broker to talk to [default: http://<listen>].
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// An approver's token.
+    #[arg(long, global = true, env = "BROKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: ApprovalCommand,
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// Approvals waiting for a decision (with `--all`, every status).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One approval in full: the redacted arguments, who must approve, the votes so far.
+    Show { id: String },
+    /// Approve exactly what `show` printed.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
 }
 
 #[derive(Args)]
@@ -121,6 +157,9 @@ struct TokenArgs {
     on_behalf_of: Option<String>,
     #[arg(long)]
     tenant: Option<String>,
+    /// A group to put in the token (approvers approve for their groups); repeat for several.
+    #[arg(long = "group")]
+    groups: Vec<String>,
     /// Lifetime, e.g. `1h`, `15m`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -237,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(dir.unwrap_or(config.policies)),
         Command::Audit(cmd) => audit(&config, cmd).await,
         Command::Kill(args) => kill(&config, args).await,
+        Command::Approvals(args) => approvals(&config, args).await,
     }
 }
 
@@ -321,6 +361,7 @@ fn token(config: &Config, args: TokenArgs) -> anyhow::Result<ExitCode> {
         roles,
         on_behalf_of: args.on_behalf_of,
         tenant: args.tenant,
+        groups: args.groups,
         ttl: args.ttl,
         issuer: config.auth.issuer.clone(),
         audience: config.auth.audience.clone(),
@@ -457,18 +498,92 @@ fn print_switch(k: &broker_sdk::KillSwitch) {
     );
 }
 
-async fn kill(config: &Config, args: KillArgs) -> anyhow::Result<ExitCode> {
-    let token = args
-        .token
-        .context("an admin token is required: --token or BROKER_TOKEN")?;
+fn default_endpoint(config: &Config) -> String {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let endpoint = args
-        .endpoint
-        .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
+    format!("{scheme}://{}", config.listen)
+}
+
+fn print_approval(a: &broker_sdk::Approval, full: bool) {
+    let who = a
+        .user
+        .as_deref()
+        .map(|u| format!(" for {u}"))
+        .unwrap_or_default();
+    let needs: Vec<String> = a
+        .requirements
+        .iter()
+        .map(|r| format!("{} of {}", r.quorum, r.group))
+        .collect();
+    println!(
+        "{} {:<9} {} by {}{} in {} needs {} (expires {})",
+        a.approval_id,
+        a.status.as_str(),
+        a.tool,
+        a.agent,
+        who,
+        a.session_id,
+        needs.join(" and "),
+        humantime::format_rfc3339_seconds(a.expires_at)
+    );
+    if full {
+        println!("  arguments: {}", a.arguments_redacted_json);
+        println!("  digest:    {}", a.arguments_digest);
+        for r in &a.reasons {
+            println!(
+                "  why:       {} {} ({})",
+                r.code,
+                r.policy_id.as_deref().unwrap_or("-"),
+                r.message
+            );
+        }
+        for v in &a.votes {
+            println!(
+                "  vote:      {} {} at {}: {}",
+                v.approver,
+                v.vote.as_str(),
+                humantime::format_rfc3339_seconds(v.at),
+                v.comment
+            );
+        }
+    }
+}
+
+async fn approvals(config: &Config, args: ApprovalArgs) -> anyhow::Result<ExitCode> {
+    let token = args
+        .token
+        .context("an approver token is required: --token or BROKER_TOKEN")?;
+    let endpoint = args.endpoint.unwrap_or_else(|| default_endpoint(config));
+    let client = broker_sdk::ApprovalClient::connect(endpoint, token).await?;
+    match args.command {
+        ApprovalCommand::List { all } => {
+            let mut filter = broker_sdk::ApprovalFilter::new();
+            if !all {
+                filter = filter.status(broker_sdk::ApprovalStatus::Pending);
+            }
+            for a in client.list(filter).await?.approvals {
+                print_approval(&a, false);
+            }
+        }
+        ApprovalCommand::Show { id } => print_approval(&client.get(&id).await?, true),
+        ApprovalCommand::Approve { id, comment } => {
+            print_approval(&client.approve(&id, &comment).await?, true)
+        }
+        ApprovalCommand::Deny { id, comment } => {
+            print_approval(&client.deny(&id, &comment).await?, true)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn kill(config: &Config, args: KillArgs) -> anyhow::Result<ExitCode> {
+    let token = args
+        .token
+        .context("an admin token is required: --token or BROKER_TOKEN")?;
+    let endpoint = args.endpoint.unwrap_or_else(|| default_endpoint(config));
     let client = broker_sdk::KillSwitchClient::connect(endpoint, token).await?;
     match args.command {
         KillCommand::Engage {

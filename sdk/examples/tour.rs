@@ -78,6 +78,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match searched {
         Ok(result) => println!("guarded web.search ran: {result}"),
         Err(GuardError::Denied(d)) => println!("guarded web.search denied: {:?}", d.reasons),
+        Err(GuardError::PendingApproval(d)) => {
+            println!("guarded web.search waits for approval {:?}", d.approval_id)
+        }
         Err(GuardError::Broker(e)) => println!("broker could not decide, tool not run: {e}"),
     }
     client.close_session(&session.session_id).await?;

@@ -1,4 +1,4 @@
-//! The broker's answer to one tool call: ALLOW or DENY, with reasons.
+//! The broker's answer to one tool call: ALLOW, DENY or PENDING_APPROVAL, with reasons.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -20,14 +20,19 @@ pub enum Outcome {
     Allow,
     /// The tool must not run; see the decision's reasons.
     Deny,
+    /// The tool must not run yet: people must approve the call first. The decision names the approval
+    /// in [`Decision::approval_id`]; [`Client::await_approval`](crate::Client::await_approval) waits
+    /// for the final ALLOW or DENY.
+    PendingApproval,
 }
 
 impl Outcome {
-    /// The contract's name: `ALLOW` or `DENY`.
+    /// The contract's name: `ALLOW`, `DENY` or `PENDING_APPROVAL`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Allow => "ALLOW",
             Self::Deny => "DENY",
+            Self::PendingApproval => "PENDING_APPROVAL",
         }
     }
 
@@ -36,6 +41,7 @@ impl Outcome {
         match proto::Outcome::try_from(value) {
             Ok(proto::Outcome::Allow) => Ok(Self::Allow),
             Ok(proto::Outcome::Deny) => Ok(Self::Deny),
+            Ok(proto::Outcome::PendingApproval) => Ok(Self::PendingApproval),
             Ok(proto::Outcome::Unspecified) => Err(Error::Protocol(
                 "the broker answered OUTCOME_UNSPECIFIED".into(),
             )),
@@ -51,6 +57,7 @@ impl From<Outcome> for proto::Outcome {
         match outcome {
             Outcome::Allow => Self::Allow,
             Outcome::Deny => Self::Deny,
+            Outcome::PendingApproval => Self::PendingApproval,
         }
     }
 }
@@ -102,12 +109,13 @@ impl fmt::Display for Reason {
     }
 }
 
-/// The broker's answer to one tool call. A DENY is a decision too, not an error.
+/// The broker's answer to one tool call. A DENY (and a PENDING_APPROVAL) is a decision too, not an
+/// error.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
     /// `dec_` followed by 128 random bits; the key of the audit event.
     pub decision_id: String,
-    /// ALLOW or DENY.
+    /// ALLOW, DENY or PENDING_APPROVAL.
     pub outcome: Outcome,
     /// Why; for a DENY, at least the first reason that applied.
     pub reasons: Vec<Reason>,
@@ -121,12 +129,21 @@ pub struct Decision {
     pub call_id: String,
     /// When the broker decided.
     pub decided_at: Option<SystemTime>,
+    /// The approval (`apr_` followed by 128 random bits) the call waits for, when the outcome is
+    /// PENDING_APPROVAL (always set then); on the final decision of an approved call, the approval it
+    /// used.
+    pub approval_id: Option<String>,
 }
 
 impl Decision {
     /// Whether the tool may run.
     pub fn is_allowed(&self) -> bool {
         self.outcome == Outcome::Allow
+    }
+
+    /// Whether the call waits for people to approve it (see [`approval_id`](Self::approval_id)).
+    pub fn is_pending(&self) -> bool {
+        self.outcome == Outcome::PendingApproval
     }
 
     /// Whether one of the reasons has this code (e.g. `"BUDGET_EXHAUSTED"`).
@@ -141,8 +158,8 @@ impl Decision {
 
     /// Reads the server's answer to the call (`session_id`, `tool`, `call_id`) the SDK asked about.
     ///
-    /// Fails closed: an unknown outcome, an invalid timestamp, or an ALLOW that names another call
-    /// or no decision id is an [`Error::Protocol`].
+    /// Fails closed: an unknown outcome, an invalid timestamp, an ALLOW that names another call
+    /// or no decision id, or a PENDING_APPROVAL without an approval id is an [`Error::Protocol`].
     pub(crate) fn from_answer(
         answer: proto::Decision,
         session_id: &str,
@@ -151,24 +168,62 @@ impl Decision {
     ) -> Result<Self, Error> {
         let decision = Self::try_from(answer)?;
         if decision.is_allowed() {
-            if decision.decision_id.is_empty() {
-                return Err(Error::Protocol(
-                    "the broker sent an ALLOW without a decision id".into(),
-                ));
-            }
-            for (field, sent, asked) in [
-                ("session_id", decision.session_id.as_str(), session_id),
-                ("tool", decision.tool.as_str(), tool),
-                ("call_id", decision.call_id.as_str(), call_id),
-            ] {
-                if sent != asked {
-                    return Err(Error::Protocol(format!(
-                        "the broker sent an ALLOW for {field} `{sent}` when asked about `{asked}`"
-                    )));
-                }
-            }
+            decision.ensure_allow_names_call(session_id, tool, call_id)?;
+        }
+        if decision.is_pending() && decision.approval_id.is_none() {
+            return Err(Error::Protocol(
+                "the broker sent a PENDING_APPROVAL without an approval id".into(),
+            ));
         }
         Ok(decision)
+    }
+
+    /// Reads the server's answer to `AwaitApproval` for `approval_id`.
+    ///
+    /// Fails closed: an unknown outcome, an invalid timestamp, an ALLOW without a decision id, or an
+    /// ALLOW or PENDING_APPROVAL that names another approval (or none) is an [`Error::Protocol`].
+    pub(crate) fn from_await(answer: proto::Decision, approval_id: &str) -> Result<Self, Error> {
+        let decision = Self::try_from(answer)?;
+        if decision.is_allowed() && decision.decision_id.is_empty() {
+            return Err(Error::Protocol(
+                "the broker sent an ALLOW without a decision id".into(),
+            ));
+        }
+        let sent = decision.approval_id.as_deref().unwrap_or_default();
+        if (decision.is_allowed() || decision.is_pending()) && sent != approval_id {
+            return Err(Error::Protocol(format!(
+                "the broker sent {} for approval_id `{sent}` when asked about `{approval_id}`",
+                decision.outcome
+            )));
+        }
+        Ok(decision)
+    }
+
+    /// Fails unless this ALLOW has a decision id and names the call (`session_id`, `tool`,
+    /// `call_id`) the SDK asked about.
+    pub(crate) fn ensure_allow_names_call(
+        &self,
+        session_id: &str,
+        tool: &str,
+        call_id: &str,
+    ) -> Result<(), Error> {
+        if self.decision_id.is_empty() {
+            return Err(Error::Protocol(
+                "the broker sent an ALLOW without a decision id".into(),
+            ));
+        }
+        for (field, sent, asked) in [
+            ("session_id", self.session_id.as_str(), session_id),
+            ("tool", self.tool.as_str(), tool),
+            ("call_id", self.call_id.as_str(), call_id),
+        ] {
+            if sent != asked {
+                return Err(Error::Protocol(format!(
+                    "the broker sent an ALLOW for {field} `{sent}` when asked about `{asked}`"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -185,6 +240,7 @@ impl TryFrom<proto::Decision> for Decision {
             session_id: decision.session_id,
             tool: decision.tool,
             call_id: decision.call_id,
+            approval_id: non_empty(decision.approval_id),
         })
     }
 }
@@ -192,6 +248,9 @@ impl TryFrom<proto::Decision> for Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} `{}`", self.outcome, self.tool)?;
+        if let Some(approval_id) = &self.approval_id {
+            write!(f, " (approval {approval_id})")?;
+        }
         let mut reasons = self.reasons.iter();
         if let Some(first) = reasons.next() {
             write!(f, ": {first}")?;
@@ -222,6 +281,7 @@ mod tests {
             tool: "email.send".into(),
             call_id: "call_1".into(),
             decided_at: None,
+            approval_id: String::new(),
         }
     }
 
@@ -233,6 +293,59 @@ mod tests {
         assert!(matches!(Outcome::from_proto(7), Err(Error::Protocol(m)) if m.contains("`7`")));
         assert_eq!(Outcome::from_proto(1), Ok(Outcome::Allow));
         assert_eq!(Outcome::from_proto(2), Ok(Outcome::Deny));
+        assert_eq!(Outcome::from_proto(3), Ok(Outcome::PendingApproval));
+    }
+
+    #[test]
+    fn outcomes_round_trip_through_the_wire() {
+        for outcome in [Outcome::Allow, Outcome::Deny, Outcome::PendingApproval] {
+            let wire: i32 = proto::Outcome::from(outcome).into();
+            assert_eq!(Outcome::from_proto(wire), Ok(outcome));
+        }
+        assert_eq!(Outcome::PendingApproval.as_str(), "PENDING_APPROVAL");
+        assert_eq!(
+            serde_json::to_value(Outcome::PendingApproval).ok(),
+            Some(serde_json::json!("PENDING_APPROVAL"))
+        );
+    }
+
+    #[test]
+    fn a_pending_decision_must_name_its_approval() {
+        let mut pending = answer(proto::Outcome::PendingApproval);
+        let anonymous = Decision::from_answer(pending.clone(), "ses_1", "email.send", "call_1");
+        assert!(matches!(anonymous, Err(Error::Protocol(m)) if m.contains("approval id")));
+        pending.approval_id = "apr_1".into();
+        let named = Decision::from_answer(pending, "ses_1", "email.send", "call_1");
+        assert!(named.is_ok_and(|d| d.is_pending()
+            && !d.is_allowed()
+            && d.approval_id.as_deref() == Some("apr_1")));
+    }
+
+    #[test]
+    fn an_awaited_allow_or_pending_must_name_the_approval_asked_about() {
+        for outcome in [proto::Outcome::Allow, proto::Outcome::PendingApproval] {
+            let mut awaited = answer(outcome);
+            assert!(
+                matches!(Decision::from_await(awaited.clone(), "apr_1"), Err(Error::Protocol(m)) if m.contains("`apr_1`")),
+                "{outcome:?} without an approval id"
+            );
+            awaited.approval_id = "apr_2".into();
+            assert!(
+                matches!(Decision::from_await(awaited.clone(), "apr_1"), Err(Error::Protocol(m)) if m.contains("`apr_2`")),
+                "{outcome:?} for another approval"
+            );
+            awaited.approval_id = "apr_1".into();
+            assert!(Decision::from_await(awaited, "apr_1").is_ok());
+        }
+        let mut anonymous = answer(proto::Outcome::Allow);
+        anonymous.approval_id = "apr_1".into();
+        anonymous.decision_id.clear();
+        assert!(matches!(
+            Decision::from_await(anonymous, "apr_1"),
+            Err(Error::Protocol(_))
+        ));
+        let deny = Decision::from_await(answer(proto::Outcome::Deny), "apr_1");
+        assert!(deny.is_ok_and(|d| d.outcome == Outcome::Deny));
     }
 
     #[test]
@@ -303,6 +416,18 @@ mod tests {
         assert_eq!(
             decision,
             Ok("DENY `email.send`: POLICY_DENY: no".to_owned())
+        );
+        let mut pending = answer(proto::Outcome::PendingApproval);
+        pending.approval_id = "apr_1".into();
+        pending.reasons = vec![proto::Reason {
+            code: "APPROVAL_REQUIRED".into(),
+            policy_id: "big-refunds".into(),
+            message: "refunds over 1000 EUR need finance".into(),
+            kill_switch_id: String::new(),
+        }];
+        assert_eq!(
+            Decision::try_from(pending).map(|d| d.to_string()),
+            Ok("PENDING_APPROVAL `email.send` (approval apr_1): APPROVAL_REQUIRED (big-refunds): refunds over 1000 EUR need finance".to_owned())
         );
     }
 }

@@ -41,15 +41,30 @@ impl Rpc {
         F: FnOnce(tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
+        self.call_with_timeout(message, self.timeout, call).await
+    }
+
+    /// Like [`call`](Self::call) with this call's own deadline instead of the client's (for an RPC
+    /// that waits on purpose, such as `AwaitApproval`).
+    pub(crate) async fn call_with_timeout<M, R, F, Fut>(
+        &self,
+        message: M,
+        timeout: Duration,
+        call: F,
+    ) -> Result<R, Error>
+    where
+        F: FnOnce(tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
         let mut request = self.request(message)?;
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(self.timeout, call(request)).await {
+        match tokio::time::timeout(timeout, call(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             // A tonic server enforces `grpc-timeout` by answering CANCELLED; past our deadline that is
             // a deadline, not a cancellation.
             Ok(Err(status))
-                if status.code() == tonic::Code::Cancelled && started.elapsed() >= self.timeout =>
+                if status.code() == tonic::Code::Cancelled && started.elapsed() >= timeout =>
             {
                 Err(Error::DeadlineExceeded {
                     message: status.message().to_owned(),
@@ -57,7 +72,7 @@ impl Rpc {
                 })
             }
             Ok(Err(status)) => Err(Error::from(status)),
-            Err(_elapsed) => Err(Error::deadline(self.timeout)),
+            Err(_elapsed) => Err(Error::deadline(timeout)),
         }
     }
 

@@ -151,7 +151,7 @@ async fn tampering_is_detected_and_named(backend: DbBackend) {
         .open_session(SessionRequest::new(["payments.refund"]))
         .await
         .unwrap();
-    for amount in [5000, 6000, 7000, 8000] {
+    for amount in [500_000, 600_000, 700_000, 800_000] {
         let d = agent
             .authorize(
                 &s.session_id,

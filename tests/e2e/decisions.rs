@@ -46,14 +46,37 @@ async fn policy_denials_name_the_policy(backend: DbBackend) {
         .authorize(
             &s.session_id,
             "payments.refund",
-            &json!({"payment_id": "p1", "amount": 5000, "currency": "EUR"}),
+            &json!({"payment_id": "p1", "amount": 500000, "currency": "EUR"}),
         )
         .await
         .unwrap();
     assert_eq!(big.outcome, Outcome::Deny);
+    let ids: Vec<_> = big
+        .reasons
+        .iter()
+        .filter_map(|r| r.policy_id.as_deref())
+        .collect();
+    assert!(ids.contains(&"refunds-over-100000-forbidden"), "{big:?}");
+    // Above 1000 (but not absurd), a person decides: not a DENY, not an ALLOW.
+    let mid = agent
+        .authorize(
+            &s.session_id,
+            "payments.refund",
+            &json!({"payment_id": "p1", "amount": 5000, "currency": "EUR"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mid.outcome, Outcome::PendingApproval, "{mid:?}");
+    assert!(mid
+        .approval_id
+        .as_deref()
+        .is_some_and(|a| a.starts_with("apr_")));
     assert_eq!(
-        big.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
-        Some("refunds-over-1000-forbidden")
+        mid.reason("APPROVAL_REQUIRED")
+            .unwrap()
+            .policy_id
+            .as_deref(),
+        Some("refunds-over-1000-need-approval")
     );
     let small = agent
         .authorize(
@@ -72,9 +95,13 @@ async fn policy_denials_name_the_policy(backend: DbBackend) {
         )
         .await
         .unwrap();
+    assert_eq!(out.outcome, Outcome::PendingApproval, "{out:?}");
     assert_eq!(
-        out.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
-        Some("email-only-to-company-domain")
+        out.reason("APPROVAL_REQUIRED")
+            .unwrap()
+            .policy_id
+            .as_deref(),
+        Some("email-outside-company-needs-approval")
     );
 
     // The same agent acting for nobody: no permit applies.
@@ -155,9 +182,10 @@ async fn catalogue_scope_and_argument_denials(backend: DbBackend) {
         .authorize(&s.session_id, "shell.exec", &json!({"command": "id"}))
         .await
         .unwrap();
+    assert_eq!(d.outcome, Outcome::PendingApproval, "{d:?}");
     assert_eq!(
-        d.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
-        Some("no-shell-for-agents")
+        d.reason("APPROVAL_REQUIRED").unwrap().policy_id.as_deref(),
+        Some("shell-needs-two-approvers")
     );
 
     // Malformed JSON text is not a decision but an error naming the field.
@@ -225,6 +253,7 @@ async fn budget_is_spent_by_allows_only_and_holds(backend: DbBackend) {
         match d.outcome {
             Outcome::Allow => allowed += 1,
             Outcome::Deny => assert!(d.has_reason("BUDGET_EXHAUSTED"), "{d:?}"),
+            Outcome::PendingApproval => panic!("web.search never needs approval: {d:?}"),
         }
     }
     assert_eq!(allowed, 3);

@@ -9,6 +9,7 @@
     reason = "tests"
 )]
 
+mod approvals;
 mod audit_trail;
 mod decisions;
 mod identity;

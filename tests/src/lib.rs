@@ -47,6 +47,7 @@ pub struct Options {
     pub commit_timeout: Duration,
     /// Serve over TLS (and mTLS when `client_ca` is set).
     pub tls: Option<broker::config::TlsConfig>,
+    pub webhook: Option<broker::notify::WebhookConfig>,
 }
 
 impl Default for Options {
@@ -55,6 +56,7 @@ impl Default for Options {
             db_proxy: false,
             commit_timeout: Duration::from_secs(2),
             tls: None,
+            webhook: None,
         }
     }
 }
@@ -103,6 +105,11 @@ impl Harness {
             policies: policies_dir(),
             store,
             tls: opts.tls,
+            approvals: broker::config::ApprovalsConfig {
+                poll_interval: Duration::from_millis(100),
+                webhook: opts.webhook,
+                ..broker::config::ApprovalsConfig::default()
+            },
             // Fast enough that tests of staleness and expiry take about a second.
             kill_switch: broker::config::KillSwitchConfig {
                 poll_interval: Duration::from_millis(100),
@@ -143,11 +150,28 @@ impl Harness {
         user: Option<&str>,
         tenant: Option<&str>,
     ) -> String {
+        self.token_full(sub, roles, user, tenant, &[])
+    }
+
+    /// An approver's token: role `approver` in `groups`.
+    pub fn approver_token(&self, sub: &str, groups: &[&str]) -> String {
+        self.token_full(sub, &[Role::Approver], None, None, groups)
+    }
+
+    pub fn token_full(
+        &self,
+        sub: &str,
+        roles: &[Role],
+        user: Option<&str>,
+        tenant: Option<&str>,
+        groups: &[&str],
+    ) -> String {
         let req = dev::TokenRequest {
             subject: sub.to_owned(),
             roles: roles.to_vec(),
             on_behalf_of: user.map(str::to_owned),
             tenant: tenant.map(str::to_owned),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             ttl: Duration::from_secs(600),
             issuer: self.config.auth.issuer.clone(),
             audience: self.config.auth.audience.clone(),
@@ -223,6 +247,12 @@ impl Harness {
         let old = std::mem::replace(&mut self.running, next);
         old.shutdown().await.unwrap();
         self
+    }
+
+    pub async fn approver(&self, sub: &str, groups: &[&str]) -> broker_sdk::ApprovalClient {
+        broker_sdk::ApprovalClient::connect(self.endpoint(), self.approver_token(sub, groups))
+            .await
+            .unwrap()
     }
 
     pub async fn auditor(&self) -> AuditClient {

@@ -102,4 +102,31 @@ impl AgentService for AgentApi {
         tracing::info!("decided");
         Ok(Response::new(convert::decision(&decision)))
     }
+
+    #[tracing::instrument(name = "AwaitApproval", skip_all, fields(agent, approval_id, decision))]
+    async fn await_approval(
+        &self,
+        req: Request<pb::AwaitApprovalRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        let caller = authn::principal(&req)?;
+        let r = req.into_inner();
+        let span = tracing::Span::current();
+        span.record("agent", caller.subject.as_str())
+            .record("approval_id", r.approval_id.as_str());
+        let wait = r
+            .timeout
+            .map(|d| {
+                std::time::Duration::try_from(d)
+                    .map_err(|_| status::invalid("timeout", "must not be negative"))
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let decision = self
+            .broker
+            .await_approval(&caller, &r.approval_id, wait)
+            .await
+            .map_err(status::from_domain)?;
+        span.record("decision", decision.outcome.as_str());
+        Ok(Response::new(convert::decision(&decision)))
+    }
 }

@@ -6,6 +6,7 @@ use tonic::Status;
 
 use super::status::invalid;
 use crate::clock::Micros;
+use crate::domain::approval::{Approval, ApprovalStatus};
 use crate::domain::audit::AuditEvent;
 use crate::domain::decision::{Decision, Outcome, Reason};
 use crate::domain::killswitch::{KillSwitch, Scope};
@@ -36,6 +37,7 @@ pub fn outcome(o: Outcome) -> pb::Outcome {
     match o {
         Outcome::Allow => pb::Outcome::Allow,
         Outcome::Deny => pb::Outcome::Deny,
+        Outcome::PendingApproval => pb::Outcome::PendingApproval,
     }
 }
 
@@ -58,6 +60,7 @@ pub fn decision(d: &Decision) -> pb::Decision {
         tool: d.tool.clone(),
         call_id: d.call_id.clone(),
         decided_at: Some(timestamp(d.decided_at)),
+        approval_id: d.approval_id.clone().unwrap_or_default(),
     }
 }
 
@@ -115,6 +118,7 @@ pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page),
         pb::Outcome::Unspecified => None,
         pb::Outcome::Allow => Some(Outcome::Allow),
         pb::Outcome::Deny => Some(Outcome::Deny),
+        pb::Outcome::PendingApproval => Some(Outcome::PendingApproval),
     };
     let filter = EventFilter {
         session_id: non_empty(r.session_id),
@@ -166,4 +170,69 @@ pub fn kill_switch(k: &KillSwitch, now: Micros) -> pb::KillSwitch {
         released_at: r.map(|r| timestamp(r.at)),
         release_reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
     }
+}
+
+pub fn approval(a: &Approval) -> pb::Approval {
+    let status = match a.status {
+        ApprovalStatus::Pending => pb::ApprovalStatus::Pending,
+        ApprovalStatus::Approved => pb::ApprovalStatus::Approved,
+        ApprovalStatus::Denied => pb::ApprovalStatus::Denied,
+        ApprovalStatus::Expired => pb::ApprovalStatus::Expired,
+        ApprovalStatus::Cancelled => pb::ApprovalStatus::Cancelled,
+    };
+    pb::Approval {
+        approval_id: a.id.clone(),
+        status: status.into(),
+        session_id: a.session_id.clone(),
+        agent: a.agent.clone(),
+        user: a.user.clone().unwrap_or_default(),
+        tool: a.tool.clone(),
+        arguments_redacted_json: a.arguments_redacted.clone(),
+        arguments_digest: a.arguments_digest.clone(),
+        requirements: a
+            .requirements
+            .iter()
+            .map(|r| pb::ApprovalRequirement {
+                policy_id: r.policy_id.clone(),
+                group: r.group.clone(),
+                quorum: r.quorum,
+            })
+            .collect(),
+        reasons: a.reasons.iter().map(reason).collect(),
+        requested_at: Some(timestamp(a.requested_at)),
+        expires_at: Some(timestamp(a.expires_at)),
+        votes: a
+            .votes
+            .iter()
+            .map(|v| pb::ApprovalVote {
+                approver: v.approver.clone(),
+                vote: v.vote.as_str().to_owned(),
+                comment: v.comment.clone(),
+                at: Some(timestamp(v.at)),
+            })
+            .collect(),
+        consumed_at: a.consumed_at.map(timestamp),
+        decision_id: a.consumed_by.clone().unwrap_or_default(),
+    }
+}
+
+/// A page from `page_size` and an opaque `page_token` (as returned by a previous page).
+pub fn page(page_size: u32, page_token: &str) -> Result<Page, Status> {
+    let limit = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(invalid("page_size", format!("at most {MAX_PAGE_SIZE}")))
+        }
+        n => n,
+    };
+    let after_seq = if page_token.is_empty() {
+        0
+    } else {
+        page_token
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| invalid("page_token", "not a token from a previous page"))?
+    };
+    Ok(Page { after_seq, limit })
 }

@@ -2,6 +2,7 @@
 //! server with its limits. See [`serve`] for the order of the layers.
 
 mod agent;
+mod approval;
 mod audit;
 mod authn;
 mod convert;
@@ -12,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use broker_proto::v1::agent_service_server::AgentServiceServer;
+use broker_proto::v1::approval_service_server::ApprovalServiceServer;
 use broker_proto::v1::audit_service_server::AuditServiceServer;
 use broker_proto::v1::kill_switch_service_server::KillSwitchServiceServer;
 use tokio::net::TcpListener;
@@ -68,6 +70,12 @@ pub async fn serve(
     health
         .set_serving::<AuditServiceServer<audit::AuditApi>>()
         .await;
+    health
+        .set_serving::<KillSwitchServiceServer<killswitch::KillSwitchApi>>()
+        .await;
+    health
+        .set_serving::<ApprovalServiceServer<approval::ApprovalApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -85,6 +93,12 @@ pub async fn serve(
     let kill_switch_service = KillSwitchServiceServer::new(killswitch::KillSwitchApi {
         broker: broker.clone(),
         clock,
+        stopping: stopping.clone(),
+    })
+    .max_decoding_message_size(limits.max_message_bytes)
+    .max_encoding_message_size(limits.max_message_bytes);
+    let approval_service = ApprovalServiceServer::new(approval::ApprovalApi {
+        broker: broker.clone(),
         stopping,
     })
     .max_decoding_message_size(limits.max_message_bytes)
@@ -122,7 +136,11 @@ pub async fn serve(
         // Authentication wraps each broker service, so no handler runs without a verified principal.
         .add_service(InterceptedService::new(agent_service, authenticate.clone()))
         .add_service(InterceptedService::new(audit_service, authenticate.clone()))
-        .add_service(InterceptedService::new(kill_switch_service, authenticate))
+        .add_service(InterceptedService::new(
+            kill_switch_service,
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(approval_service, authenticate))
         // Our own listener (so tests can bind port 0) skips the builder's socket options: set them here.
         // Without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to every unary call.
         .serve_with_incoming_shutdown(

@@ -35,6 +35,18 @@ pub fn from_domain(e: Error) -> Status {
         Error::PermissionDenied { .. } => {
             status(Code::PermissionDenied, "ROLE_REQUIRED", e.to_string())
         }
+        Error::Refused {
+            code,
+            message,
+            permission,
+        } => {
+            let grpc = if permission {
+                Code::PermissionDenied
+            } else {
+                Code::FailedPrecondition
+            };
+            status(grpc, code, message)
+        }
         Error::Killed {
             kill_switch_id,
             message,

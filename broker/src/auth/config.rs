@@ -46,6 +46,9 @@ pub struct AuthConfig {
     pub user_claim: String,
     /// Claim holding the tenant.
     pub tenant_claim: String,
+    /// Claim holding the caller's groups (a string or an array of strings); approvers are matched
+    /// against the groups an approval policy names.
+    pub groups_claim: String,
     /// File holding the HMAC secret (hex, or raw bytes), at least 32 bytes once decoded.
     pub hmac_secret_file: Option<PathBuf>,
     /// PEM public keys (RSA, EC P-256/P-384, Ed25519).
@@ -84,6 +87,7 @@ impl Default for AuthConfig {
             roles_claim: "roles".to_owned(),
             user_claim: "on_behalf_of".to_owned(),
             tenant_claim: "tenant".to_owned(),
+            groups_claim: "groups".to_owned(),
             hmac_secret_file: None,
             public_keys: Vec::new(),
             jwks_file: None,
@@ -185,6 +189,7 @@ impl AuthConfig {
             ("roles_claim", &self.roles_claim),
             ("user_claim", &self.user_claim),
             ("tenant_claim", &self.tenant_claim),
+            ("groups_claim", &self.groups_claim),
         ];
         for (field, name) in claims {
             if name.is_empty() {
@@ -196,12 +201,12 @@ impl AuthConfig {
                 )));
             }
         }
-        if self.roles_claim == self.user_claim
-            || self.roles_claim == self.tenant_claim
-            || self.user_claim == self.tenant_claim
-        {
+        let mut names: Vec<&String> = claims.iter().map(|(_, n)| *n).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != claims.len() {
             return Err(invalid(
-                "`roles_claim`, `user_claim` and `tenant_claim` must be different claims",
+                "`roles_claim`, `user_claim`, `tenant_claim` and `groups_claim` must be different claims",
             ));
         }
         Ok(())

@@ -135,6 +135,8 @@ pub struct TokenRequest {
     pub on_behalf_of: Option<String>,
     /// Written to the configured tenant claim when set.
     pub tenant: Option<String>,
+    /// Written to the configured groups claim when not empty.
+    pub groups: Vec<String>,
     /// Lifetime, 1s to [`MAX_TTL`].
     pub ttl: Duration,
     /// `iss`.
@@ -208,6 +210,10 @@ pub fn mint_at(
     }
     if let Some(tenant) = &req.tenant {
         claims.insert(cfg.tenant_claim.clone(), Value::from(tenant.as_str()));
+    }
+    if !req.groups.is_empty() {
+        let groups: Vec<Value> = req.groups.iter().map(|g| Value::from(g.as_str())).collect();
+        claims.insert(cfg.groups_claim.clone(), Value::Array(groups));
     }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

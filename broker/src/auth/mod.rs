@@ -91,6 +91,8 @@ pub struct Principal {
     pub user: Option<String>,
     /// From [`AuthConfig::tenant_claim`].
     pub tenant: Option<String>,
+    /// From [`AuthConfig::groups_claim`]: who an approver approves for.
+    pub groups: BTreeSet<String>,
     /// From [`AuthConfig::roles_claim`]; empty when the claim is missing.
     pub roles: BTreeSet<Role>,
     /// JWT `jti`.

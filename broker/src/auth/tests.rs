@@ -155,6 +155,7 @@ async fn valid_hs256_token_gives_its_principal() {
             user: Some("alice@example.com".to_owned()),
             tenant: Some("acme".to_owned()),
             roles: [Role::Agent, Role::Auditor].into_iter().collect(),
+            groups: Default::default(),
             token_id: Some("tok-1".to_owned()),
             expires_at: exp,
         }
@@ -1220,6 +1221,7 @@ fn request() -> TokenRequest {
         roles: vec![Role::Agent, Role::Approver],
         on_behalf_of: Some("carol".to_owned()),
         tenant: Some("globex".to_owned()),
+        groups: vec!["payments".to_owned(), "oncall".to_owned()],
         ttl: Duration::from_secs(900),
         issuer: "broker-dev".to_owned(),
         audience: "agent-broker".to_owned(),
@@ -1394,4 +1396,19 @@ fn verifier_is_shareable_across_tasks() {
     assert_shareable::<Principal>();
     fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
     assert_error::<Error>();
+}
+
+#[tokio::test]
+async fn groups_come_from_the_configured_claim() {
+    let cfg = AuthConfig::default();
+    let secret = [9u8; 32];
+    let verifier = Verifier::from_config(&cfg, Some(secret.to_vec()))
+        .await
+        .unwrap();
+    let token = dev::mint(&secret, &cfg, &request()).unwrap();
+    let p = verifier.verify(&token).unwrap();
+    assert_eq!(
+        p.groups.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["oncall", "payments"]
+    );
 }

@@ -41,6 +41,7 @@ struct Inner {
     roles_claim: String,
     user_claim: String,
     tenant_claim: String,
+    groups_claim: String,
 }
 
 impl Drop for Inner {
@@ -287,6 +288,7 @@ impl Verifier {
                 roles_claim: cfg.roles_claim.clone(),
                 user_claim: cfg.user_claim.clone(),
                 tenant_claim: cfg.tenant_claim.clone(),
+                groups_claim: cfg.groups_claim.clone(),
             }),
         })
     }
@@ -356,11 +358,13 @@ impl Verifier {
         let user = optional_string(&mut claims, &inner.user_claim)?;
         let tenant = optional_string(&mut claims, &inner.tenant_claim)?;
         let roles = roles(claims.get(&inner.roles_claim), &inner.roles_claim)?;
+        let groups = groups(claims.get(&inner.groups_claim), &inner.groups_claim)?;
         Ok(Principal {
             subject,
             user,
             tenant,
             roles,
+            groups,
             token_id,
             expires_at,
         })
@@ -485,6 +489,32 @@ fn roles(value: Option<&Value>, name: &str) -> Result<BTreeSet<Role>, TokenError
         Some(_) => return Err(invalid()),
     }
     Ok(out)
+}
+
+/// The most groups, and the longest group name, a token may carry.
+const MAX_GROUPS: usize = 256;
+const MAX_GROUP_LEN: usize = 256;
+
+/// Groups: one string or an array of strings; anything else (or too many, or too long) is refused.
+fn groups(value: Option<&Value>, name: &str) -> Result<BTreeSet<String>, TokenError> {
+    let invalid = || TokenError::InvalidClaim(name.to_owned());
+    let names: Vec<&str> = match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(g)) => vec![g.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().ok_or_else(invalid))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid()),
+    };
+    if names.len() > MAX_GROUPS
+        || names
+            .iter()
+            .any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN)
+    {
+        return Err(invalid());
+    }
+    Ok(names.into_iter().map(str::to_owned).collect())
 }
 
 /// Maps jsonwebtoken's failures to client-safe reasons.

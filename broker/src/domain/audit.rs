@@ -22,6 +22,14 @@ pub enum EventKind {
     KillSwitchEngaged,
     KillSwitchReleased,
     KillSwitchExpired,
+    ApprovalRequested,
+    /// One approver's vote (approve or deny), with the comment.
+    ApprovalVoted,
+    ApprovalApproved,
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalCancelled,
+    ApprovalConsumed,
 }
 
 impl EventKind {
@@ -33,6 +41,13 @@ impl EventKind {
             EventKind::KillSwitchEngaged => "KILL_SWITCH_ENGAGED",
             EventKind::KillSwitchReleased => "KILL_SWITCH_RELEASED",
             EventKind::KillSwitchExpired => "KILL_SWITCH_EXPIRED",
+            EventKind::ApprovalRequested => "APPROVAL_REQUESTED",
+            EventKind::ApprovalVoted => "APPROVAL_VOTED",
+            EventKind::ApprovalApproved => "APPROVAL_APPROVED",
+            EventKind::ApprovalDenied => "APPROVAL_DENIED",
+            EventKind::ApprovalExpired => "APPROVAL_EXPIRED",
+            EventKind::ApprovalCancelled => "APPROVAL_CANCELLED",
+            EventKind::ApprovalConsumed => "APPROVAL_CONSUMED",
         }
     }
 
@@ -44,6 +59,13 @@ impl EventKind {
             "KILL_SWITCH_ENGAGED" => Some(EventKind::KillSwitchEngaged),
             "KILL_SWITCH_RELEASED" => Some(EventKind::KillSwitchReleased),
             "KILL_SWITCH_EXPIRED" => Some(EventKind::KillSwitchExpired),
+            "APPROVAL_REQUESTED" => Some(EventKind::ApprovalRequested),
+            "APPROVAL_VOTED" => Some(EventKind::ApprovalVoted),
+            "APPROVAL_APPROVED" => Some(EventKind::ApprovalApproved),
+            "APPROVAL_DENIED" => Some(EventKind::ApprovalDenied),
+            "APPROVAL_EXPIRED" => Some(EventKind::ApprovalExpired),
+            "APPROVAL_CANCELLED" => Some(EventKind::ApprovalCancelled),
+            "APPROVAL_CONSUMED" => Some(EventKind::ApprovalConsumed),
             _ => None,
         }
     }
@@ -149,6 +171,41 @@ impl EventBody {
             arguments_digest: Some(call.arguments_digest.clone()),
             arguments_redacted: Some(call.arguments_redacted.clone()),
             detail: None,
+        }
+    }
+}
+
+impl EventBody {
+    /// An event in an approval's life; `actor` is who acted (the agent asking, an approver, the broker).
+    /// The approval's id, status and the vote or comment go in `detail`.
+    pub fn for_approval(
+        kind: EventKind,
+        approval: &super::approval::Approval,
+        actor: &str,
+        time: Micros,
+        detail: serde_json::Value,
+    ) -> Self {
+        let mut detail = detail;
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("approval_id".into(), approval.id.clone().into());
+            map.insert("status".into(), approval.status.as_str().into());
+        }
+        Self {
+            event_id: crate::ids::event_id(),
+            time,
+            kind,
+            agent: actor.to_owned(),
+            user: approval.user.clone(),
+            session_id: Some(approval.session_id.clone()),
+            decision_id: Some(approval.decision_id.clone()),
+            tool: Some(approval.tool.clone()),
+            call_id: Some(approval.call_id.clone()),
+            outcome: None,
+            reasons: approval.reasons.clone(),
+            policy_version: None,
+            arguments_digest: Some(approval.arguments_digest.clone()),
+            arguments_redacted: Some(approval.arguments_redacted.clone()),
+            detail: Some(detail.to_string()),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
+use super::approval::{Approval, Requirement};
 use super::audit::{self, CallFacts, EventBody, EventKind};
 use super::decision::{Decision, Outcome, Reason, ReasonCode};
 use super::killswitch::{Check, KillSwitch, Release, Scope, Subject, MAX_REASON_LEN};
@@ -17,8 +18,11 @@ use crate::auth::{Principal, Role};
 use crate::clock::{Micros, SharedClock};
 use crate::config::{AuditConfig, Limits, SessionConfig};
 use crate::ids;
+use crate::notify::Webhook;
 use crate::policy::{PolicyEngine, SessionFacts, ToolCall};
-use crate::store::{self, ChainReport, DecisionRecord, EventFilter, Page, Recorded, Store};
+use crate::store::{
+    self, ApprovalWrite, ChainReport, DecisionRecord, EventFilter, Page, Recorded, Store,
+};
 
 pub const MAX_CALL_ID_LEN: usize = 128;
 pub const MAX_PURPOSE_LEN: usize = 1024;
@@ -41,6 +45,13 @@ pub enum Error {
     /// The store could not be reached or did not commit within its bound: no decision was made.
     #[error("audit store unavailable: {0}")]
     Unavailable(String),
+    /// The caller may not do this to this approval (separation of duties, or it is no longer pending).
+    #[error("{message}")]
+    Refused {
+        code: &'static str,
+        message: String,
+        permission: bool,
+    },
     /// A kill switch stops the caller (for calls that are not decisions, such as opening a session).
     #[error("{message}")]
     Killed {
@@ -53,7 +64,7 @@ pub enum Error {
     Internal(String),
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Error {
     Error::InvalidArgument {
         field,
         message: message.into(),
@@ -98,16 +109,20 @@ pub struct Settings {
     /// The bound on every store step of a decision (`store.commit_timeout`): past it, UNAVAILABLE.
     pub store_bound: Duration,
     pub quarantine: Vec<crate::config::QuarantineRule>,
+    pub approvals: crate::config::ApprovalsConfig,
 }
 
 #[derive(Clone)]
 pub struct Broker {
-    store: Store,
+    pub(super) store: Store,
     policies: watch::Receiver<Arc<PolicyEngine>>,
     clock: SharedClock,
-    settings: Arc<Settings>,
+    pub(super) settings: Arc<Settings>,
     switchboard: Switchboard,
     quarantine: Arc<Quarantine>,
+    /// Approval changes made through this broker or seen in the store: wakes waiting agents, feeds watchers.
+    pub(super) approval_changes: broadcast::Sender<Approval>,
+    pub(super) webhook: Option<Webhook>,
 }
 
 /// Who engages automatic quarantine switches, in the audit trail.
@@ -122,7 +137,7 @@ pub struct Engage {
     pub expires_at: Option<Micros>,
 }
 
-fn require(principal: &Principal, role: Role) -> Result<(), Error> {
+pub(super) fn require(principal: &Principal, role: Role) -> Result<(), Error> {
     if principal.has_role(role) {
         Ok(())
     } else {
@@ -158,8 +173,10 @@ impl Broker {
         clock: SharedClock,
         settings: Settings,
         switchboard: Switchboard,
+        webhook: Option<Webhook>,
     ) -> Self {
         let quarantine = Arc::new(Quarantine::new(settings.quarantine.clone()));
+        let (approval_changes, _) = broadcast::channel(1024);
         Self {
             store,
             policies,
@@ -167,6 +184,8 @@ impl Broker {
             settings: Arc::new(settings),
             switchboard,
             quarantine,
+            approval_changes,
+            webhook,
         }
     }
 
@@ -180,7 +199,7 @@ impl Broker {
     }
 
     /// A store read bounded like a commit: a frozen database yields UNAVAILABLE, not a hung call.
-    async fn bounded<T>(
+    pub(super) async fn bounded<T>(
         &self,
         read: impl std::future::Future<Output = Result<T, store::Error>>,
     ) -> Result<T, Error> {
@@ -193,7 +212,7 @@ impl Broker {
         }
     }
 
-    fn now(&self) -> Micros {
+    pub(super) fn now(&self) -> Micros {
         self.clock.now_micros()
     }
 
@@ -377,9 +396,11 @@ impl Broker {
             tool: req.tool.clone(),
             call_id: req.call_id.clone(),
             decided_at: now,
+            approval_id: None,
         };
         // Calls outside the caller's own session are not remembered, so they cannot poison its call ids.
         let mut remember = true;
+        let mut pending: Option<(Vec<Requirement>, Option<Duration>)> = None;
         if let Some(killed) = self.kill_check(caller, Some(&req.tool), Some(&req.session_id), now) {
             // Not remembered: once the switch is released, a retry of this call is decided afresh.
             remember = false;
@@ -447,9 +468,13 @@ impl Broker {
                                 calls: i64::from(s.tool_calls_used),
                                 max_calls: i64::from(s.max_tool_calls),
                             },
+                            approval: None,
                         });
                         decision.outcome = verdict.outcome;
                         decision.reasons = verdict.reasons;
+                        if verdict.outcome == Outcome::PendingApproval {
+                            pending = Some((verdict.requirements, verdict.approval_expires));
+                        }
                     }
                 }
             }
@@ -465,6 +490,25 @@ impl Broker {
                 .map_err(|e| Error::Internal(e.to_string()))?,
         };
         let spend_budget = decision.is_allow();
+        let approval = match pending {
+            Some((requirements, expires)) if decision.outcome == Outcome::PendingApproval => {
+                let mut a = self.new_approval(&decision, caller, &call, expires, now);
+                a.requirements = requirements;
+                decision.approval_id = Some(a.id.clone());
+                a.decision_id = decision.decision_id.clone();
+                let arguments =
+                    serde_jcs::to_string(&args).map_err(|e| Error::Internal(e.to_string()))?;
+                Some(ApprovalWrite::Request {
+                    approval: a,
+                    arguments,
+                })
+            }
+            _ => None,
+        };
+        let asked = match &approval {
+            Some(ApprovalWrite::Request { approval, .. }) => Some(approval.clone()),
+            _ => None,
+        };
         match self
             .store
             .record_decision(DecisionRecord {
@@ -473,10 +517,14 @@ impl Broker {
                 spend_budget,
                 remember,
                 now,
+                approval,
             })
             .await?
         {
             Recorded::Committed(d) => {
+                if let Some(a) = asked.filter(|_| d.outcome == Outcome::PendingApproval) {
+                    self.announce_approval(&a);
+                }
                 self.quarantine_after(&d, caller, now).await;
                 Ok(d)
             }
@@ -491,7 +539,7 @@ impl Broker {
 
     /// Whether a kill switch stops this caller (and tool, and session) now. A view of the switches too
     /// old to trust stops everything.
-    fn kill_check(
+    pub(super) fn kill_check(
         &self,
         caller: &Principal,
         tool: Option<&str>,
@@ -563,6 +611,11 @@ impl Broker {
         );
         self.store.engage_kill_switch(&switch, event).await?;
         self.switchboard.engaged_here(switch.clone());
+        // The switch holds from here; cancelling what was waiting under it is best effort (an approved
+        // call is re-checked against the switches before use anyway).
+        if let Err(e) = self.cancel_approvals_under(&switch).await {
+            tracing::warn!(error = %e, kill_switch = %switch.id, "could not cancel the approvals under a kill switch");
+        }
         Ok(switch)
     }
 

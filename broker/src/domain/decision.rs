@@ -10,6 +10,8 @@ use crate::clock::Micros;
 pub enum Outcome {
     Allow,
     Deny,
+    /// People must approve first; the decision names the approval.
+    PendingApproval,
 }
 
 impl Outcome {
@@ -17,6 +19,7 @@ impl Outcome {
         match self {
             Outcome::Allow => "ALLOW",
             Outcome::Deny => "DENY",
+            Outcome::PendingApproval => "PENDING_APPROVAL",
         }
     }
 
@@ -24,6 +27,7 @@ impl Outcome {
         match s {
             "ALLOW" => Some(Outcome::Allow),
             "DENY" => Some(Outcome::Deny),
+            "PENDING_APPROVAL" => Some(Outcome::PendingApproval),
             _ => None,
         }
     }
@@ -52,6 +56,17 @@ pub enum ReasonCode {
     InvalidArguments,
     /// A kill switch covers the call (or the switches could not be read: every scope counts as killed).
     KillSwitch,
+    /// A policy asks for people to approve the call first.
+    ApprovalRequired,
+    /// Approvers said no.
+    ApprovalDenied,
+    ApprovalExpired,
+    /// A kill switch or an admin cancelled the approval.
+    ApprovalCancelled,
+    /// The approval was already used, or covers other arguments.
+    ApprovalUsed,
+    /// The call is allowed with an approval; names the approvers.
+    ApprovalGranted,
 }
 
 impl ReasonCode {
@@ -70,6 +85,12 @@ impl ReasonCode {
             ReasonCode::UnknownTool => "UNKNOWN_TOOL",
             ReasonCode::InvalidArguments => "INVALID_ARGUMENTS",
             ReasonCode::KillSwitch => "KILL_SWITCH",
+            ReasonCode::ApprovalRequired => "APPROVAL_REQUIRED",
+            ReasonCode::ApprovalDenied => "APPROVAL_DENIED",
+            ReasonCode::ApprovalExpired => "APPROVAL_EXPIRED",
+            ReasonCode::ApprovalCancelled => "APPROVAL_CANCELLED",
+            ReasonCode::ApprovalUsed => "APPROVAL_USED",
+            ReasonCode::ApprovalGranted => "APPROVAL_GRANTED",
         }
     }
 }
@@ -136,6 +157,9 @@ pub struct Decision {
     pub tool: String,
     pub call_id: String,
     pub decided_at: Micros,
+    /// The approval asked for (PENDING_APPROVAL) or used (the ALLOW of an approved call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 impl Decision {

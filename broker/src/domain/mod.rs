@@ -1,5 +1,7 @@
 //! The broker's domain: sessions, decisions and the audit trail's content. Knows neither tonic nor sqlx.
 
+pub mod approval;
+pub mod approving;
 pub mod audit;
 pub mod broker;
 pub mod decision;

@@ -23,6 +23,9 @@ pub struct Fixture {
     pub args: serde_json::Value,
     #[serde(default)]
     pub session: FixtureSession,
+    /// People approved the call: `context.approval`.
+    #[serde(default)]
+    pub approval: Option<FixtureApproval>,
     pub expect: Expect,
 }
 
@@ -46,6 +49,13 @@ impl Default for FixtureSession {
             max_calls: 100,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureApproval {
+    pub id: String,
+    pub approvers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +126,10 @@ fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
             calls: f.session.calls,
             max_calls: f.session.max_calls,
         },
+        approval: f.approval.as_ref().map(|a| super::ApprovalFacts {
+            id: &a.id,
+            approvers: a.approvers.iter().map(String::as_str).collect(),
+        }),
     });
     let mut got: Vec<&str> = verdict.policy_ids();
     got.sort_unstable();

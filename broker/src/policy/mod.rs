@@ -18,6 +18,7 @@ use cedar_policy::{
 pub use args::{ArgError, ArgType, RecordType};
 pub use load::{ENTITIES_FILE, SCHEMA_FILE};
 
+use crate::domain::approval::Requirement;
 use crate::domain::decision::{Outcome, Reason, ReasonCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,27 @@ pub struct ToolCall<'a> {
     pub tool: &'a str,
     pub args: &'a serde_json::Value,
     pub session: SessionFacts<'a>,
+    /// Set when people approved this call: `context.approval`.
+    pub approval: Option<ApprovalFacts<'a>>,
 }
+
+/// `context.approval` as policies see it.
+#[derive(Debug, Clone)]
+pub struct ApprovalFacts<'a> {
+    pub id: &'a str,
+    pub approvers: Vec<&'a str>,
+}
+
+/// What an `@approval` forbid asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApprovalPolicy {
+    group: String,
+    quorum: u32,
+    expires: Option<std::time::Duration>,
+}
+
+/// The most approvers a policy may require.
+pub const MAX_QUORUM: u32 = 10;
 
 /// `context.session` as policies see it.
 #[derive(Debug, Clone)]
@@ -63,6 +84,10 @@ pub struct SessionFacts<'a> {
 pub struct Verdict {
     pub outcome: Outcome,
     pub reasons: Vec<Reason>,
+    /// For PENDING_APPROVAL: who must approve.
+    pub requirements: Vec<Requirement>,
+    /// For PENDING_APPROVAL: the shortest `@approval_expires` of the policies that asked, if any set one.
+    pub approval_expires: Option<std::time::Duration>,
 }
 
 impl Verdict {
@@ -70,6 +95,17 @@ impl Verdict {
         Self {
             outcome: Outcome::Deny,
             reasons: vec![Reason::new(code, message)],
+            requirements: Vec::new(),
+            approval_expires: None,
+        }
+    }
+
+    fn decided(outcome: Outcome, reasons: Vec<Reason>) -> Self {
+        Self {
+            outcome,
+            reasons,
+            requirements: Vec::new(),
+            approval_expires: None,
         }
     }
 
@@ -96,6 +132,7 @@ pub struct PolicyEngine {
     policies: PolicySet,
     tools: HashMap<String, Tool>,
     reasons: HashMap<PolicyId, String>,
+    approvals: HashMap<PolicyId, ApprovalPolicy>,
     version: String,
     authorizer: Authorizer,
     dir: PathBuf,
@@ -184,11 +221,13 @@ impl PolicyEngine {
                 (p.id().clone(), message)
             })
             .collect();
+        let approvals = approval_policies(&loaded.policies, dir)?;
         Ok(Self {
             schema: loaded.schema,
             policies: loaded.policies,
             tools,
             reasons,
+            approvals,
             version: loaded.version,
             authorizer: Authorizer::new(),
             dir: dir.to_path_buf(),
@@ -229,9 +268,64 @@ impl PolicyEngine {
             Ok(a) => a,
             Err(e) => return Verdict::deny(ReasonCode::InvalidArguments, e.to_string()),
         };
-        match self.evaluate(tool, call, args) {
+        let verdict = match self.evaluate(tool, call, args.clone()) {
             Ok(v) => v,
-            Err(message) => Verdict::deny(ReasonCode::PolicyError, message),
+            Err(message) => return Verdict::deny(ReasonCode::PolicyError, message),
+        };
+        if call.approval.is_some() || verdict.outcome != Outcome::Deny {
+            return verdict;
+        }
+        // Approval-curable: every policy that denied asks for approval, and with an approval in context
+        // the call would be allowed. Then people decide; otherwise the DENY stands.
+        let asking: Vec<(&PolicyId, &ApprovalPolicy)> = verdict
+            .reasons
+            .iter()
+            .filter(|r| r.code == ReasonCode::PolicyDeny)
+            .filter_map(|r| r.policy_id.as_deref())
+            .filter_map(|id| self.approvals.get_key_value(&PolicyId::new(id)))
+            .collect();
+        let denying = verdict
+            .reasons
+            .iter()
+            .filter(|r| r.code == ReasonCode::PolicyDeny)
+            .count();
+        if asking.is_empty() || asking.len() != denying || denying != verdict.reasons.len() {
+            return verdict;
+        }
+        let hypothetical = ToolCall {
+            approval: Some(ApprovalFacts {
+                id: "apr_hypothetical",
+                approvers: Vec::new(),
+            }),
+            ..call.clone()
+        };
+        match self.evaluate(tool, &hypothetical, args) {
+            Ok(v) if v.outcome == Outcome::Allow => {}
+            _ => return verdict,
+        }
+        let reasons = asking
+            .iter()
+            .map(|(id, _)| {
+                let message = self
+                    .reasons
+                    .get(*id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("policy `{id}`"));
+                Reason::from_policy(ReasonCode::ApprovalRequired, id.to_string(), message)
+            })
+            .collect();
+        Verdict {
+            outcome: Outcome::PendingApproval,
+            reasons,
+            requirements: asking
+                .iter()
+                .map(|(id, a)| Requirement {
+                    policy_id: id.to_string(),
+                    group: a.group.clone(),
+                    quorum: a.quorum,
+                })
+                .collect(),
+            approval_expires: asking.iter().filter_map(|(_, a)| a.expires).min(),
         }
     }
 
@@ -260,9 +354,26 @@ impl PolicyEngine {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let context =
-            Context::from_pairs([("args".to_owned(), args), ("session".to_owned(), session)])
-                .map_err(|e| e.to_string())?;
+        let mut pairs = vec![("args".to_owned(), args), ("session".to_owned(), session)];
+        if let Some(approval) = &call.approval {
+            let approvers = approval
+                .approvers
+                .iter()
+                .map(|a| RestrictedExpression::new_string((*a).to_owned()));
+            let record = RestrictedExpression::new_record([
+                (
+                    "id".to_owned(),
+                    RestrictedExpression::new_string(approval.id.to_owned()),
+                ),
+                (
+                    "approvers".to_owned(),
+                    RestrictedExpression::new_set(approvers),
+                ),
+            ])
+            .map_err(|e| e.to_string())?;
+            pairs.push(("approval".to_owned(), record));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
 
         let principal = uid("Agent", call.agent)?;
         let roles: HashSet<EntityUid> = call
@@ -317,13 +428,13 @@ impl PolicyEngine {
             Reason::from_policy(code, id.to_string(), message)
         };
         Ok(match response.decision() {
-            CedarDecision::Allow if errored.is_empty() => Verdict {
-                outcome: Outcome::Allow,
-                reasons: deciding
+            CedarDecision::Allow if errored.is_empty() => Verdict::decided(
+                Outcome::Allow,
+                deciding
                     .into_iter()
                     .map(|id| reason_for(ReasonCode::PolicyAllow, id))
                     .collect(),
-            },
+            ),
             CedarDecision::Allow => Verdict::deny(
                 ReasonCode::PolicyError,
                 format!(
@@ -331,13 +442,13 @@ impl PolicyEngine {
                     errored.join(", ")
                 ),
             ),
-            CedarDecision::Deny if !deciding.is_empty() => Verdict {
-                outcome: Outcome::Deny,
-                reasons: deciding
+            CedarDecision::Deny if !deciding.is_empty() => Verdict::decided(
+                Outcome::Deny,
+                deciding
                     .into_iter()
                     .map(|id| reason_for(ReasonCode::PolicyDeny, id))
                     .collect(),
-            },
+            ),
             CedarDecision::Deny => {
                 let mut v = Verdict::deny(
                     ReasonCode::NoPolicyAllows,
@@ -353,6 +464,62 @@ impl PolicyEngine {
             }
         })
     }
+}
+
+/// Reads `@approval("group")`, `@quorum("n")` and `@approval_expires("15m")`. Only a `forbid` may ask for
+/// approval (its `unless { context has approval }` is what an approval lifts).
+fn approval_policies(
+    policies: &PolicySet,
+    dir: &Path,
+) -> Result<HashMap<PolicyId, ApprovalPolicy>, Error> {
+    let mut out = HashMap::new();
+    for p in policies.policies() {
+        let bad = |message: String| Error::Catalogue {
+            path: dir.to_path_buf(),
+            message: format!("policy `{}`: {message}", p.id()),
+        };
+        let Some(group) = p.annotation("approval") else {
+            if p.annotation("quorum").is_some() || p.annotation("approval_expires").is_some() {
+                return Err(bad(
+                    "`@quorum` and `@approval_expires` need `@approval(\"group\")`".into(),
+                ));
+            }
+            continue;
+        };
+        if p.effect() != cedar_policy::Effect::Forbid {
+            return Err(bad("only a `forbid` can ask for approval".into()));
+        }
+        if group.trim().is_empty() {
+            return Err(bad("`@approval` names the approvers' group".into()));
+        }
+        let quorum = match p.annotation("quorum") {
+            None => 1,
+            Some(q) => q
+                .parse::<u32>()
+                .ok()
+                .filter(|q| (1..=MAX_QUORUM).contains(q))
+                .ok_or_else(|| bad(format!("`@quorum(\"{q}\")` must be 1 to {MAX_QUORUM}")))?,
+        };
+        let expires = p
+            .annotation("approval_expires")
+            .map(|e| {
+                humantime::parse_duration(e).map_err(|_| {
+                    bad(format!(
+                        "`@approval_expires(\"{e}\")` is not a duration such as \"15m\""
+                    ))
+                })
+            })
+            .transpose()?;
+        out.insert(
+            p.id().clone(),
+            ApprovalPolicy {
+                group: group.to_owned(),
+                quorum,
+                expires,
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::*;
+use crate::domain::approval::Requirement;
 
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -25,6 +26,7 @@ fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
             calls: 0,
             max_calls: 10,
         },
+        approval: None,
     }
 }
 
@@ -77,13 +79,68 @@ fn the_catalogue_is_the_schema() {
 
 #[test]
 fn reasons_carry_the_policy_annotation() {
-    let args = json!({"payment_id": "p", "amount": 5000, "currency": "EUR"});
+    let args = json!({"payment_id": "p", "amount": -5, "currency": "EUR"});
     let v = example().decide(&call("payments.refund", &args));
     assert_eq!(v.outcome, Outcome::Deny);
     let r = v.reasons.first().unwrap();
     assert_eq!(r.code, ReasonCode::PolicyDeny);
-    assert_eq!(r.policy_id.as_deref(), Some("refunds-over-1000-forbidden"));
-    assert_eq!(r.message, "refunds above 1000 are refused for agents");
+    assert_eq!(r.policy_id.as_deref(), Some("refunds-positive-amount"));
+    assert_eq!(r.message, "a refund amount must be positive");
+}
+
+#[test]
+fn an_approval_forbid_makes_the_call_pending_with_its_requirements() {
+    let args = json!({"command": "id"});
+    let mut c = call("shell.exec", &args);
+    let v = example().decide(&c);
+    assert_eq!(v.outcome, Outcome::PendingApproval, "{v:?}");
+    assert_eq!(
+        v.requirements,
+        [Requirement {
+            policy_id: "shell-needs-two-approvers".into(),
+            group: "platform-oncall".into(),
+            quorum: 2
+        }]
+    );
+    assert_eq!(
+        v.reasons.first().unwrap().code,
+        ReasonCode::ApprovalRequired
+    );
+    // With the approval in context the same call is allowed by the permit that requires one.
+    c.approval = Some(ApprovalFacts {
+        id: "apr_1",
+        approvers: vec!["a", "b"],
+    });
+    let v = example().decide(&c);
+    assert_eq!(v.outcome, Outcome::Allow, "{v:?}");
+    assert_eq!(v.policy_ids(), ["agents-run-approved-shell-commands"]);
+}
+
+#[test]
+fn a_deny_that_an_approval_cannot_lift_stays_a_deny() {
+    // Over 100000 a hard forbid applies beside the approval one: no person can make it an ALLOW.
+    let args = json!({"payment_id": "p", "amount": 500_000, "currency": "EUR"});
+    let v = example().decide(&call("payments.refund", &args));
+    assert_eq!(v.outcome, Outcome::Deny, "{v:?}");
+    // An agent acting for nobody has no permit for refunds: approval would not help either.
+    let small = json!({"payment_id": "p", "amount": 5000, "currency": "EUR"});
+    let mut c = call("payments.refund", &small);
+    c.user = None;
+    assert_eq!(example().decide(&c).outcome, Outcome::Deny);
+}
+
+#[test]
+fn approval_annotations_are_checked_at_load() {
+    for (text, problem) in [
+        ("@id(\"p\")\n@approval(\"g\")\npermit (principal, action, resource);\n", "only a `forbid`"),
+        ("@id(\"p\")\n@approval(\"g\")\n@quorum(\"0\")\nforbid (principal, action, resource) unless { context has approval };\n", "@quorum"),
+        ("@id(\"p\")\n@quorum(\"2\")\nforbid (principal, action, resource);\n", "need `@approval"),
+        ("@id(\"p\")\n@approval(\"g\")\n@approval_expires(\"soon\")\nforbid (principal, action, resource) unless { context has approval };\n", "approval_expires"),
+    ] {
+        let dir = dir_with(&[("p.cedar", text)]);
+        let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Durable state: sessions, remembered tool calls, kill switches and the hash-chained audit trail, in SQLite
-//! or Postgres.
+//! Durable state: sessions, remembered tool calls, kill switches, approvals and the hash-chained audit
+//! trail, in SQLite or Postgres.
 //!
 //! The only module that knows sqlx. One implementation over sqlx's `Any` driver: SQL is written once with
 //! `$N` placeholders, and the few statements that differ are chosen by [`Backend`]. Times are stored as
@@ -9,9 +9,9 @@
 //! ([`writer`]): it commits the write and its audit event in one transaction, in the hash chain, and
 //! answers only after the commit.
 //!
-//! Kill switches reach every broker replica through the database: Postgres announces each committed change
-//! on a channel ([`Store::kill_switch_listener`]); with SQLite (one host) brokers poll
-//! [`Store::active_kill_switches`].
+//! Kill switches and approvals reach every broker replica through the database: Postgres announces each
+//! committed change on a channel ([`Store::kill_switch_listener`], [`Store::approval_listener`]); with
+//! SQLite (one host) brokers poll ([`Store::active_kill_switches`], [`Store::approvals_changed_since`]).
 
 mod config;
 mod error;
@@ -36,6 +36,7 @@ use self::sql::db;
 pub use self::sql::ChainHead;
 use self::writer::{Job, WriterConfig};
 use crate::clock::Micros;
+use crate::domain::approval::{Approval, ApprovalStatus, Refusal, VoteRecord, MAX_COMMENT_LEN};
 use crate::domain::audit::{
     chain_hash, AuditEvent, CallFacts, ChainBreak, ChainVerifier, EventBody, EventKind,
     GENESIS_HASH,
@@ -94,7 +95,36 @@ pub struct DecisionRecord {
     /// Store the idempotency key (`decision.session_id`, `call.agent`, `decision.call_id`): a later record
     /// with the same key is answered [`Recorded::Replayed`].
     pub remember: bool,
+    /// The approval this decision asks for or uses, written in the same transaction.
+    pub approval: Option<ApprovalWrite>,
     pub now: Micros,
+}
+
+/// What a [`DecisionRecord`] does to an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per decision, moved into an already boxed job; boxing would only burden callers"
+)]
+pub enum ApprovalWrite {
+    /// With a PENDING_APPROVAL decision (whose `approval_id` is `approval.id`): stores the approval as
+    /// PENDING, keeping `arguments` (the canonical unredacted arguments) while it can be used, and appends
+    /// its `APPROVAL_REQUESTED` event after the decision's. `approval.status`, `votes`, `consumed_*` and
+    /// `updated_at` are not taken from the caller: a new approval is pending, unused, changed `now`.
+    Request {
+        approval: Approval,
+        arguments: String,
+    },
+    /// With the ALLOW of an approved call (whose `approval_id` is `approval_id`, and whose
+    /// `call.arguments_digest` is `arguments_digest`): once the budget is spent, marks the approval used
+    /// by this decision, if it is APPROVED, unused, unexpired at `now`, and for this session, tool and
+    /// arguments digest; then appends `APPROVAL_CONSUMED`. When it cannot be used, the ALLOW is overruled
+    /// to DENY `APPROVAL_USED` (and the tool call it spent is given back). When the budget overrules the
+    /// ALLOW, or the decision is not an ALLOW, nothing is consumed.
+    Consume {
+        approval_id: String,
+        arguments_digest: String,
+    },
 }
 
 /// What [`Store::record_decision`] did.
@@ -105,6 +135,29 @@ pub enum Recorded {
     /// A call with this (session, agent, call_id) was already committed: this is its record. Nothing new was
     /// written and no budget was spent. The caller compares `arguments_digest` with its own.
     Replayed(RecordedCall),
+}
+
+/// Which approvals [`Store::list_approvals`] returns; every field set narrows the result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalFilter {
+    pub status: Option<ApprovalStatus>,
+    pub tool: Option<String>,
+    pub agent: Option<String>,
+}
+
+/// What [`Store::vote_on_approval`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per vote, returned once; boxing would only burden callers"
+)]
+pub enum VoteResult {
+    /// The vote is committed; this is the approval after it (status possibly changed, votes included).
+    Counted(Approval),
+    /// The approver may not vote (or may not any more): nothing was written.
+    Refused(Refusal),
+    /// No approval has this id.
+    NotFound,
 }
 
 /// Which events [`Store::list_events`] returns; every field set narrows the result.
@@ -393,6 +446,79 @@ impl Store {
         Ok((events, next))
     }
 
+    /// An approval with its votes, in time order.
+    pub async fn approval(&self, id: &str) -> Result<Option<Approval>, Error> {
+        self.bounded(sql::fetch_approval(&self.inner.pool, id))
+            .await
+    }
+
+    /// The canonical unredacted arguments an approval keeps while it can still be used (pending, or
+    /// approved and neither consumed nor expired); `None` otherwise, or when the approval is unknown.
+    pub async fn approval_arguments(&self, id: &str) -> Result<Option<String>, Error> {
+        self.bounded(sql::fetch_approval_arguments(&self.inner.pool, id))
+            .await
+    }
+
+    /// Approvals matching `filter`, newest request first, one page at a time. The page token is an
+    /// approval's place in the request order (the `seq` of its `APPROVAL_REQUESTED` event): start with
+    /// `page.after_seq = 0`; the second value is the `after_seq` of the next page, or `None` on the last.
+    pub async fn list_approvals(
+        &self,
+        filter: &ApprovalFilter,
+        page: Page,
+    ) -> Result<(Vec<Approval>, Option<i64>), Error> {
+        let limit = match page.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let mut rows = self
+            .bounded(sql::list_approvals(
+                &self.inner.pool,
+                filter,
+                page.after_seq,
+                limit.saturating_add(1),
+            ))
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = if more {
+            rows.last().map(|(seq, _)| *seq)
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(|(_, a)| a).collect(), next))
+    }
+
+    /// Approvals whose `updated_at` is after `since`, oldest change first: at most `limit` (0 means
+    /// [`DEFAULT_PAGE`]; capped at [`MAX_PAGE`]), plus any changed at the same time as the last of those,
+    /// so polling again with `since` = the last one's `updated_at` misses nothing written so far.
+    ///
+    /// `updated_at` is the `now` of the change, which commits a little later (within the commit timeout):
+    /// a poller should let its `since` trail its clock by that much, or re-read the approvals it waits on.
+    pub async fn approvals_changed_since(
+        &self,
+        since: Micros,
+        limit: u32,
+    ) -> Result<Vec<Approval>, Error> {
+        let limit = match limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        self.bounded(sql::fetch_approvals_changed_since(
+            &self.inner.pool,
+            since,
+            limit,
+        ))
+        .await
+    }
+
+    /// Every PENDING approval, oldest request first, including any past `expires_at` that
+    /// [`Store::expire_approvals`] has not swept yet (see [`Approval::status_at`]).
+    pub async fn pending_approvals(&self) -> Result<Vec<Approval>, Error> {
+        self.bounded(sql::fetch_pending_approvals(&self.inner.pool))
+            .await
+    }
+
     pub async fn kill_switch(&self, id: &str) -> Result<Option<KillSwitch>, Error> {
         self.bounded(sql::fetch_kill_switch(&self.inner.pool, id))
             .await
@@ -429,13 +555,32 @@ impl Store {
     /// this database. SQLite: `None` (brokers poll). Call this *before* reading the switches, so that no
     /// change falls between the read and the first [`KillSwitchListener::recv`].
     pub async fn kill_switch_listener(&self) -> Result<Option<KillSwitchListener>, Error> {
+        self.listener(sql::KILL_SWITCH_CHANNEL, "kill switch").await
+    }
+
+    /// Postgres: a listener that hears every committed change to an approval (requested, voted on,
+    /// approved, denied, expired, cancelled, consumed), made by any broker on this database; the payload
+    /// is the approval id. SQLite: `None` (poll [`Store::approvals_changed_since`]). Create it before
+    /// reading what it should keep current.
+    pub async fn approval_listener(&self) -> Result<Option<ApprovalListener>, Error> {
+        self.listener(sql::APPROVAL_CHANNEL, "approval").await
+    }
+
+    async fn listener(
+        &self,
+        channel: &'static str,
+        what: &'static str,
+    ) -> Result<Option<ChangeListener>, Error> {
         match self.inner.backend {
             Backend::Sqlite => Ok(None),
-            Backend::Postgres => {
-                KillSwitchListener::connect(&self.inner.options, self.inner.connect_timeout)
-                    .await
-                    .map(Some)
-            }
+            Backend::Postgres => ChangeListener::connect(
+                &self.inner.options,
+                self.inner.connect_timeout,
+                channel,
+                what,
+            )
+            .await
+            .map(Some),
         }
     }
 
@@ -528,8 +673,10 @@ impl Store {
     }
 
     /// Commits a tool-call decision: replays a remembered call, spends the budget (overruling an ALLOW the
-    /// session cannot pay for), remembers the call, and appends the `TOOL_CALL_DECIDED` event, in that order
-    /// and in one transaction. The answer comes only after the commit.
+    /// session cannot pay for), consumes the approval an ALLOW uses (overruling it when the approval cannot
+    /// be used), remembers the call, appends the `TOOL_CALL_DECIDED` event, and stores a requested approval
+    /// with its `APPROVAL_REQUESTED` event, in that order and in one transaction (see [`ApprovalWrite`]).
+    /// The answer comes only after the commit. `Conflict` when a requested approval's id exists.
     pub async fn record_decision(&self, rec: DecisionRecord) -> Result<Recorded, Error> {
         check_decision(&rec)?;
         let rec = Box::new(rec);
@@ -600,6 +747,78 @@ impl Store {
             .await
     }
 
+    /// Records `vote` on approval `id`, in the writer's transaction: reads the approval and its votes,
+    /// refuses a voter [`Approval::check_voter`] refuses (at `now`), stores the vote (the same approver
+    /// counts once), appends `APPROVAL_VOTED` (by the approver, detail `{"vote", "comment"}`), and when the
+    /// votes settle it ([`Approval::status_after_votes`]) sets the status and appends `APPROVAL_APPROVED` or
+    /// `APPROVAL_DENIED` (a denied approval drops its kept arguments). Writer transactions are serialised
+    /// across brokers, so concurrent votes on several brokers all count and the quorum sees them all.
+    pub async fn vote_on_approval(
+        &self,
+        id: &str,
+        vote: VoteRecord,
+        now: Micros,
+    ) -> Result<VoteResult, Error> {
+        check_key("approval.id", id)?;
+        check_vote(&vote)?;
+        let id = id.to_owned();
+        self.submit(|reply| Job::VoteOnApproval {
+            id,
+            vote: Box::new(vote),
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Expires every PENDING approval with `expires_at <= now` (dropping its kept arguments), each with an
+    /// `APPROVAL_EXPIRED` event by [`EXPIRED_BY`], and returns them (in expiry order). Conditional, so when
+    /// several brokers run this, each approval expires (and is audited) exactly once. Approved approvals
+    /// past `expires_at` can no longer be used: their kept arguments are dropped too (no event: nothing
+    /// audited changes). When nothing is due (the usual case) it only reads, without a write transaction.
+    pub async fn expire_approvals(&self, now: Micros) -> Result<Vec<Approval>, Error> {
+        if !self
+            .bounded(sql::approvals_due(&self.inner.pool, now))
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        self.submit(|reply| Job::ExpireApprovals { now, reply })
+            .await
+    }
+
+    /// Cancels those of `ids` that are PENDING and unexpired at `now` (dropping their kept arguments), each
+    /// with an `APPROVAL_CANCELLED` event by `by` (detail `{"reason"}`), and returns them, in expiry order.
+    /// The others (unknown, decided, expired, already cancelled) are left alone.
+    pub async fn cancel_approvals(
+        &self,
+        ids: &[String],
+        by: &str,
+        reason: &str,
+        now: Micros,
+    ) -> Result<Vec<Approval>, Error> {
+        for id in ids {
+            check_key("approval.id", id)?;
+        }
+        check_key("cancel.by", by)?;
+        check_text("cancel.reason", reason)?;
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (by, reason) = (by.to_owned(), reason.to_owned());
+        self.submit(|reply| Job::CancelApprovals {
+            ids,
+            by,
+            reason,
+            now,
+            reply,
+        })
+        .await
+    }
+
     /// Queues a job for the writer and waits for its answer, at most `commit_timeout`.
     async fn submit<T>(&self, job: impl FnOnce(writer::Reply<T>) -> Job) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
@@ -637,6 +856,14 @@ impl Store {
 }
 
 /// Hears every committed change to the kill switches (engaged, released, expired) made by any broker on the
+/// same Postgres database. See [`ChangeListener`].
+pub type KillSwitchListener = ChangeListener;
+
+/// Hears every committed change to an approval made by any broker on the same Postgres database; the
+/// payload is the approval id. See [`ChangeListener`].
+pub type ApprovalListener = ChangeListener;
+
+/// Hears every committed change announced on one channel (kill switches, approvals) by any broker on the
 /// same Postgres database, through `LISTEN`/`NOTIFY` on a connection of its own. A notification is sent
 /// at commit, so a rolled-back change is never heard.
 ///
@@ -646,29 +873,39 @@ impl Store {
 /// returns an `Unavailable` error: log it, wait a little, and call `recv` again; the first `recv` that
 /// reconnects returns at once, for the reload. Notifications do not detect a silently dead connection,
 /// so keep a periodic reload as well (and treat switches you could not read as engaged).
-pub struct KillSwitchListener {
+pub struct ChangeListener {
+    channel: &'static str,
+    /// What changes, for messages: "kill switch", "approval".
+    what: &'static str,
     options: sqlx::postgres::PgConnectOptions,
     connect_timeout: Duration,
     /// `None` after a failure: the next `recv` connects afresh.
     listener: Option<sqlx::postgres::PgListener>,
 }
 
-impl std::fmt::Debug for KillSwitchListener {
+impl std::fmt::Debug for ChangeListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KillSwitchListener")
-            .field("channel", &sql::KILL_SWITCH_CHANNEL)
+        f.debug_struct("ChangeListener")
+            .field("channel", &self.channel)
             .field("connected", &self.listener.is_some())
             .finish()
     }
 }
 
-impl KillSwitchListener {
-    async fn connect(any: &AnyConnectOptions, connect_timeout: Duration) -> Result<Self, Error> {
+impl ChangeListener {
+    async fn connect(
+        any: &AnyConnectOptions,
+        connect_timeout: Duration,
+        channel: &'static str,
+        what: &'static str,
+    ) -> Result<Self, Error> {
         use sqlx::ConnectOptions;
         // The Any driver cannot listen: connect with the Postgres driver, to the same URL.
         let options = sqlx::postgres::PgConnectOptions::from_url(&any.database_url).map_err(db)?;
-        let listener = Self::open(&options, connect_timeout).await?;
+        let listener = Self::open(&options, connect_timeout, channel, what).await?;
         Ok(Self {
+            channel,
+            what,
             options,
             connect_timeout,
             listener: Some(listener),
@@ -680,6 +917,8 @@ impl KillSwitchListener {
     async fn open(
         options: &sqlx::postgres::PgConnectOptions,
         connect_timeout: Duration,
+        channel: &'static str,
+        what: &'static str,
     ) -> Result<sqlx::postgres::PgListener, Error> {
         let opening = async {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -692,27 +931,29 @@ impl KillSwitchListener {
                 .await?;
             let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
             listener.ignore_pool_close_event(true);
-            listener.listen(sql::KILL_SWITCH_CHANNEL).await?;
+            listener.listen(channel).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         tokio::time::timeout(connect_timeout.saturating_mul(2), opening)
             .await
-            .map_err(|_| Error::unavailable("kill switch listener timed out connecting"))?
-            .map_err(listener_error)
+            .map_err(|_| Error::unavailable(format!("{what} listener timed out connecting")))?
+            .map_err(|e| listener_error(what, e))
     }
 
-    /// Returns when any broker changed the switches (or when changes may have been missed: see the type's
-    /// documentation). Cancel-safe: dropping the future loses no notification.
+    /// Returns when any broker changed something on the channel (or when changes may have been missed:
+    /// see the type's documentation). Cancel-safe: dropping the future loses no notification.
     pub async fn recv(&mut self) -> Result<(), Error> {
         self.recv_change().await.map(|_| ())
     }
 
-    /// As [`recv`](Self::recv), with the id of the switch that changed, or `None` when changes may have been
-    /// missed (the connection was lost and is back).
+    /// As [`recv`](Self::recv), with the id of what changed (the switch, the approval), or `None` when
+    /// changes may have been missed (the connection was lost and is back).
     pub(crate) async fn recv_change(&mut self) -> Result<Option<String>, Error> {
         let Some(listener) = self.listener.as_mut() else {
             // The last `recv` failed: listen afresh, and report that changes may have gone unheard.
-            self.listener = Some(Self::open(&self.options, self.connect_timeout).await?);
+            self.listener = Some(
+                Self::open(&self.options, self.connect_timeout, self.channel, self.what).await?,
+            );
             return Ok(None);
         };
         match listener.try_recv().await {
@@ -722,16 +963,16 @@ impl KillSwitchListener {
             Err(e) => {
                 // Whatever state the connection is in, the next call starts from a new one.
                 self.listener = None;
-                Err(listener_error(e))
+                Err(listener_error(self.what, e))
             }
         }
     }
 }
 
-fn listener_error(e: sqlx::Error) -> Error {
+fn listener_error(what: &str, e: sqlx::Error) -> Error {
     let e = Error::from_sqlx(e);
     Error::unavailable(format!(
-        "kill switch listener cannot use the database: {}",
+        "{what} listener cannot use the database: {}",
         e.message()
     ))
 }
@@ -842,6 +1083,119 @@ fn check_decision(rec: &DecisionRecord) -> Result<(), Error> {
     check_key("decision.tool", &d.tool)?;
     check_key("decision.call_id", &d.call_id)?;
     check_key("decision.policy_version", &d.policy_version)?;
+    check_opt_key("decision.approval_id", d.approval_id.as_deref())?;
     check_key("call.arguments_digest", &rec.call.arguments_digest)?;
-    check_event(&EventBody::for_decision(d, &rec.call))
+    check_event(&EventBody::for_decision(d, &rec.call))?;
+    let invalid = |what: &str| {
+        Err(Error::invalid(format!(
+            "decision `{}`: {what}",
+            d.decision_id
+        )))
+    };
+    match &rec.approval {
+        None if d.outcome == Outcome::PendingApproval => {
+            invalid("a PENDING_APPROVAL decision must request its approval")
+        }
+        None if d.is_allow() && d.approval_id.is_some() => {
+            invalid("an ALLOW that uses an approval must consume it")
+        }
+        None => Ok(()),
+        Some(ApprovalWrite::Request {
+            approval,
+            arguments,
+        }) => {
+            if d.outcome != Outcome::PendingApproval {
+                return invalid("only a PENDING_APPROVAL decision requests an approval");
+            }
+            if d.approval_id.as_deref() != Some(approval.id.as_str()) {
+                return invalid("`approval_id` does not name the approval it requests");
+            }
+            let same = approval.decision_id == d.decision_id
+                && approval.session_id == d.session_id
+                && approval.tool == d.tool
+                && approval.call_id == d.call_id
+                && approval.agent == rec.call.agent
+                && approval.user == rec.call.user
+                && approval.arguments_digest == rec.call.arguments_digest;
+            if !same {
+                return invalid(
+                    "the approval is not for this decision's session, agent, user, tool, call and arguments",
+                );
+            }
+            if approval.requirements.is_empty() {
+                return invalid("an approval needs at least one requirement");
+            }
+            check_text("approval.arguments", arguments)?;
+            check_new_approval(approval)?;
+            check_event(&requested_event(approval, rec.now))
+        }
+        Some(ApprovalWrite::Consume {
+            approval_id,
+            arguments_digest,
+        }) => {
+            if d.outcome == Outcome::PendingApproval {
+                return invalid("a PENDING_APPROVAL decision cannot consume an approval");
+            }
+            if d.approval_id.as_deref() != Some(approval_id.as_str()) {
+                return invalid("`approval_id` does not name the approval it consumes");
+            }
+            if *arguments_digest != rec.call.arguments_digest {
+                return invalid("an approval is consumed only by a call with the digest it covers");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_new_approval(a: &Approval) -> Result<(), Error> {
+    check_key("approval.id", &a.id)?;
+    check_key("approval.session_id", &a.session_id)?;
+    check_key("approval.agent", &a.agent)?;
+    check_opt_key("approval.user", a.user.as_deref())?;
+    check_key("approval.tool", &a.tool)?;
+    check_key("approval.call_id", &a.call_id)?;
+    check_key("approval.decision_id", &a.decision_id)?;
+    check_key("approval.arguments_digest", &a.arguments_digest)?;
+    check_text("approval.arguments_redacted", &a.arguments_redacted)?;
+    for r in &a.requirements {
+        check_key("approval.requirements.policy_id", &r.policy_id)?;
+        check_key("approval.requirements.group", &r.group)?;
+    }
+    for r in &a.reasons {
+        check_text("approval.reasons.message", &r.message)?;
+        check_opt_key("approval.reasons.policy_id", r.policy_id.as_deref())?;
+        check_opt_key(
+            "approval.reasons.kill_switch_id",
+            r.kill_switch_id.as_deref(),
+        )?;
+    }
+    Ok(())
+}
+
+fn check_vote(v: &VoteRecord) -> Result<(), Error> {
+    check_key("vote.approver", &v.approver)?;
+    for g in &v.groups {
+        check_key("vote.groups", g)?;
+    }
+    check_text("vote.comment", &v.comment)?;
+    if v.comment.len() > MAX_COMMENT_LEN {
+        return Err(Error::invalid(format!(
+            "`vote.comment` is longer than {MAX_COMMENT_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The `APPROVAL_REQUESTED` event of a new approval, by the agent that asked.
+pub(crate) fn requested_event(approval: &Approval, now: Micros) -> EventBody {
+    EventBody::for_approval(
+        EventKind::ApprovalRequested,
+        approval,
+        &approval.agent,
+        now,
+        serde_json::json!({
+            "requirements": approval.requirements,
+            "expires_at": approval.expires_at,
+        }),
+    )
 }

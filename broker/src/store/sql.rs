@@ -4,8 +4,9 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
 
-use super::{Error, RecordedCall};
+use super::{ApprovalFilter, Error, RecordedCall};
 use crate::clock::Micros;
+use crate::domain::approval::{Approval, ApprovalStatus, Requirement, Vote, VoteRecord};
 use crate::domain::audit::{AuditEvent, EventBody, EventKind};
 use crate::domain::decision::{Decision, Outcome, Reason};
 use crate::domain::killswitch::{KillSwitch, Release, Scope};
@@ -448,15 +449,518 @@ pub(crate) async fn expire_kill_switches(
     Ok(expired)
 }
 
-/// Postgres: announces a change of switch `id` on [`KILL_SWITCH_CHANNEL`]. Inside the writer's transaction,
-/// so listeners hear it only if (and when) the change commits.
-pub(crate) async fn notify_kill_switch(
+// ---------------------------------------------------------------------------------------------------
+// approvals
+
+/// The Postgres channel every change to an approval is announced on (payload: the approval id).
+pub(crate) const APPROVAL_CHANNEL: &str = "broker_approvals";
+
+const APPROVAL_COLUMNS: &str =
+    "id, request_seq, status, session_id, agent, user_id, tool, call_id, decision_id, arguments_redacted, \
+     arguments_digest, requirements, reasons, requested_at, expires_at, consumed_at, consumed_by, updated_at";
+
+/// A value bound to a query built at run time.
+pub(crate) enum Arg<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+/// Which approvals [`fetch_approvals`] reads: a condition on the `approvals` row, the order, a limit.
+struct ApprovalQuery<'a> {
+    /// SQL condition with `$1`.. placeholders for `args`, in order.
+    condition: String,
+    args: Vec<Arg<'a>>,
+    /// `ORDER BY` of the approvals (columns of `approvals`, unqualified).
+    order: &'static str,
+    limit: Option<u32>,
+}
+
+/// Reads approvals with their votes (in time order) in ONE statement, so an approval and its votes come
+/// from the same snapshot: a status is never read beside votes that do not explain it.
+async fn fetch_approvals<'e, E>(ex: E, q: ApprovalQuery<'_>) -> Result<Vec<Approval>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    Ok(fetch_sequenced_approvals(ex, q)
+        .await?
+        .into_iter()
+        .map(|(_, approval)| approval)
+        .collect())
+}
+
+/// As [`fetch_approvals`], each with its `request_seq`.
+async fn fetch_sequenced_approvals<'e, E>(
+    ex: E,
+    q: ApprovalQuery<'_>,
+) -> Result<Vec<(i64, Approval)>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let ApprovalQuery {
+        condition,
+        mut args,
+        order,
+        limit,
+    } = q;
+    let limit = match limit {
+        Some(limit) => {
+            args.push(Arg::Int(i64::from(limit)));
+            format!(" LIMIT ${}", args.len())
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT a.*, v.approver AS v_approver, v.groups AS v_groups, v.vote AS v_vote, \
+         v.comment AS v_comment, v.at AS v_at \
+         FROM (SELECT {APPROVAL_COLUMNS} FROM approvals WHERE {condition} ORDER BY {order}{limit}) AS a \
+         LEFT JOIN approval_votes v ON v.approval_id = a.id \
+         ORDER BY {order}, v.at, v.approver"
+    );
+    let mut query = sqlx::query(&sql);
+    for arg in args {
+        query = match arg {
+            Arg::Int(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v),
+        };
+    }
+    let rows = query.fetch_all(ex).await.map_err(db)?;
+    let mut approvals: Vec<(i64, Approval)> = Vec::new();
+    for row in &rows {
+        let id: String = column(row, "id")?;
+        let current = match approvals.last_mut() {
+            Some((_, last)) if last.id == id => last,
+            _ => {
+                approvals.push((column(row, "request_seq")?, approval_from_row(row)?));
+                &mut approvals
+                    .last_mut()
+                    .ok_or_else(|| Error::internal("approval vanished while reading"))?
+                    .1
+            }
+        };
+        if let Some(vote) = vote_from_row(row)? {
+            current.votes.push(vote);
+        }
+    }
+    Ok(approvals)
+}
+
+fn approval_from_row(row: &AnyRow) -> Result<Approval, Error> {
+    let status: String = column(row, "status")?;
+    let status = ApprovalStatus::parse(&status)
+        .ok_or_else(|| Error::corrupt(format!("unknown approval status `{status}`")))?;
+    let requirements: String = column(row, "requirements")?;
+    let requirements: Vec<Requirement> = from_json("approval requirements", &requirements)?;
+    let reasons: String = column(row, "reasons")?;
+    let reasons: Vec<Reason> = from_json("approval reasons", &reasons)?;
+    Ok(Approval {
+        id: column(row, "id")?,
+        status,
+        session_id: column(row, "session_id")?,
+        agent: column(row, "agent")?,
+        user: column(row, "user_id")?,
+        tool: column(row, "tool")?,
+        call_id: column(row, "call_id")?,
+        decision_id: column(row, "decision_id")?,
+        arguments_redacted: column(row, "arguments_redacted")?,
+        arguments_digest: column(row, "arguments_digest")?,
+        requirements,
+        reasons,
+        requested_at: column(row, "requested_at")?,
+        expires_at: column(row, "expires_at")?,
+        votes: Vec::new(),
+        consumed_at: column(row, "consumed_at")?,
+        consumed_by: column(row, "consumed_by")?,
+        updated_at: column(row, "updated_at")?,
+    })
+}
+
+/// The vote on a joined row, `None` when the approval has none.
+fn vote_from_row(row: &AnyRow) -> Result<Option<VoteRecord>, Error> {
+    let Some(approver) = column::<Option<String>>(row, "v_approver")? else {
+        return Ok(None);
+    };
+    let groups: String = column(row, "v_groups")?;
+    let vote: String = column(row, "v_vote")?;
+    Ok(Some(VoteRecord {
+        approver,
+        groups: from_json("vote groups", &groups)?,
+        vote: Vote::parse(&vote).ok_or_else(|| Error::corrupt(format!("unknown vote `{vote}`")))?,
+        comment: column(row, "v_comment")?,
+        at: column(row, "v_at")?,
+    }))
+}
+
+pub(crate) async fn fetch_approval<'e, E>(ex: E, id: &str) -> Result<Option<Approval>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let found = fetch_approvals(
+        ex,
+        ApprovalQuery {
+            condition: "id = $1".to_owned(),
+            args: vec![Arg::Text(id)],
+            order: "id",
+            limit: None,
+        },
+    )
+    .await?;
+    Ok(found.into_iter().next())
+}
+
+/// The approvals named by `ids` (those that exist), ordered by expiry then id.
+async fn fetch_approvals_by_ids(
     conn: &mut sqlx::AnyConnection,
+    ids: &[String],
+) -> Result<Vec<Approval>, Error> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Bounded statements: well under either backend's limit on bound values.
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        found.extend(
+            fetch_approvals(
+                &mut *conn,
+                ApprovalQuery {
+                    condition: format!("id IN ({})", placeholders.join(", ")),
+                    args: chunk.iter().map(|id| Arg::Text(id)).collect(),
+                    order: "expires_at, id",
+                    limit: None,
+                },
+            )
+            .await?,
+        );
+    }
+    found.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
+    Ok(found)
+}
+
+/// Newest first, with their `request_seq` (the page token): those with `request_seq < before` when
+/// `before > 0`, at most `limit`.
+pub(crate) async fn list_approvals<'e, E>(
+    ex: E,
+    filter: &ApprovalFilter,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<(i64, Approval)>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let mut args = Vec::new();
+    let mut conditions = vec!["1 = 1".to_owned()];
+    if before > 0 {
+        args.push(Arg::Int(before));
+        conditions.push(format!("request_seq < ${}", args.len()));
+    }
+    let narrowing = [
+        ("status =", filter.status.map(|s| Arg::Text(s.as_str()))),
+        ("tool =", filter.tool.as_deref().map(Arg::Text)),
+        ("agent =", filter.agent.as_deref().map(Arg::Text)),
+    ];
+    for (condition, arg) in narrowing {
+        if let Some(arg) = arg {
+            args.push(arg);
+            conditions.push(format!("{condition} ${}", args.len()));
+        }
+    }
+    fetch_sequenced_approvals(
+        ex,
+        ApprovalQuery {
+            condition: conditions.join(" AND "),
+            args,
+            order: "request_seq DESC",
+            limit: Some(limit),
+        },
+    )
+    .await
+}
+
+/// Approvals changed after `since`, oldest change first: at most `limit`, plus any changed at the same
+/// moment as the last of those, so that `since = last.updated_at` on the next call misses nothing.
+pub(crate) async fn fetch_approvals_changed_since<'e, E>(
+    ex: E,
+    since: Micros,
+    limit: u32,
+) -> Result<Vec<Approval>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    fetch_approvals(
+        ex,
+        ApprovalQuery {
+            condition: "updated_at > $1 AND updated_at <= (SELECT MAX(updated_at) FROM \
+                 (SELECT updated_at FROM approvals WHERE updated_at > $1 ORDER BY updated_at LIMIT $2) AS page)"
+                .to_owned(),
+            args: vec![Arg::Int(since), Arg::Int(i64::from(limit))],
+            order: "updated_at, id",
+            limit: None,
+        },
+    )
+    .await
+}
+
+/// Every PENDING approval (including any past `expires_at` not yet swept), oldest request first.
+pub(crate) async fn fetch_pending_approvals<'e, E>(ex: E) -> Result<Vec<Approval>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    fetch_approvals(
+        ex,
+        ApprovalQuery {
+            condition: "status = 'PENDING'".to_owned(),
+            args: Vec::new(),
+            order: "requested_at, id",
+            limit: None,
+        },
+    )
+    .await
+}
+
+/// The kept canonical arguments: `None` when the approval is unknown or no longer keeps them.
+pub(crate) async fn fetch_approval_arguments<'e, E>(
+    ex: E,
+    id: &str,
+) -> Result<Option<String>, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let row = sqlx::query("SELECT arguments FROM approvals WHERE id = $1")
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+        .map_err(db)?;
+    Ok(row
+        .map(|row| column::<Option<String>>(&row, "arguments"))
+        .transpose()?
+        .flatten())
+}
+
+pub(crate) async fn approval_id_taken(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<bool, Error> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM approvals WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .map_err(db)?;
+    Ok(column::<i64>(&row, "n")? > 0)
+}
+
+/// Inserts a new approval, as `approval` says but with `status` PENDING, no consumption, `arguments` kept
+/// and `updated_at = now`. The caller has checked that the id is free.
+pub(crate) async fn insert_approval(
+    conn: &mut sqlx::AnyConnection,
+    approval: &Approval,
+    arguments: &str,
+    request_seq: i64,
+    now: Micros,
+) -> Result<(), Error> {
+    let sql = format!(
+        "INSERT INTO approvals ({APPROVAL_COLUMNS}, arguments) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, NULL, $16, $17)"
+    );
+    sqlx::query(&sql)
+        .bind(&approval.id)
+        .bind(request_seq)
+        .bind(ApprovalStatus::Pending.as_str())
+        .bind(&approval.session_id)
+        .bind(&approval.agent)
+        .bind(&approval.user)
+        .bind(&approval.tool)
+        .bind(&approval.call_id)
+        .bind(&approval.decision_id)
+        .bind(&approval.arguments_redacted)
+        .bind(&approval.arguments_digest)
+        .bind(json_text("approval requirements", &approval.requirements)?)
+        .bind(json_text("approval reasons", &approval.reasons)?)
+        .bind(approval.requested_at)
+        .bind(approval.expires_at)
+        .bind(now)
+        .bind(arguments)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// What an ALLOW consuming an approval must match.
+pub(crate) struct Consumption<'a> {
+    pub(crate) approval_id: &'a str,
+    pub(crate) arguments_digest: &'a str,
+    pub(crate) session_id: &'a str,
+    pub(crate) tool: &'a str,
+    pub(crate) decision_id: &'a str,
+    pub(crate) now: Micros,
+}
+
+/// Marks the approval used by `c.decision_id` if it is approved, unused, unexpired, and for exactly this
+/// session, tool and arguments (one conditional UPDATE, so it is used at most once); returns it as
+/// consumed, or `None` when it cannot be used (nothing changed).
+pub(crate) async fn consume_approval(
+    conn: &mut sqlx::AnyConnection,
+    c: &Consumption<'_>,
+) -> Result<Option<Approval>, Error> {
+    let done = sqlx::query(
+        "UPDATE approvals SET consumed_at = $6, consumed_by = $5, arguments = NULL, updated_at = $6 \
+         WHERE id = $1 AND status = 'APPROVED' AND consumed_at IS NULL AND arguments_digest = $2 \
+         AND session_id = $3 AND tool = $4 AND expires_at > $6",
+    )
+    .bind(c.approval_id)
+    .bind(c.arguments_digest)
+    .bind(c.session_id)
+    .bind(c.tool)
+    .bind(c.decision_id)
+    .bind(c.now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if done.rows_affected() != 1 {
+        return Ok(None);
+    }
+    fetch_approval(conn, c.approval_id).await
+}
+
+/// Gives back the tool call spent in this transaction by a decision that was then overruled.
+pub(crate) async fn refund_budget(
+    conn: &mut sqlx::AnyConnection,
+    session_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE sessions SET tool_calls_used = tool_calls_used - 1 WHERE id = $1 AND tool_calls_used > 0",
+    )
+    .bind(session_id)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Stores `vote` unless this approver already voted on it; true when stored.
+pub(crate) async fn insert_vote(
+    conn: &mut sqlx::AnyConnection,
+    approval_id: &str,
+    vote: &VoteRecord,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "INSERT INTO approval_votes (approval_id, approver, groups, vote, comment, at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (approval_id, approver) DO NOTHING",
+    )
+    .bind(approval_id)
+    .bind(&vote.approver)
+    .bind(json_text("vote groups", &vote.groups)?)
+    .bind(vote.vote.as_str())
+    .bind(&vote.comment)
+    .bind(vote.at)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// After a vote on a pending approval: its new status (which may be PENDING still) and `updated_at`;
+/// the kept arguments go unless it is still usable. True when the approval was pending.
+pub(crate) async fn settle_vote(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    status: ApprovalStatus,
+    now: Micros,
+) -> Result<bool, Error> {
+    let arguments = match status {
+        ApprovalStatus::Pending | ApprovalStatus::Approved => "arguments",
+        ApprovalStatus::Denied | ApprovalStatus::Expired | ApprovalStatus::Cancelled => "NULL",
+    };
+    let sql = format!(
+        "UPDATE approvals SET status = $2, updated_at = $3, arguments = {arguments} \
+         WHERE id = $1 AND status = 'PENDING'"
+    );
+    let done = sqlx::query(&sql)
+        .bind(id)
+        .bind(status.as_str())
+        .bind(now)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// True when the expiry sweep has work: a pending approval with `expires_at <= now`, or an approved one
+/// past it that still keeps its arguments.
+pub(crate) async fn approvals_due<'e, E>(ex: E, now: Micros) -> Result<bool, Error>
+where
+    E: Executor<'e, Database = Any>,
+{
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM approvals WHERE expires_at <= $1 \
+         AND (status = 'PENDING' OR (status = 'APPROVED' AND arguments IS NOT NULL)) LIMIT 1) AS due",
+    )
+    .bind(now)
+    .fetch_one(ex)
+    .await
+    .map_err(db)?;
+    Ok(column::<i64>(&row, "n")? > 0)
+}
+
+/// Expires every pending approval with `expires_at <= now` (conditional, so each exactly once) and
+/// returns them, in expiry order. Approved approvals past expiry can no longer be used either: their
+/// kept arguments are dropped (their status stays APPROVED, so this is not a change watchers see).
+pub(crate) async fn expire_approvals(
+    conn: &mut sqlx::AnyConnection,
+    now: Micros,
+) -> Result<Vec<Approval>, Error> {
+    let rows = sqlx::query(
+        "UPDATE approvals SET status = 'EXPIRED', arguments = NULL, updated_at = $1 \
+         WHERE status = 'PENDING' AND expires_at <= $1 RETURNING id",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "UPDATE approvals SET arguments = NULL \
+         WHERE status = 'APPROVED' AND arguments IS NOT NULL AND expires_at <= $1",
+    )
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let ids = rows
+        .iter()
+        .map(|row| column::<String>(row, "id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    fetch_approvals_by_ids(conn, &ids).await
+}
+
+/// Cancels approval `id` if it is pending and unexpired at `now`; returns it as cancelled, or `None`
+/// (nothing changed).
+pub(crate) async fn cancel_approval(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    now: Micros,
+) -> Result<Option<Approval>, Error> {
+    let done = sqlx::query(
+        "UPDATE approvals SET status = 'CANCELLED', arguments = NULL, updated_at = $2 \
+         WHERE id = $1 AND status = 'PENDING' AND expires_at > $2",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if done.rows_affected() != 1 {
+        return Ok(None);
+    }
+    fetch_approval(conn, id).await
+}
+
+/// Postgres: announces on `channel` that `id` changed. Inside the writer's transaction, so listeners
+/// hear it only if (and when) the change commits.
+pub(crate) async fn notify(
+    conn: &mut sqlx::AnyConnection,
+    channel: &str,
     id: &str,
 ) -> Result<(), Error> {
     // `pg_notify` returns `void`, a type the Any driver cannot decode: select a boolean instead.
     sqlx::query("SELECT pg_notify($1, $2) IS NULL AS notified")
-        .bind(KILL_SWITCH_CHANNEL)
+        .bind(channel)
         .bind(id)
         .execute(conn)
         .await

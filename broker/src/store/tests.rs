@@ -4,9 +4,11 @@ use std::time::{Duration, Instant};
 
 use super::testing::TestDb;
 use super::{
-    Backend, DecisionRecord, Error, ErrorKind, EventFilter, Page, Recorded, Store, StoreConfig,
+    ApprovalFilter, ApprovalWrite, Backend, DecisionRecord, Error, ErrorKind, EventFilter, Page,
+    Recorded, Store, StoreConfig, VoteResult,
 };
 use crate::clock::Micros;
+use crate::domain::approval::{Approval, ApprovalStatus, Refusal, Requirement, Vote, VoteRecord};
 use crate::domain::audit::{AuditEvent, CallFacts, EventBody, EventKind, GENESIS_HASH};
 use crate::domain::decision::{Decision, Outcome, Reason, ReasonCode};
 use crate::domain::killswitch::{KillSwitch, Release, Scope};
@@ -58,6 +60,15 @@ contract_tests!(
     kill_switch_release_happens_once,
     kill_switch_expires_once_across_brokers,
     kill_switches_list_newest_first,
+    approval_request_is_stored_beside_its_pending_decision,
+    approval_votes_keep_separation_of_duties_and_settle_it,
+    approval_is_consumed_once_and_only_as_approved,
+    exhausted_budget_leaves_the_approval_unused,
+    approvals_expire_once_across_brokers,
+    only_pending_approvals_are_cancelled,
+    approvals_changed_since_come_in_order,
+    concurrent_votes_on_two_brokers_both_count,
+    approvals_list_newest_first_filtered_and_paged,
 );
 
 // -------------------------------------------------------------------------------------------------
@@ -114,6 +125,7 @@ fn allow(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
             tool: tool.into(),
             call_id: call_id.into(),
             decided_at: at,
+            approval_id: None,
         },
         call: CallFacts {
             event_id: ids::event_id(),
@@ -124,6 +136,7 @@ fn allow(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
         },
         spend_budget: true,
         remember: true,
+        approval: None,
         now: at,
     }
 }
@@ -212,6 +225,9 @@ async fn open_with_decisions(
         let rec = match outcome {
             Outcome::Allow => allow(s, tool, &call_id, at),
             Outcome::Deny => deny(s, tool, &call_id, at),
+            Outcome::PendingApproval => {
+                return Err(Error::invalid("use `request` for approvals"));
+            }
         };
         store.record_decision(rec).await?;
     }
@@ -1159,6 +1175,881 @@ async fn kill_switches_list_newest_first(db: &TestDb) -> TestResult {
 }
 
 // -------------------------------------------------------------------------------------------------
+// approvals
+
+const MINUTE: Micros = 60_000_000;
+const REFUND: &str = "payments.refund";
+const ARGS: &str = r#"{"amount":120,"card":"4111111111111111","order":"o-1"}"#;
+
+fn payments(quorum: u32) -> Vec<Requirement> {
+    vec![Requirement {
+        policy_id: "refunds-need-approval".into(),
+        group: "payments".into(),
+        quorum,
+    }]
+}
+
+/// A PENDING_APPROVAL decision for `call_id` in `s`, requesting an approval (quorum of `payments`),
+/// expiring ten minutes after `at`; and the approval as the store should keep it.
+fn request(s: &Session, call_id: &str, quorum: u32, at: Micros) -> (DecisionRecord, Approval) {
+    let mut rec = allow(s, REFUND, call_id, at);
+    let approval = Approval {
+        id: ids::approval_id(),
+        status: ApprovalStatus::Pending,
+        session_id: s.id.clone(),
+        agent: s.agent.clone(),
+        user: s.user.clone(),
+        tool: REFUND.into(),
+        call_id: call_id.into(),
+        decision_id: rec.decision.decision_id.clone(),
+        arguments_redacted: rec.call.arguments_redacted.clone(),
+        arguments_digest: rec.call.arguments_digest.clone(),
+        requirements: payments(quorum),
+        reasons: vec![Reason::from_policy(
+            ReasonCode::ApprovalRequired,
+            "refunds-need-approval",
+            "refunds need a payments approver",
+        )],
+        requested_at: at,
+        expires_at: at + 10 * MINUTE,
+        votes: vec![],
+        consumed_at: None,
+        consumed_by: None,
+        updated_at: at,
+    };
+    rec.decision.outcome = Outcome::PendingApproval;
+    rec.decision.reasons = approval.reasons.clone();
+    rec.decision.approval_id = Some(approval.id.clone());
+    rec.spend_budget = false;
+    rec.approval = Some(ApprovalWrite::Request {
+        approval: approval.clone(),
+        arguments: ARGS.into(),
+    });
+    (rec, approval)
+}
+
+/// The ALLOW of the approved call (a new call id, the approval's arguments), consuming `a`.
+fn consume(s: &Session, a: &Approval, call_id: &str, at: Micros) -> DecisionRecord {
+    let mut rec = allow(s, REFUND, call_id, at);
+    rec.decision.approval_id = Some(a.id.clone());
+    rec.decision.reasons = vec![Reason::new(
+        ReasonCode::ApprovalGranted,
+        "approved by payments",
+    )];
+    rec.call.arguments_digest = a.arguments_digest.clone();
+    rec.approval = Some(ApprovalWrite::Consume {
+        approval_id: a.id.clone(),
+        arguments_digest: a.arguments_digest.clone(),
+    });
+    rec
+}
+
+fn vote(approver: &str, groups: &[&str], vote: Vote, at: Micros) -> VoteRecord {
+    VoteRecord {
+        approver: approver.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        vote,
+        comment: format!("{approver} says {}", vote.as_str()),
+        at,
+    }
+}
+
+fn counted(r: VoteResult) -> Result<Approval, String> {
+    match r {
+        VoteResult::Counted(a) => Ok(a),
+        other => Err(format!("expected the vote counted, got {other:?}")),
+    }
+}
+
+/// Opens `s` and requests one approval in it; returns the stored approval.
+async fn open_and_request(
+    store: &Store,
+    s: &Session,
+    call_id: &str,
+    quorum: u32,
+    at: Micros,
+) -> Result<Approval, Box<dyn std::error::Error + Send + Sync>> {
+    if store.session(&s.id).await?.is_none() {
+        store.open_session(s, opened(s)).await?;
+    }
+    let (rec, approval) = request(s, call_id, quorum, at);
+    committed(store.record_decision(rec).await?)?;
+    Ok(approval)
+}
+
+/// Approves `a` with one `payments` vote by `approver`.
+async fn approve(
+    store: &Store,
+    a: &Approval,
+    approver: &str,
+    at: Micros,
+) -> Result<Approval, Box<dyn std::error::Error + Send + Sync>> {
+    let voted = counted(
+        store
+            .vote_on_approval(&a.id, vote(approver, &["payments"], Vote::Approve, at), at)
+            .await?,
+    )?;
+    Ok(voted)
+}
+
+fn detail(e: &AuditEvent) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(serde_json::from_str(
+        e.body.detail.as_deref().ok_or("event without detail")?,
+    )?)
+}
+
+fn kinds(events: &[AuditEvent]) -> Vec<EventKind> {
+    events.iter().map(|e| e.body.kind).collect()
+}
+
+async fn approval_request_is_stored_beside_its_pending_decision(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3);
+    store.open_session(&s, opened(&s)).await?;
+    let (rec, approval) = request(&s, "c1", 2, T0 + 10);
+    let decision = committed(store.record_decision(rec.clone()).await?)?;
+    assert_eq!(
+        decision, rec.decision,
+        "a PENDING_APPROVAL is committed as it is"
+    );
+
+    assert_eq!(store.approval(&approval.id).await?, Some(approval.clone()));
+    assert_eq!(store.approval("apr_missing").await?, None);
+    assert_eq!(
+        store.approval_arguments(&approval.id).await?.as_deref(),
+        Some(ARGS),
+        "the canonical arguments are kept while the approval can be used"
+    );
+    assert_eq!(store.pending_approvals().await?, vec![approval.clone()]);
+    let remembered = store
+        .recorded_call(&s.id, &s.agent, "c1")
+        .await?
+        .ok_or("the pending call is not remembered")?;
+    assert_eq!(remembered.decision, decision);
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(0),
+        "asking spends nothing"
+    );
+
+    // The decision, then the request: by the agent, naming the approval, its requirements and expiry.
+    let events = session_events(store, &s).await?;
+    assert_eq!(
+        kinds(&events),
+        vec![
+            EventKind::SessionOpened,
+            EventKind::ToolCallDecided,
+            EventKind::ApprovalRequested
+        ]
+    );
+    let requested = events.get(2).ok_or("no request event")?;
+    assert_eq!(
+        events.get(1).and_then(|e| e.body.outcome),
+        Some(Outcome::PendingApproval)
+    );
+    assert_eq!(requested.body.agent, "agent-1");
+    assert_eq!(
+        requested.body.decision_id.as_deref(),
+        Some(decision.decision_id.as_str())
+    );
+    let d = detail(requested)?;
+    assert_eq!(d["approval_id"], approval.id.as_str());
+    assert_eq!(d["status"], "PENDING");
+    assert_eq!(d["expires_at"], approval.expires_at);
+    assert_eq!(d["requirements"][0]["group"], "payments");
+    assert_eq!(d["requirements"][0]["quorum"], 2);
+
+    // A retry replays the decision and requests nothing new.
+    let replayed = store.record_decision(rec.clone()).await?;
+    assert!(matches!(replayed, Recorded::Replayed(_)), "{replayed:?}");
+    // The same approval id under another call is a conflict; a PENDING_APPROVAL without its approval, or
+    // an approval that is not for its decision, is refused before anything is written.
+    let (mut again, _) = request(&s, "c2", 1, T0 + 20);
+    if let Some(ApprovalWrite::Request { approval: a, .. }) = &mut again.approval {
+        a.id.clone_from(&approval.id);
+    }
+    again.decision.approval_id = Some(approval.id.clone());
+    let conflict = store.record_decision(again).await;
+    assert_eq!(
+        kind_of(&conflict),
+        Some(ErrorKind::Conflict),
+        "{conflict:?}"
+    );
+    let (mut bare, _) = request(&s, "c3", 1, T0 + 20);
+    bare.approval = None;
+    let refused = store.record_decision(bare).await;
+    assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+    let (mut elsewhere, _) = request(&s, "c4", 1, T0 + 20);
+    if let Some(ApprovalWrite::Request { approval: a, .. }) = &mut elsewhere.approval {
+        a.arguments_digest = "digest-of-something-else".into();
+    }
+    let refused = store.record_decision(elsewhere).await;
+    assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+    assert_eq!(store.recorded_call(&s.id, &s.agent, "c2").await?, None);
+
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 3), "{report:?}");
+    Ok(())
+}
+
+async fn approval_votes_keep_separation_of_duties_and_settle_it(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3);
+    let a = open_and_request(store, &s, "c1", 2, T0 + 10).await?;
+    let seq = last_seq(store).await?;
+    let at = T0 + 20;
+    let refusals = [
+        (
+            vote("agent-1", &["payments"], Vote::Approve, at),
+            Refusal::IsAgent,
+        ),
+        (
+            vote("alice", &["payments"], Vote::Approve, at),
+            Refusal::IsUser,
+        ),
+        (
+            vote("bob", &["marketing"], Vote::Approve, at),
+            Refusal::NotInGroup("payments".into()),
+        ),
+    ];
+    for (v, refusal) in refusals {
+        assert_eq!(
+            store.vote_on_approval(&a.id, v, at).await?,
+            VoteResult::Refused(refusal)
+        );
+    }
+    assert_eq!(
+        store
+            .vote_on_approval(
+                "apr_missing",
+                vote("bob", &["payments"], Vote::Approve, at),
+                at
+            )
+            .await?,
+        VoteResult::NotFound
+    );
+    assert_eq!(last_seq(store).await?, seq, "refused votes write nothing");
+
+    // One approval of two: counted, still pending.
+    let after_bob = approve(store, &a, "bob", at).await?;
+    assert_eq!(after_bob.status, ApprovalStatus::Pending);
+    assert_eq!(after_bob.updated_at, at);
+    assert_eq!(
+        after_bob.votes,
+        vec![vote("bob", &["payments"], Vote::Approve, at)]
+    );
+    assert_eq!(store.approval(&a.id).await?, Some(after_bob.clone()));
+    assert_eq!(
+        store
+            .vote_on_approval(
+                &a.id,
+                vote("bob", &["payments"], Vote::Deny, at + 1),
+                at + 1
+            )
+            .await?,
+        VoteResult::Refused(Refusal::AlreadyVoted),
+        "the same approver counts once, and cannot change their mind"
+    );
+
+    // The second distinct approver completes the quorum.
+    let approved = approve(store, &a, "carol", at + 2).await?;
+    assert_eq!(approved.status, ApprovalStatus::Approved);
+    assert_eq!(approved.approvers(), vec!["bob", "carol"]);
+    assert_eq!(store.approval(&a.id).await?, Some(approved.clone()));
+    assert_eq!(
+        store.approval_arguments(&a.id).await?.as_deref(),
+        Some(ARGS),
+        "an approved approval keeps its arguments until used"
+    );
+    assert_eq!(
+        store
+            .vote_on_approval(
+                &a.id,
+                vote("dave", &["payments"], Vote::Deny, at + 3),
+                at + 3
+            )
+            .await?,
+        VoteResult::Refused(Refusal::NotPending("APPROVED"))
+    );
+
+    // One denial ends another approval, and drops its arguments.
+    let b = open_and_request(store, &s, "c2", 2, T0 + 30).await?;
+    let denied = counted(
+        store
+            .vote_on_approval(
+                &b.id,
+                vote("dave", &["payments"], Vote::Deny, at + 4),
+                at + 4,
+            )
+            .await?,
+    )?;
+    assert_eq!(denied.status, ApprovalStatus::Denied);
+    assert_eq!(store.approval_arguments(&b.id).await?, None);
+    assert!(store.pending_approvals().await?.is_empty());
+    // Past its expiry a pending approval takes no votes, swept or not.
+    let c = open_and_request(store, &s, "c3", 1, T0 + 40).await?;
+    assert_eq!(
+        store
+            .vote_on_approval(
+                &c.id,
+                vote("bob", &["payments"], Vote::Approve, c.expires_at),
+                c.expires_at
+            )
+            .await?,
+        VoteResult::Refused(Refusal::NotPending("EXPIRED"))
+    );
+
+    let approval_events: Vec<AuditEvent> = events(store, EventFilter::default())
+        .await?
+        .into_iter()
+        .filter(|e| e.body.kind != EventKind::ToolCallDecided)
+        .skip(1)
+        .collect();
+    assert_eq!(
+        kinds(&approval_events),
+        vec![
+            EventKind::ApprovalRequested,
+            EventKind::ApprovalVoted,
+            EventKind::ApprovalVoted,
+            EventKind::ApprovalApproved,
+            EventKind::ApprovalRequested,
+            EventKind::ApprovalVoted,
+            EventKind::ApprovalDenied,
+            EventKind::ApprovalRequested,
+        ]
+    );
+    let bob_voted = approval_events.get(1).ok_or("no vote event")?;
+    assert_eq!(bob_voted.body.agent, "bob", "the approver is the actor");
+    let d = detail(bob_voted)?;
+    assert_eq!(
+        (&d["vote"], &d["comment"], &d["approval_id"]),
+        (
+            &serde_json::json!("APPROVE"),
+            &serde_json::json!("bob says APPROVE"),
+            &serde_json::json!(a.id)
+        )
+    );
+    let settled = approval_events.get(3).ok_or("no approved event")?;
+    assert_eq!(
+        (
+            settled.body.agent.as_str(),
+            detail(settled)?["status"].clone()
+        ),
+        ("carol", serde_json::json!("APPROVED"))
+    );
+    let report = store.verify_chain().await?;
+    // 1 opened + 3 decisions + 3 requests + 3 votes + approved + denied
+    assert_eq!((report.ok, report.events_checked), (true, 12), "{report:?}");
+    Ok(())
+}
+
+async fn approval_is_consumed_once_and_only_as_approved(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let a = open_and_request(store, &s, "c1", 1, T0 + 10).await?;
+    approve(store, &a, "bob", T0 + 20).await?;
+
+    let rec = consume(&s, &a, "c1-approved", T0 + 30);
+    let allowed = committed(store.record_decision(rec.clone()).await?)?;
+    assert_eq!(allowed, rec.decision, "the approved call is allowed");
+    let used = store.approval(&a.id).await?.ok_or("approval gone")?;
+    assert_eq!(
+        (
+            used.status,
+            used.consumed_at,
+            used.consumed_by.as_deref(),
+            used.updated_at
+        ),
+        (
+            ApprovalStatus::Approved,
+            Some(T0 + 30),
+            Some(allowed.decision_id.as_str()),
+            T0 + 30
+        )
+    );
+    assert_eq!(store.approval_arguments(&a.id).await?, None);
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1)
+    );
+    let consumed = events_of_kind(store, EventKind::ApprovalConsumed).await?;
+    let [consumed] = consumed.as_slice() else {
+        return Err(format!("expected one consumption, got {consumed:?}").into());
+    };
+    assert_eq!(consumed.body.agent, "agent-1", "the agent is the actor");
+    assert_eq!(
+        detail(consumed)?["consumed_by"],
+        allowed.decision_id.as_str()
+    );
+
+    // Used once: a second ALLOW on it is overruled, and spends nothing.
+    let again = committed(
+        store
+            .record_decision(consume(&s, &a, "c1-again", T0 + 40))
+            .await?,
+    )?;
+    assert_eq!(again.outcome, Outcome::Deny);
+    assert_eq!(reason_codes(&again), vec![ReasonCode::ApprovalUsed]);
+    assert_eq!(
+        again.reasons.first().map(|r| r.message.clone()),
+        Some(format!(
+            "approval `{}` was already used, or is no longer approved",
+            a.id
+        ))
+    );
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1)
+    );
+    assert_eq!(
+        store.approval(&a.id).await?.and_then(|a| a.consumed_by),
+        Some(allowed.decision_id.clone())
+    );
+
+    // Other arguments than those approved: overruled, and the approval stays usable.
+    let b = open_and_request(store, &s, "c2", 1, T0 + 50).await?;
+    approve(store, &b, "bob", T0 + 51).await?;
+    let mut other = consume(&s, &b, "c2-other", T0 + 52);
+    other.call.arguments_digest = "digest-of-other-arguments".into();
+    other.approval = Some(ApprovalWrite::Consume {
+        approval_id: b.id.clone(),
+        arguments_digest: "digest-of-other-arguments".into(),
+    });
+    let other = committed(store.record_decision(other).await?)?;
+    assert_eq!(reason_codes(&other), vec![ReasonCode::ApprovalUsed]);
+    assert_eq!(
+        store.approval(&b.id).await?.and_then(|a| a.consumed_at),
+        None
+    );
+    // ... but not after its expiry.
+    let late = committed(
+        store
+            .record_decision(consume(&s, &b, "c2-late", b.expires_at))
+            .await?,
+    )?;
+    assert_eq!(reason_codes(&late), vec![ReasonCode::ApprovalUsed]);
+    assert_eq!(
+        store.approval(&b.id).await?.and_then(|a| a.consumed_at),
+        None
+    );
+
+    // Denied or still pending: overruled.
+    let c = open_and_request(store, &s, "c3", 1, T0 + 60).await?;
+    let pending = committed(
+        store
+            .record_decision(consume(&s, &c, "c3-early", T0 + 61))
+            .await?,
+    )?;
+    assert_eq!(reason_codes(&pending), vec![ReasonCode::ApprovalUsed]);
+    counted(
+        store
+            .vote_on_approval(
+                &c.id,
+                vote("dave", &["payments"], Vote::Deny, T0 + 62),
+                T0 + 62,
+            )
+            .await?,
+    )?;
+    let denied = committed(
+        store
+            .record_decision(consume(&s, &c, "c3-denied", T0 + 63))
+            .await?,
+    )?;
+    assert_eq!(reason_codes(&denied), vec![ReasonCode::ApprovalUsed]);
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1),
+        "no overruled ALLOW spent anything"
+    );
+    // An ALLOW naming an approval must consume it; a consumption must be for the call's own digest.
+    let mut unconsumed = consume(&s, &b, "c2-bare", T0 + 64);
+    unconsumed.approval = None;
+    let refused = store.record_decision(unconsumed).await;
+    assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+    let mut mismatched = consume(&s, &b, "c2-mismatch", T0 + 64);
+    mismatched.call.arguments_digest = "digest-of-other-arguments".into();
+    let refused = store.record_decision(mismatched).await;
+    assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+
+    assert_eq!(
+        events_of_kind(store, EventKind::ApprovalConsumed)
+            .await?
+            .len(),
+        1
+    );
+    let report = store.verify_chain().await?;
+    // 1 opened + 3 x (decision + request) + 3 x (vote + settled) + 6 consuming decisions + 1 consumed
+    assert_eq!((report.ok, report.events_checked), (true, 20), "{report:?}");
+    Ok(())
+}
+
+async fn exhausted_budget_leaves_the_approval_unused(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(1);
+    let a = open_and_request(store, &s, "c1", 1, T0 + 10).await?;
+    approve(store, &a, "bob", T0 + 20).await?;
+    committed(
+        store
+            .record_decision(allow(&s, "web.search", "spend-it", T0 + 25))
+            .await?,
+    )?;
+
+    let overruled = committed(
+        store
+            .record_decision(consume(&s, &a, "c1-approved", T0 + 30))
+            .await?,
+    )?;
+    assert_eq!(overruled.outcome, Outcome::Deny);
+    assert_eq!(reason_codes(&overruled), vec![ReasonCode::BudgetExhausted]);
+    let kept = store.approval(&a.id).await?.ok_or("approval gone")?;
+    assert_eq!(
+        (kept.status, kept.consumed_at, kept.updated_at),
+        (ApprovalStatus::Approved, None, T0 + 20),
+        "the approval is untouched"
+    );
+    assert_eq!(
+        store.approval_arguments(&a.id).await?.as_deref(),
+        Some(ARGS)
+    );
+    assert!(events_of_kind(store, EventKind::ApprovalConsumed)
+        .await?
+        .is_empty());
+    let report = store.verify_chain().await?;
+    // opened, decision + request, vote + approved, ALLOW, overruled ALLOW
+    assert_eq!((report.ok, report.events_checked), (true, 7), "{report:?}");
+    Ok(())
+}
+
+async fn approvals_expire_once_across_brokers(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let due = open_and_request(store, &s, "c1", 1, T0).await?;
+    let later = open_and_request(store, &s, "c2", 1, T0 + 5 * MINUTE).await?;
+    let approved = open_and_request(store, &s, "c3", 1, T0 + 1).await?;
+    approve(store, &approved, "bob", T0 + 2).await?;
+    let seq = last_seq(store).await?;
+
+    let deadline = due.expires_at;
+    assert_eq!(
+        store.expire_approvals(deadline - 1).await?,
+        vec![],
+        "nothing due yet"
+    );
+    assert_eq!(last_seq(store).await?, seq);
+
+    // Two brokers sweep at once, several times each: the approval expires, and is audited, once.
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let sweeps: Vec<_> = (0..6)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                store.clone()
+            } else {
+                replica.clone()
+            };
+            tokio::spawn(async move { store.expire_approvals(deadline + 1).await })
+        })
+        .collect();
+    let mut expired = Vec::new();
+    for sweep in futures::future::join_all(sweeps).await {
+        expired.extend(sweep??);
+    }
+    let expected = Approval {
+        status: ApprovalStatus::Expired,
+        updated_at: deadline + 1,
+        ..due.clone()
+    };
+    assert_eq!(expired, vec![expected.clone()]);
+    assert_eq!(store.approval(&due.id).await?, Some(expected));
+    assert_eq!(store.approval_arguments(&due.id).await?, None);
+    let events = events_of_kind(store, EventKind::ApprovalExpired).await?;
+    let [event] = events.as_slice() else {
+        return Err(format!("expected one expiry event, got {events:?}").into());
+    };
+    assert_eq!((event.seq, event.body.agent.as_str()), (seq + 1, "broker"));
+    assert_eq!(detail(event)?["status"], "EXPIRED");
+
+    // The approved one past its expiry stays APPROVED but can no longer be used: its arguments go.
+    assert_eq!(
+        store.approval(&approved.id).await?.map(|a| a.status),
+        Some(ApprovalStatus::Approved)
+    );
+    assert_eq!(store.approval_arguments(&approved.id).await?, None);
+    // The later one is untouched, and nothing is due again.
+    assert_eq!(
+        store.pending_approvals().await?,
+        vec![later.clone()],
+        "only the unexpired one is pending"
+    );
+    assert_eq!(store.expire_approvals(deadline + 2).await?, vec![]);
+    assert_eq!(last_seq(store).await?, seq + 1);
+    let report = store.verify_chain().await?;
+    // opened, 3 x (decision + request), vote + approved, expired
+    assert_eq!((report.ok, report.events_checked), (true, 10), "{report:?}");
+    Ok(())
+}
+
+async fn only_pending_approvals_are_cancelled(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let pending = open_and_request(store, &s, "c1", 1, T0).await?;
+    let approved = open_and_request(store, &s, "c2", 1, T0 + 1).await?;
+    approve(store, &approved, "bob", T0 + 2).await?;
+    let denied = open_and_request(store, &s, "c3", 1, T0 + 3).await?;
+    counted(
+        store
+            .vote_on_approval(
+                &denied.id,
+                vote("bob", &["payments"], Vote::Deny, T0 + 4),
+                T0 + 4,
+            )
+            .await?,
+    )?;
+    let expired = open_and_request(store, &s, "c4", 1, T0 - 10 * MINUTE).await?;
+    let seq = last_seq(store).await?;
+
+    let ids = vec![
+        pending.id.clone(),
+        approved.id.clone(),
+        denied.id.clone(),
+        expired.id.clone(),
+        "apr_missing".to_owned(),
+        pending.id.clone(),
+    ];
+    let cancelled = store
+        .cancel_approvals(&ids, "admin-1", "kill switch engaged", T0 + 5)
+        .await?;
+    let expected = Approval {
+        status: ApprovalStatus::Cancelled,
+        updated_at: T0 + 5,
+        ..pending.clone()
+    };
+    assert_eq!(cancelled, vec![expected.clone()]);
+    assert_eq!(store.approval(&pending.id).await?, Some(expected));
+    assert_eq!(store.approval_arguments(&pending.id).await?, None);
+    assert_eq!(
+        store.approval(&approved.id).await?.map(|a| a.status),
+        Some(ApprovalStatus::Approved)
+    );
+    assert_eq!(
+        store.approval(&expired.id).await?.map(|a| a.status),
+        Some(ApprovalStatus::Pending),
+        "past its expiry it is for the sweeper, not cancelled"
+    );
+    let events = events_of_kind(store, EventKind::ApprovalCancelled).await?;
+    let [event] = events.as_slice() else {
+        return Err(format!("expected one cancellation, got {events:?}").into());
+    };
+    assert_eq!((event.seq, event.body.agent.as_str()), (seq + 1, "admin-1"));
+    assert_eq!(detail(event)?["reason"], "kill switch engaged");
+
+    // Cancelling again changes and appends nothing; neither does an empty list.
+    assert_eq!(
+        store
+            .cancel_approvals(&ids, "admin-1", "again", T0 + 6)
+            .await?,
+        vec![]
+    );
+    assert_eq!(
+        store
+            .cancel_approvals(&[], "admin-1", "none", T0 + 6)
+            .await?,
+        vec![]
+    );
+    assert_eq!(last_seq(store).await?, seq + 1);
+    let report = store.verify_chain().await?;
+    // opened, 4 x (decision + request), 2 x (vote + settled), cancelled
+    assert_eq!((report.ok, report.events_checked), (true, 14), "{report:?}");
+    Ok(())
+}
+
+async fn approvals_changed_since_come_in_order(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let a = open_and_request(store, &s, "c1", 2, T0 + 10).await?;
+    let b = open_and_request(store, &s, "c2", 1, T0 + 20).await?;
+    let c = open_and_request(store, &s, "c3", 1, T0 + 20).await?;
+    let ids = |approvals: &[Approval]| -> Vec<String> {
+        approvals.iter().map(|a| a.id.clone()).collect()
+    };
+    let mut same_time = vec![b.id.clone(), c.id.clone()];
+    same_time.sort();
+
+    let all = store.approvals_changed_since(0, 0).await?;
+    assert_eq!(
+        ids(&all),
+        [vec![a.id.clone()], same_time.clone()].concat(),
+        "oldest change first (ties by id)"
+    );
+    assert_eq!(
+        ids(&store.approvals_changed_since(T0 + 10, 0).await?),
+        same_time
+    );
+    // A limit never splits changes made at the same moment, so the next `since` misses nothing.
+    let first = store.approvals_changed_since(T0 + 10, 1).await?;
+    assert_eq!(ids(&first), same_time);
+
+    // A vote on `a` moves it to the end; its status change is what the watcher reads.
+    approve(store, &a, "bob", T0 + 30).await?;
+    approve(store, &a, "carol", T0 + 40).await?;
+    let changed = store.approvals_changed_since(T0 + 20, 0).await?;
+    assert_eq!(ids(&changed), vec![a.id.clone()]);
+    assert_eq!(
+        changed
+            .first()
+            .map(|a| (a.status, a.updated_at, a.votes.len())),
+        Some((ApprovalStatus::Approved, T0 + 40, 2))
+    );
+    store
+        .cancel_approvals(std::slice::from_ref(&b.id), "admin-1", "no", T0 + 50)
+        .await?;
+    let changed = store.approvals_changed_since(T0 + 20, 0).await?;
+    assert_eq!(ids(&changed), vec![a.id.clone(), b.id.clone()]);
+    assert!(store.approvals_changed_since(T0 + 50, 0).await?.is_empty());
+    let report = store.verify_chain().await?;
+    // opened, 3 x (decision + request), 2 votes + approved, cancelled
+    assert_eq!((report.ok, report.events_checked), (true, 11), "{report:?}");
+    Ok(())
+}
+
+async fn concurrent_votes_on_two_brokers_both_count(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let s = session(10);
+    let mut approvals = Vec::new();
+    for i in 0..5 {
+        approvals.push(open_and_request(store, &s, &format!("c{i}"), 2, T0 + i).await?);
+    }
+    // Every approval gets its two votes at once, one on each broker.
+    let votes = approvals.iter().map(|a| {
+        let (store, replica, id) = (store.clone(), replica.clone(), a.id.clone());
+        async move {
+            let at = T0 + 100;
+            tokio::join!(
+                store.vote_on_approval(&id, vote("bob", &["payments"], Vote::Approve, at), at),
+                replica.vote_on_approval(&id, vote("carol", &["payments"], Vote::Approve, at), at),
+            )
+        }
+    });
+    for (bob, carol) in futures::future::join_all(votes).await {
+        let (bob, carol) = (counted(bob?)?, counted(carol?)?);
+        // Whichever committed second saw the other's vote and settled the approval.
+        let mut statuses = [bob.status, carol.status];
+        statuses.sort_by_key(|s| s.as_str());
+        assert_eq!(
+            statuses,
+            [ApprovalStatus::Approved, ApprovalStatus::Pending]
+        );
+    }
+    for a in &approvals {
+        let stored = store.approval(&a.id).await?.ok_or("approval gone")?;
+        assert_eq!(stored.status, ApprovalStatus::Approved);
+        let mut approvers = stored.approvers();
+        approvers.sort();
+        assert_eq!(approvers, vec!["bob", "carol"]);
+    }
+    assert_eq!(
+        events_of_kind(store, EventKind::ApprovalApproved)
+            .await?
+            .len(),
+        5,
+        "each approval is approved once"
+    );
+    assert_eq!(
+        events_of_kind(store, EventKind::ApprovalVoted).await?.len(),
+        10
+    );
+    let report = store.verify_chain().await?;
+    // opened, 5 x (decision + request + 2 votes + approved)
+    assert_eq!((report.ok, report.events_checked), (true, 26), "{report:?}");
+    Ok(())
+}
+
+async fn approvals_list_newest_first_filtered_and_paged(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let mut approvals = Vec::new();
+    for i in 0..5 {
+        approvals.push(open_and_request(store, &s, &format!("c{i}"), 1, T0 + i).await?);
+    }
+    let other_agent = Session {
+        agent: "agent-2".into(),
+        ..session(10)
+    };
+    let theirs = open_and_request(store, &other_agent, "c0", 1, T0 + 10).await?;
+    let [a0, a1, a2, a3, a4] = approvals.as_slice() else {
+        return Err("five approvals".into());
+    };
+    approve(store, a1, "bob", T0 + 20).await?;
+    let ids = |approvals: &[Approval]| -> Vec<String> {
+        approvals.iter().map(|a| a.id.clone()).collect()
+    };
+
+    let page = |after_seq, limit| Page { after_seq, limit };
+    let (all, next) = store
+        .list_approvals(&ApprovalFilter::default(), page(0, 0))
+        .await?;
+    assert_eq!(
+        ids(&all),
+        ids(&[
+            theirs.clone(),
+            a4.clone(),
+            a3.clone(),
+            a2.clone(),
+            a1.clone(),
+            a0.clone()
+        ])
+    );
+    assert_eq!(next, None);
+    assert_eq!(
+        all.get(4).map(|a| a.votes.len()),
+        Some(1),
+        "with their votes"
+    );
+
+    // Pages of two, for agent-1 only.
+    let mine = ApprovalFilter {
+        agent: Some("agent-1".into()),
+        ..ApprovalFilter::default()
+    };
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let (items, next) = store.list_approvals(&mine, page(after, 2)).await?;
+        pages += 1;
+        assert!(items.len() <= 2);
+        seen.extend(ids(&items));
+        match next {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        ids(&[a4.clone(), a3.clone(), a2.clone(), a1.clone(), a0.clone()])
+    );
+
+    let approved = ApprovalFilter {
+        status: Some(ApprovalStatus::Approved),
+        tool: Some(REFUND.into()),
+        ..ApprovalFilter::default()
+    };
+    let (found, _) = store.list_approvals(&approved, page(0, 0)).await?;
+    assert_eq!(ids(&found), vec![a1.id.clone()]);
+    let elsewhere = ApprovalFilter {
+        tool: Some("web.search".into()),
+        ..ApprovalFilter::default()
+    };
+    assert!(store
+        .list_approvals(&elsewhere, page(0, 0))
+        .await?
+        .0
+        .is_empty());
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------------
 // one backend only
 
 #[tokio::test]
@@ -1287,6 +2178,38 @@ async fn postgres_listener_hears_committed_changes_from_another_broker_only() ->
     assert_eq!(replica.expire_kill_switches(T0 + 5).await?.len(), 1);
     assert_eq!(next_change(&mut listener).await?, Some(expiring.id.clone()));
     assert!(db.store().verify_chain().await?.ok);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_approval_listener_hears_every_change_from_another_broker() -> TestResult {
+    let db = TestDb::new(Backend::Postgres).await?;
+    let mut listener = db
+        .store()
+        .approval_listener()
+        .await?
+        .ok_or("Postgres has a listener")?;
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let s = session(10);
+    let a = open_and_request(&replica, &s, "c1", 1, T0).await?;
+    assert_eq!(next_change(&mut listener).await?, Some(a.id.clone()));
+    approve(&replica, &a, "bob", T0 + 1).await?;
+    assert_eq!(next_change(&mut listener).await?, Some(a.id.clone()));
+    committed(
+        replica
+            .record_decision(consume(&s, &a, "c1-approved", T0 + 2))
+            .await?,
+    )?;
+    assert_eq!(next_change(&mut listener).await?, Some(a.id.clone()));
+    // A kill switch is not an approval: not heard on this channel.
+    let k = switch(Scope::Global, "", T0, None);
+    replica.engage_kill_switch(&k, engaged(&k)).await?;
+    let b = open_and_request(&replica, &s, "c2", 1, T0 + 3).await?;
+    assert_eq!(next_change(&mut listener).await?, Some(b.id.clone()));
+    replica
+        .cancel_approvals(std::slice::from_ref(&b.id), "admin-1", "stop", T0 + 4)
+        .await?;
+    assert_eq!(next_change(&mut listener).await?, Some(b.id.clone()));
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The group-commit audit writer: one task per [`Store`](super::Store) owns every write (sessions,
-//! decisions, kill switches).
+//! decisions, kill switches, approvals).
 //!
 //! Callers put a job on a bounded queue and wait (at most `commit_timeout`) for its answer. The task takes
 //! the first job, drains whatever else is waiting (up to `max_batch`), and runs ONE transaction for all
@@ -24,8 +24,12 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{self, db, ChainHead};
-use super::{Backend, DecisionRecord, Error, Recorded, EXPIRED_BY, EXPIRED_REASON};
+use super::{
+    requested_event, ApprovalWrite, Backend, DecisionRecord, Error, Recorded, VoteResult,
+    EXPIRED_BY, EXPIRED_REASON,
+};
 use crate::clock::Micros;
+use crate::domain::approval::{Approval, ApprovalStatus, Refusal, VoteRecord};
 use crate::domain::audit::{AuditEvent, EventBody, EventKind, GENESIS_HASH};
 use crate::domain::decision::{Reason, ReasonCode};
 use crate::domain::killswitch::{KillSwitch, Release};
@@ -65,6 +69,23 @@ pub(crate) enum Job {
         now: Micros,
         reply: Reply<Vec<KillSwitch>>,
     },
+    VoteOnApproval {
+        id: String,
+        vote: Box<VoteRecord>,
+        now: Micros,
+        reply: Reply<VoteResult>,
+    },
+    ExpireApprovals {
+        now: Micros,
+        reply: Reply<Vec<Approval>>,
+    },
+    CancelApprovals {
+        ids: Vec<String>,
+        by: String,
+        reason: String,
+        now: Micros,
+        reply: Reply<Vec<Approval>>,
+    },
 }
 
 /// A job's answer, held until the batch commits.
@@ -73,6 +94,8 @@ enum Answer {
     Recorded(Result<Recorded, Error>),
     Switch(Result<Option<KillSwitch>, Error>),
     Switches(Result<Vec<KillSwitch>, Error>),
+    Vote(Result<VoteResult, Error>),
+    Approvals(Result<Vec<Approval>, Error>),
 }
 
 enum Work {
@@ -98,6 +121,20 @@ enum Work {
     ExpireKillSwitches {
         now: Micros,
     },
+    VoteOnApproval {
+        id: String,
+        vote: Box<VoteRecord>,
+        now: Micros,
+    },
+    ExpireApprovals {
+        now: Micros,
+    },
+    CancelApprovals {
+        ids: Vec<String>,
+        by: String,
+        reason: String,
+        now: Micros,
+    },
 }
 
 enum ReplyTo {
@@ -105,6 +142,8 @@ enum ReplyTo {
     Recorded(Reply<Recorded>),
     Switch(Reply<Option<KillSwitch>>),
     Switches(Reply<Vec<KillSwitch>>),
+    Vote(Reply<VoteResult>),
+    Approvals(Reply<Vec<Approval>>),
 }
 
 impl Job {
@@ -151,6 +190,30 @@ impl Job {
             Job::ExpireKillSwitches { now, reply } => {
                 (Work::ExpireKillSwitches { now }, ReplyTo::Switches(reply))
             }
+            Job::VoteOnApproval {
+                id,
+                vote,
+                now,
+                reply,
+            } => (Work::VoteOnApproval { id, vote, now }, ReplyTo::Vote(reply)),
+            Job::ExpireApprovals { now, reply } => {
+                (Work::ExpireApprovals { now }, ReplyTo::Approvals(reply))
+            }
+            Job::CancelApprovals {
+                ids,
+                by,
+                reason,
+                now,
+                reply,
+            } => (
+                Work::CancelApprovals {
+                    ids,
+                    by,
+                    reason,
+                    now,
+                },
+                ReplyTo::Approvals(reply),
+            ),
         }
     }
 }
@@ -173,6 +236,14 @@ impl ReplyTo {
             }),
             ReplyTo::Switches(tx) => deliver(tx, answer, |a| match a {
                 Answer::Switches(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Vote(tx) => deliver(tx, answer, |a| match a {
+                Answer::Vote(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Approvals(tx) => deliver(tx, answer, |a| match a {
+                Answer::Approvals(r) => Some(r),
                 _ => None,
             }),
         }
@@ -369,7 +440,9 @@ async fn apply(
             }
             Ok(Answer::Event(Ok(chain.append(tx, event.clone()).await?)))
         }
-        Work::RecordDecision(rec) => record_decision(tx, chain, rec).await.map(Answer::Recorded),
+        Work::RecordDecision(rec) => record_decision(tx, backend, chain, rec)
+            .await
+            .map(Answer::Recorded),
         Work::EngageKillSwitch { switch, event } => {
             if !sql::insert_kill_switch(tx, switch, &event.event_id).await? {
                 let why = if sql::event_id_taken(tx, &event.event_id).await? {
@@ -380,7 +453,7 @@ async fn apply(
                 return Ok(Answer::Event(Err(why)));
             }
             let event = chain.append(tx, event.clone()).await?;
-            announce(tx, backend, &switch.id).await?;
+            announce(tx, backend, sql::KILL_SWITCH_CHANNEL, &switch.id).await?;
             Ok(Answer::Event(Ok(event)))
         }
         Work::ReleaseKillSwitch { id, release, now } => {
@@ -394,7 +467,7 @@ async fn apply(
                 *now,
             );
             chain.append(tx, event).await?;
-            announce(tx, backend, &released.id).await?;
+            announce(tx, backend, sql::KILL_SWITCH_CHANNEL, &released.id).await?;
             Ok(Answer::Switch(Ok(Some(released))))
         }
         Work::ExpireKillSwitches { now } => {
@@ -412,24 +485,76 @@ async fn apply(
                     *now,
                 );
                 chain.append(tx, event).await?;
-                announce(tx, backend, &switch.id).await?;
+                announce(tx, backend, sql::KILL_SWITCH_CHANNEL, &switch.id).await?;
             }
             Ok(Answer::Switches(Ok(expired)))
+        }
+        Work::VoteOnApproval { id, vote, now } => {
+            vote_on_approval(tx, backend, chain, id, vote, *now)
+                .await
+                .map(|r| Answer::Vote(Ok(r)))
+        }
+        Work::ExpireApprovals { now } => {
+            let expired = sql::expire_approvals(tx, *now).await?;
+            for approval in &expired {
+                let event = EventBody::for_approval(
+                    EventKind::ApprovalExpired,
+                    approval,
+                    EXPIRED_BY,
+                    *now,
+                    serde_json::json!({}),
+                );
+                chain.append(tx, event).await?;
+                announce(tx, backend, sql::APPROVAL_CHANNEL, &approval.id).await?;
+            }
+            Ok(Answer::Approvals(Ok(expired)))
+        }
+        Work::CancelApprovals {
+            ids,
+            by,
+            reason,
+            now,
+        } => {
+            let mut cancelled = Vec::new();
+            for id in ids {
+                if let Some(approval) = sql::cancel_approval(tx, id, *now).await? {
+                    cancelled.push(approval);
+                }
+            }
+            cancelled.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
+            for approval in &cancelled {
+                let event = EventBody::for_approval(
+                    EventKind::ApprovalCancelled,
+                    approval,
+                    by,
+                    *now,
+                    serde_json::json!({ "reason": reason }),
+                );
+                chain.append(tx, event).await?;
+                announce(tx, backend, sql::APPROVAL_CHANNEL, &approval.id).await?;
+            }
+            Ok(Answer::Approvals(Ok(cancelled)))
         }
     }
 }
 
-/// Tells every broker sharing a Postgres database that switch `id` changed (delivered at commit, never
-/// for a rolled-back change). SQLite has no such channel: brokers there poll.
-async fn announce(conn: &mut AnyConnection, backend: Backend, id: &str) -> Result<(), Error> {
+/// Tells every broker sharing a Postgres database that `id` (a switch, an approval) changed, on `channel`
+/// (delivered at commit, never for a rolled-back change). SQLite has no such channel: brokers there poll.
+async fn announce(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    channel: &str,
+    id: &str,
+) -> Result<(), Error> {
     match backend {
-        Backend::Postgres => sql::notify_kill_switch(conn, id).await,
+        Backend::Postgres => sql::notify(conn, channel, id).await,
         Backend::Sqlite => Ok(()),
     }
 }
 
 async fn record_decision(
     tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
     chain: &mut Chain,
     rec: &DecisionRecord,
 ) -> Result<Result<Recorded, Error>, Error> {
@@ -451,11 +576,17 @@ async fn record_decision(
     if check.event_id_taken {
         return Ok(Err(event_id_conflict(&rec.call.event_id)));
     }
+    if let Some(ApprovalWrite::Request { approval, .. }) = &rec.approval {
+        if sql::approval_id_taken(tx, &approval.id).await? {
+            return Ok(Err(Error::conflict(format!(
+                "approval `{}` already exists",
+                approval.id
+            ))));
+        }
+    }
     // (2) The budget is spent here, under the chain lock, so it holds across concurrent calls and replicas.
-    if rec.spend_budget
-        && !sql::spend_budget(tx, &decision.session_id, rec.now).await?
-        && decision.is_allow()
-    {
+    let spent = rec.spend_budget && sql::spend_budget(tx, &decision.session_id, rec.now).await?;
+    if rec.spend_budget && !spent && decision.is_allow() {
         let refusal = match sql::fetch_session(&mut **tx, &decision.session_id).await? {
             Some(session) => session.refusal(rec.now).unwrap_or_else(|| {
                 Reason::new(
@@ -469,6 +600,35 @@ async fn record_decision(
             ),
         };
         decision.overrule(refusal);
+    }
+    // (2b) An ALLOW the budget let through uses its approval, at most once: a conditional update, under
+    // the chain lock. An approval that cannot be used overrules the ALLOW, which then spends nothing.
+    let mut consumed = None;
+    if let Some(ApprovalWrite::Consume {
+        approval_id,
+        arguments_digest,
+    }) = &rec.approval
+    {
+        if decision.is_allow() {
+            let consumption = sql::Consumption {
+                approval_id,
+                arguments_digest,
+                session_id: &decision.session_id,
+                tool: &decision.tool,
+                decision_id: &decision.decision_id,
+                now: rec.now,
+            };
+            consumed = sql::consume_approval(tx, &consumption).await?;
+            if consumed.is_none() {
+                decision.overrule(Reason::new(
+                    ReasonCode::ApprovalUsed,
+                    format!("approval `{approval_id}` was already used, or is no longer approved"),
+                ));
+                if spent {
+                    sql::refund_budget(tx, &decision.session_id).await?;
+                }
+            }
+        }
     }
     // (3) Remember the final decision, so a retry replays it.
     if rec.remember {
@@ -485,7 +645,97 @@ async fn record_decision(
     chain
         .append(tx, EventBody::for_decision(&decision, &rec.call))
         .await?;
+    // (5) The approval's own record, after the decision that asked for or used it.
+    if let Some(approval) = consumed {
+        let event = EventBody::for_approval(
+            EventKind::ApprovalConsumed,
+            &approval,
+            &rec.call.agent,
+            rec.now,
+            serde_json::json!({ "consumed_by": decision.decision_id }),
+        );
+        chain.append(tx, event).await?;
+        announce(tx, backend, sql::APPROVAL_CHANNEL, &approval.id).await?;
+    }
+    if let Some(ApprovalWrite::Request {
+        approval,
+        arguments,
+    }) = &rec.approval
+    {
+        let approval = Approval {
+            status: ApprovalStatus::Pending,
+            votes: Vec::new(),
+            consumed_at: None,
+            consumed_by: None,
+            updated_at: rec.now,
+            ..approval.clone()
+        };
+        let event = chain
+            .append(tx, requested_event(&approval, rec.now))
+            .await?;
+        sql::insert_approval(tx, &approval, arguments, event.seq, rec.now).await?;
+        announce(tx, backend, sql::APPROVAL_CHANNEL, &approval.id).await?;
+    }
     Ok(Ok(Recorded::Committed(decision)))
+}
+
+/// A vote, in the writer's transaction: what it reads (the approval and every vote so far) cannot change
+/// before it commits, on any broker.
+async fn vote_on_approval(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
+    chain: &mut Chain,
+    id: &str,
+    vote: &VoteRecord,
+    now: Micros,
+) -> Result<VoteResult, Error> {
+    let Some(mut approval) = sql::fetch_approval(&mut **tx, id).await? else {
+        return Ok(VoteResult::NotFound);
+    };
+    if let Err(refusal) = approval.check_voter(&vote.approver, &vote.groups, now) {
+        return Ok(VoteResult::Refused(refusal));
+    }
+    if !sql::insert_vote(tx, id, vote).await? {
+        return Ok(VoteResult::Refused(Refusal::AlreadyVoted));
+    }
+    approval.votes.push(vote.clone());
+    approval
+        .votes
+        .sort_by(|a, b| (a.at, &a.approver).cmp(&(b.at, &b.approver)));
+    approval.updated_at = now;
+    let status = approval.status_after_votes();
+    if !sql::settle_vote(tx, id, status, now).await? {
+        // `check_voter` saw it pending, under the lock every approval write takes.
+        return Err(Error::internal(format!(
+            "approval `{id}` stopped being pending during a vote"
+        )));
+    }
+    let voted = EventBody::for_approval(
+        EventKind::ApprovalVoted,
+        &approval,
+        &vote.approver,
+        now,
+        serde_json::json!({ "vote": vote.vote.as_str(), "comment": vote.comment }),
+    );
+    chain.append(tx, voted).await?;
+    if status != approval.status {
+        approval.status = status;
+        let kind = match status {
+            ApprovalStatus::Approved => EventKind::ApprovalApproved,
+            ApprovalStatus::Denied => EventKind::ApprovalDenied,
+            other => {
+                return Err(Error::internal(format!(
+                    "votes cannot make approval `{id}` {}",
+                    other.as_str()
+                )))
+            }
+        };
+        let settled =
+            EventBody::for_approval(kind, &approval, &vote.approver, now, serde_json::json!({}));
+        chain.append(tx, settled).await?;
+    }
+    announce(tx, backend, sql::APPROVAL_CHANNEL, id).await?;
+    Ok(VoteResult::Counted(approval))
 }
 
 fn event_id_conflict(event_id: &str) -> Error {

@@ -1,13 +1,16 @@
 //! An in-process fake broker whose answers each test controls, and which records what it received.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use broker_sdk::proto;
-use broker_sdk::{AuditClient, Client, KillSwitchClient, TokenSource};
+use broker_sdk::{ApprovalClient, AuditClient, Client, KillSwitchClient, TokenSource};
 use proto::agent_service_server::{AgentService, AgentServiceServer};
+use proto::approval_service_server::{ApprovalService, ApprovalServiceServer};
 use proto::audit_service_server::{AuditService, AuditServiceServer};
 use proto::kill_switch_service_server::{KillSwitchService, KillSwitchServiceServer};
 use tokio::net::TcpListener;
@@ -18,8 +21,26 @@ use tonic::{Request, Response, Status};
 /// How the fake answers one kind of request.
 type Answer<Req, Resp> = Arc<dyn Fn(&Req) -> Result<Resp, Status> + Send + Sync>;
 
+/// How the fake answers `AwaitApproval`, given the call that asked (the last `AuthorizeToolCall` it
+/// received).
+type AwaitAnswer = Arc<
+    dyn Fn(
+            &proto::AwaitApprovalRequest,
+            &proto::AuthorizeToolCallRequest,
+        ) -> Result<proto::Decision, Status>
+        + Send
+        + Sync,
+>;
+
 /// What the fake streams for one `WatchKillSwitches`, in order, before it ends the stream.
 pub type Script = Vec<Result<proto::KillSwitchEvent, Status>>;
+
+/// What the fake streams for one `WatchApprovals`, in order, before it ends the stream.
+pub type ApprovalScript = Vec<Result<proto::Approval, Status>>;
+
+/// How long the fake waits before answering PENDING_APPROVAL to `AwaitApproval` unless told otherwise:
+/// its `approvals.max_wait`.
+pub const FAKE_MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -41,6 +62,12 @@ pub enum Message {
     Release(proto::ReleaseKillSwitchRequest),
     ListSwitches(proto::ListKillSwitchesRequest),
     Watch,
+    Await(proto::AwaitApprovalRequest),
+    ListApprovals(proto::ListApprovalsRequest),
+    GetApproval(proto::GetApprovalRequest),
+    Approve(proto::ApproveRequest),
+    DenyApproval(proto::DenyRequest),
+    WatchApprovals,
 }
 
 struct Answers {
@@ -53,6 +80,13 @@ struct Answers {
     release: Answer<proto::ReleaseKillSwitchRequest, proto::KillSwitch>,
     list_switches: Answer<proto::ListKillSwitchesRequest, proto::ListKillSwitchesResponse>,
     watch: Answer<proto::WatchKillSwitchesRequest, Script>,
+    await_approval: AwaitAnswer,
+    max_wait: Duration,
+    list_approvals: Answer<proto::ListApprovalsRequest, proto::ListApprovalsResponse>,
+    get_approval: Answer<proto::GetApprovalRequest, proto::Approval>,
+    approve: Answer<proto::ApproveRequest, proto::Approval>,
+    deny_approval: Answer<proto::DenyRequest, proto::Approval>,
+    watch_approvals: Answer<proto::WatchApprovalsRequest, ApprovalScript>,
 }
 
 /// The fake broker; clones share state, so a test keeps one to script and inspect it.
@@ -98,7 +132,85 @@ pub fn decision(
         tool: request.tool.clone(),
         call_id: request.call_id.clone(),
         decided_at: timestamp(1_700_000_100),
+        approval_id: String::new(),
     }
+}
+
+/// A PENDING_APPROVAL decision about `request`, naming the approval `approval_id`.
+pub fn pending(request: &proto::AuthorizeToolCallRequest, approval_id: &str) -> proto::Decision {
+    let mut pending = decision(
+        request,
+        proto::Outcome::PendingApproval,
+        vec![reason(
+            "APPROVAL_REQUIRED",
+            "big-refunds",
+            "refunds over 1000 EUR need finance",
+        )],
+    );
+    pending.approval_id = approval_id.into();
+    pending
+}
+
+/// What `AwaitApproval` answers for the approval `approval_id` of the call `request`, with this outcome,
+/// like the broker (the reason says why).
+pub fn awaited(
+    request: &proto::AuthorizeToolCallRequest,
+    approval_id: &str,
+    outcome: proto::Outcome,
+) -> proto::Decision {
+    let mut answer = pending(request, approval_id);
+    answer.outcome = outcome.into();
+    answer.reasons = match outcome {
+        proto::Outcome::Allow => vec![reason("APPROVAL_GRANTED", "big-refunds", "carol, dave")],
+        proto::Outcome::Deny => vec![reason("APPROVAL_DENIED", "big-refunds", "carol said no")],
+        _ => answer.reasons,
+    };
+    answer
+}
+
+/// A well-formed approval like the broker's, with this id and status.
+pub fn approval(approval_id: &str, status: proto::ApprovalStatus) -> proto::Approval {
+    proto::Approval {
+        approval_id: approval_id.into(),
+        status: status.into(),
+        session_id: "ses_1".into(),
+        agent: "agent-1".into(),
+        user: "alice".into(),
+        tool: "payments.refund".into(),
+        arguments_redacted_json: r#"{"amount":5000,"card":"[REDACTED]"}"#.into(),
+        arguments_digest: "sha256:args".into(),
+        requirements: vec![proto::ApprovalRequirement {
+            policy_id: "big-refunds".into(),
+            group: "finance".into(),
+            quorum: 2,
+        }],
+        reasons: vec![reason(
+            "APPROVAL_REQUIRED",
+            "big-refunds",
+            "refunds over 1000 EUR need finance",
+        )],
+        requested_at: timestamp(1_700_000_000),
+        expires_at: timestamp(1_700_003_600),
+        votes: Vec::new(),
+        consumed_at: None,
+        decision_id: String::new(),
+    }
+}
+
+/// `approval` after `approver` said `vote` (`APPROVE` or `DENY`) with `comment`.
+pub fn voted(
+    mut approval: proto::Approval,
+    approver: &str,
+    vote: &str,
+    comment: &str,
+) -> proto::Approval {
+    approval.votes.push(proto::ApprovalVote {
+        approver: approver.into(),
+        vote: vote.into(),
+        comment: comment.into(),
+        at: timestamp(1_700_000_300),
+    });
+    approval
 }
 
 pub fn reason(code: &str, policy_id: &str, message: &str) -> proto::Reason {
@@ -179,6 +291,28 @@ impl Fake {
             }),
             list_switches: Arc::new(|_| Ok(proto::ListKillSwitchesResponse::default())),
             watch: Arc::new(|_| Ok(Vec::new())),
+            // Nobody decides: every wait ends PENDING_APPROVAL.
+            await_approval: Arc::new(|r, call| {
+                Ok(awaited(
+                    call,
+                    &r.approval_id,
+                    proto::Outcome::PendingApproval,
+                ))
+            }),
+            max_wait: FAKE_MAX_WAIT,
+            list_approvals: Arc::new(|_| Ok(proto::ListApprovalsResponse::default())),
+            get_approval: Arc::new(|r| {
+                Ok(approval(&r.approval_id, proto::ApprovalStatus::Pending))
+            }),
+            approve: Arc::new(|r| {
+                let pending = approval(&r.approval_id, proto::ApprovalStatus::Pending);
+                Ok(voted(pending, "carol", "APPROVE", &r.comment))
+            }),
+            deny_approval: Arc::new(|r| {
+                let denied = approval(&r.approval_id, proto::ApprovalStatus::Denied);
+                Ok(voted(denied, "carol", "DENY", &r.comment))
+            }),
+            watch_approvals: Arc::new(|_| Ok(Vec::new())),
         };
         Self {
             calls: Arc::default(),
@@ -272,6 +406,87 @@ impl Fake {
         self.answers.lock().expect("answers").watch = Arc::new(f);
     }
 
+    /// `AwaitApproval` answers with `f(request, the call that asked)`. Like the broker, the fake waits
+    /// the request's timeout (at most its max wait) before answering PENDING_APPROVAL.
+    pub fn on_await(
+        &self,
+        f: impl Fn(
+                &proto::AwaitApprovalRequest,
+                &proto::AuthorizeToolCallRequest,
+            ) -> Result<proto::Decision, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").await_approval = Arc::new(f);
+    }
+
+    /// `AwaitApproval` answers these outcomes (or errors) in order for the call that asked, then
+    /// repeats the last one.
+    pub fn on_await_script(&self, script: Vec<Result<proto::Outcome, Status>>) {
+        let script = Mutex::new(VecDeque::from(script));
+        self.on_await(move |r, call| {
+            let mut script = script.lock().expect("script");
+            let next = if script.len() > 1 {
+                script.pop_front()
+            } else {
+                script.front().cloned()
+            };
+            let outcome = next.unwrap_or(Ok(proto::Outcome::PendingApproval))?;
+            Ok(awaited(call, &r.approval_id, outcome))
+        });
+    }
+
+    /// The fake's `approvals.max_wait`: the longest it waits before answering PENDING_APPROVAL.
+    pub fn set_max_wait(&self, max_wait: Duration) {
+        self.answers.lock().expect("answers").max_wait = max_wait;
+    }
+
+    pub fn on_list_approvals(
+        &self,
+        f: impl Fn(&proto::ListApprovalsRequest) -> Result<proto::ListApprovalsResponse, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").list_approvals = Arc::new(f);
+    }
+
+    pub fn on_get_approval(
+        &self,
+        f: impl Fn(&proto::GetApprovalRequest) -> Result<proto::Approval, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").get_approval = Arc::new(f);
+    }
+
+    pub fn on_approve(
+        &self,
+        f: impl Fn(&proto::ApproveRequest) -> Result<proto::Approval, Status> + Send + Sync + 'static,
+    ) {
+        self.answers.lock().expect("answers").approve = Arc::new(f);
+    }
+
+    pub fn on_deny_approval(
+        &self,
+        f: impl Fn(&proto::DenyRequest) -> Result<proto::Approval, Status> + Send + Sync + 'static,
+    ) {
+        self.answers.lock().expect("answers").deny_approval = Arc::new(f);
+    }
+
+    /// `WatchApprovals` fails with the error, or streams the script and then ends the stream.
+    pub fn on_watch_approvals(
+        &self,
+        f: impl Fn(&proto::WatchApprovalsRequest) -> Result<ApprovalScript, Status>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.answers.lock().expect("answers").watch_approvals = Arc::new(f);
+    }
+
     /// From now on, received requests are recorded but never answered.
     pub fn hang(&self) {
         self.hang.store(true, Ordering::SeqCst);
@@ -290,6 +505,14 @@ impl Fake {
                 Message::Authorize(request) => Some(request),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// The `AwaitApproval` requests received so far.
+    pub fn awaits(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|call| matches!(call.message, Message::Await(_)))
             .collect()
     }
 
@@ -320,7 +543,8 @@ impl Fake {
         let router = tonic::transport::Server::builder()
             .add_service(AgentServiceServer::new(self.clone()))
             .add_service(AuditServiceServer::new(self.clone()))
-            .add_service(KillSwitchServiceServer::new(self.clone()));
+            .add_service(KillSwitchServiceServer::new(self.clone()))
+            .add_service(ApprovalServiceServer::new(self.clone()));
         tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
         addr
     }
@@ -337,6 +561,14 @@ impl Fake {
     pub async fn audit_client(&self, tokens: impl TokenSource) -> AuditClient {
         let addr = self.serve().await;
         AuditClient::connect(format!("http://{addr}"), tokens)
+            .await
+            .expect("connect")
+    }
+
+    /// Serves and returns a connected [`ApprovalClient`].
+    pub async fn approval_client(&self, tokens: impl TokenSource) -> ApprovalClient {
+        let addr = self.serve().await;
+        ApprovalClient::connect(format!("http://{addr}"), tokens)
             .await
             .expect("connect")
     }
@@ -380,6 +612,90 @@ impl AgentService for Fake {
             .await;
         let answer = self.answers.lock().expect("answers").authorize.clone();
         answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn await_approval(
+        &self,
+        request: Request<proto::AwaitApprovalRequest>,
+    ) -> Result<Response<proto::Decision>, Status> {
+        self.receive(&request, Message::Await(request.get_ref().clone()))
+            .await;
+        let asking = self.authorizations().pop().unwrap_or_default();
+        let (answer, max_wait) = {
+            let answers = self.answers.lock().expect("answers");
+            (answers.await_approval.clone(), answers.max_wait)
+        };
+        let decision = answer(request.get_ref(), &asking)?;
+        if decision.outcome == i32::from(proto::Outcome::PendingApproval) {
+            let wait = request
+                .get_ref()
+                .timeout
+                .and_then(|t| Duration::try_from(t).ok())
+                .unwrap_or_default();
+            tokio::time::sleep(wait.min(max_wait)).await;
+        }
+        Ok(Response::new(decision))
+    }
+}
+
+#[tonic::async_trait]
+impl ApprovalService for Fake {
+    type WatchApprovalsStream = Pin<Box<dyn Stream<Item = Result<proto::Approval, Status>> + Send>>;
+
+    async fn list_approvals(
+        &self,
+        request: Request<proto::ListApprovalsRequest>,
+    ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
+        self.receive(&request, Message::ListApprovals(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").list_approvals.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn get_approval(
+        &self,
+        request: Request<proto::GetApprovalRequest>,
+    ) -> Result<Response<proto::Approval>, Status> {
+        self.receive(&request, Message::GetApproval(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").get_approval.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn approve(
+        &self,
+        request: Request<proto::ApproveRequest>,
+    ) -> Result<Response<proto::Approval>, Status> {
+        self.receive(&request, Message::Approve(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").approve.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn deny(
+        &self,
+        request: Request<proto::DenyRequest>,
+    ) -> Result<Response<proto::Approval>, Status> {
+        self.receive(&request, Message::DenyApproval(request.get_ref().clone()))
+            .await;
+        let answer = self.answers.lock().expect("answers").deny_approval.clone();
+        answer(request.get_ref()).map(Response::new)
+    }
+
+    async fn watch_approvals(
+        &self,
+        request: Request<proto::WatchApprovalsRequest>,
+    ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
+        self.receive(&request, Message::WatchApprovals).await;
+        let answer = self
+            .answers
+            .lock()
+            .expect("answers")
+            .watch_approvals
+            .clone();
+        let script = answer(request.get_ref())?;
+        let stream: Self::WatchApprovalsStream = Box::pin(tokio_stream::iter(script));
+        Ok(Response::new(stream))
     }
 }
 

@@ -105,7 +105,7 @@ async fn does_not_run_the_tool_on_an_outcome_it_does_not_know() {
     let fake = Fake::new();
     fake.on_authorize(|r| {
         let mut answer = decision(r, proto::Outcome::Allow, vec![]);
-        answer.outcome = 3;
+        answer.outcome = 9;
         Ok(answer)
     });
     let client = fake.client("t".to_owned()).await;

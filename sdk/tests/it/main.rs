@@ -2,9 +2,11 @@
 
 #![expect(clippy::expect_used, reason = "a test fails loudly on setup errors")]
 
+mod approval;
 mod audit;
 mod auth;
 mod authorize;
+mod await_approval;
 mod errors;
 mod fake;
 mod guard;

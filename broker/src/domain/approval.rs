@@ -1,0 +1,306 @@
+//! Human approval: a policy marks an action as needing people; the call waits as an [`Approval`] until
+//! enough approvers of the right group say yes (or one says no), bound to exactly the arguments they saw.
+
+use serde::{Deserialize, Serialize};
+
+use super::decision::Reason;
+use crate::clock::Micros;
+
+pub const MAX_COMMENT_LEN: usize = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "PENDING",
+            ApprovalStatus::Approved => "APPROVED",
+            ApprovalStatus::Denied => "DENIED",
+            ApprovalStatus::Expired => "EXPIRED",
+            ApprovalStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PENDING" => ApprovalStatus::Pending,
+            "APPROVED" => ApprovalStatus::Approved,
+            "DENIED" => ApprovalStatus::Denied,
+            "EXPIRED" => ApprovalStatus::Expired,
+            "CANCELLED" => ApprovalStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// `quorum` distinct members of `group` must approve, for the policy `policy_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    pub policy_id: String,
+    pub group: String,
+    pub quorum: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Vote {
+    Approve,
+    Deny,
+}
+
+impl Vote {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vote::Approve => "APPROVE",
+            Vote::Deny => "DENY",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "APPROVE" => Some(Vote::Approve),
+            "DENY" => Some(Vote::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One approver's say, with the groups their token carried when they said it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRecord {
+    pub approver: String,
+    pub groups: Vec<String>,
+    pub vote: Vote,
+    pub comment: String,
+    pub at: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// `apr_` + 128 random bits.
+    pub id: String,
+    pub status: ApprovalStatus,
+    pub session_id: String,
+    pub agent: String,
+    pub user: Option<String>,
+    pub tool: String,
+    /// The call that asked (its decision was PENDING_APPROVAL).
+    pub call_id: String,
+    pub decision_id: String,
+    /// What approvers see: secret fields redacted.
+    pub arguments_redacted: String,
+    /// SHA-256 of the canonical arguments: the approval covers exactly these.
+    pub arguments_digest: String,
+    pub requirements: Vec<Requirement>,
+    pub reasons: Vec<Reason>,
+    pub requested_at: Micros,
+    pub expires_at: Micros,
+    pub votes: Vec<VoteRecord>,
+    /// When the approved call was allowed; an approval is used at most once.
+    pub consumed_at: Option<Micros>,
+    /// The ALLOW decision that used it.
+    pub consumed_by: Option<String>,
+    /// Last change (for watchers).
+    pub updated_at: Micros,
+}
+
+/// Why someone may not vote on an approval.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the agent that asked cannot approve its own call")]
+    IsAgent,
+    #[error("the user the agent acts for cannot approve the call")]
+    IsUser,
+    #[error("approver is in none of the required groups ({0})")]
+    NotInGroup(String),
+    #[error("approver has already decided this approval")]
+    AlreadyVoted,
+    #[error("approval is {0}, not pending")]
+    NotPending(&'static str),
+}
+
+impl Approval {
+    /// The status as of `now`: a pending approval past its expiry is expired, even before the sweeper says so.
+    pub fn status_at(&self, now: Micros) -> ApprovalStatus {
+        if self.status == ApprovalStatus::Pending && now >= self.expires_at {
+            ApprovalStatus::Expired
+        } else {
+            self.status
+        }
+    }
+
+    /// Separation of duties: who may vote on this approval.
+    pub fn check_voter(
+        &self,
+        approver: &str,
+        groups: &[String],
+        now: Micros,
+    ) -> Result<(), Refusal> {
+        let status = self.status_at(now);
+        if status != ApprovalStatus::Pending {
+            return Err(Refusal::NotPending(status.as_str()));
+        }
+        if approver == self.agent {
+            return Err(Refusal::IsAgent);
+        }
+        if self.user.as_deref() == Some(approver) {
+            return Err(Refusal::IsUser);
+        }
+        if !self.requirements.iter().any(|r| groups.contains(&r.group)) {
+            let wanted: Vec<&str> = self.requirements.iter().map(|r| r.group.as_str()).collect();
+            return Err(Refusal::NotInGroup(wanted.join(", ")));
+        }
+        if self.votes.iter().any(|v| v.approver == approver) {
+            return Err(Refusal::AlreadyVoted);
+        }
+        Ok(())
+    }
+
+    /// True when every requirement has its quorum of distinct approving members of its group, counting
+    /// only votes that could have been cast (never the agent or its user).
+    pub fn quorum_met(&self) -> bool {
+        self.requirements.iter().all(|req| {
+            let mut approvers: Vec<&str> = self
+                .votes
+                .iter()
+                .filter(|v| v.vote == Vote::Approve && v.groups.contains(&req.group))
+                .filter(|v| {
+                    v.approver != self.agent && self.user.as_deref() != Some(v.approver.as_str())
+                })
+                .map(|v| v.approver.as_str())
+                .collect();
+            approvers.sort_unstable();
+            approvers.dedup();
+            approvers.len() >= usize::try_from(req.quorum).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// The status after `vote` is added: a denial ends it, an approval may complete the quorum.
+    pub fn status_after_votes(&self) -> ApprovalStatus {
+        if self.votes.iter().any(|v| v.vote == Vote::Deny) {
+            ApprovalStatus::Denied
+        } else if self.quorum_met() {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Pending
+        }
+    }
+
+    /// The approvers who said yes, for `context.approval.approvers`.
+    pub fn approvers(&self) -> Vec<String> {
+        self.votes
+            .iter()
+            .filter(|v| v.vote == Vote::Approve)
+            .map(|v| v.approver.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(quorum: u32) -> Approval {
+        Approval {
+            id: "apr_1".into(),
+            status: ApprovalStatus::Pending,
+            session_id: "ses_1".into(),
+            agent: "agent-1".into(),
+            user: Some("alice".into()),
+            tool: "payments.refund".into(),
+            call_id: "c".into(),
+            decision_id: "dec_1".into(),
+            arguments_redacted: "{}".into(),
+            arguments_digest: "d".into(),
+            requirements: vec![Requirement {
+                policy_id: "p".into(),
+                group: "payments".into(),
+                quorum,
+            }],
+            reasons: vec![],
+            requested_at: 0,
+            expires_at: 1_000,
+            votes: vec![],
+            consumed_at: None,
+            consumed_by: None,
+            updated_at: 0,
+        }
+    }
+
+    fn vote(who: &str, groups: &[&str], v: Vote) -> VoteRecord {
+        VoteRecord {
+            approver: who.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            vote: v,
+            comment: String::new(),
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn separation_of_duties() {
+        let a = approval(1);
+        let payments = vec!["payments".to_owned()];
+        assert_eq!(
+            a.check_voter("agent-1", &payments, 1),
+            Err(Refusal::IsAgent)
+        );
+        assert_eq!(a.check_voter("alice", &payments, 1), Err(Refusal::IsUser));
+        assert!(matches!(
+            a.check_voter("bob", &["hr".to_owned()], 1),
+            Err(Refusal::NotInGroup(_))
+        ));
+        assert_eq!(a.check_voter("bob", &payments, 1), Ok(()));
+        assert_eq!(
+            a.check_voter("bob", &payments, 1_000),
+            Err(Refusal::NotPending("EXPIRED"))
+        );
+        let mut voted = a.clone();
+        voted.votes.push(vote("bob", &["payments"], Vote::Approve));
+        assert_eq!(
+            voted.check_voter("bob", &payments, 1),
+            Err(Refusal::AlreadyVoted)
+        );
+    }
+
+    #[test]
+    fn quorum_counts_distinct_members_of_the_group() {
+        let mut a = approval(2);
+        a.votes.push(vote("bob", &["payments"], Vote::Approve));
+        assert_eq!(a.status_after_votes(), ApprovalStatus::Pending);
+        a.votes.push(vote("bob", &["payments"], Vote::Approve));
+        assert_eq!(
+            a.status_after_votes(),
+            ApprovalStatus::Pending,
+            "the same approver counts once"
+        );
+        a.votes.push(vote("eve", &["marketing"], Vote::Approve));
+        assert_eq!(
+            a.status_after_votes(),
+            ApprovalStatus::Pending,
+            "other groups do not count"
+        );
+        a.votes.push(vote("alice", &["payments"], Vote::Approve));
+        assert_eq!(
+            a.status_after_votes(),
+            ApprovalStatus::Pending,
+            "the user never counts"
+        );
+        a.votes.push(vote("carol", &["payments"], Vote::Approve));
+        assert_eq!(a.status_after_votes(), ApprovalStatus::Approved);
+        a.votes.push(vote("dave", &["payments"], Vote::Deny));
+        assert_eq!(
+            a.status_after_votes(),
+            ApprovalStatus::Denied,
+            "a denial ends it"
+        );
+    }
+}
