@@ -439,10 +439,12 @@ pub async fn watch_store(broker: Broker, poll: Duration) {
                 let _ = broker.approval_changes.send(a);
             }
         }
-        // `>=`: several changes may share a microsecond; `seen` drops the ones already announced.
+        // A change is stamped before it commits, so one stamped earlier can land after a later one:
+        // look back by the commit bound (plus a second), and let `seen` drop what was announced already.
+        let lag = micros(broker.settings.store_bound).saturating_add(1_000_000);
         let Ok(changed) = broker
             .store
-            .approvals_changed_since(since.saturating_sub(1), 500)
+            .approvals_changed_since(since.saturating_sub(lag), 500)
             .await
         else {
             continue;
