@@ -23,9 +23,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .purpose("tour"),
         )
         .await?;
+    let lifetime = session
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
     println!(
-        "session {} (expires {:?})",
-        session.session_id, session.expires_at
+        "session {} open for {}s, budget {}",
+        session.session_id,
+        lifetime.as_secs(),
+        session.max_tool_calls
     );
 
     let calls = [
@@ -37,6 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "payments.refund",
             json!({"payment_id": "pay_123", "amount": 5000, "currency": "EUR"}),
+        ),
+        (
+            "payments.refund",
+            json!({"payment_id": "pay_123", "amount": 500000, "currency": "EUR"}),
         ),
         (
             "email.send",

@@ -521,3 +521,38 @@ both!(new_approvals_reach_the_webhook_signed);
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+async fn approvers_watch_the_queue_live(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (agent, session) = support_session(&h).await;
+    let (_, first) = ask(&agent, &session, "payments.refund", &refund(5000, "pay_1")).await;
+    let bob = h.approver("bob", REFUND_APPROVERS).await;
+    let mut watch = bob.watch().await.unwrap();
+    // What is pending already comes first; then changes as they happen.
+    let a = next(&mut watch).await;
+    assert_eq!(
+        (a.approval_id.as_str(), a.status),
+        (first.as_str(), ApprovalStatus::Pending)
+    );
+    let (_, second) = ask(&agent, &session, "payments.refund", &refund(6000, "pay_2")).await;
+    let a = next(&mut watch).await;
+    assert_eq!(
+        (a.approval_id.as_str(), a.status),
+        (second.as_str(), ApprovalStatus::Pending)
+    );
+    bob.approve(&second, "ok").await.unwrap();
+    let a = next(&mut watch).await;
+    assert_eq!(
+        (a.approval_id.as_str(), a.status),
+        (second.as_str(), ApprovalStatus::Approved)
+    );
+}
+both!(approvers_watch_the_queue_live);
+
+async fn next(w: &mut broker_sdk::ApprovalWatch) -> broker_sdk::Approval {
+    tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
