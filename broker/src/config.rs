@@ -229,6 +229,8 @@ pub struct Limits {
     pub max_header_list_bytes: u32,
     /// Requests waiting for a slot beyond this many in flight are refused (RESOURCE_EXHAUSTED).
     pub max_in_flight: usize,
+    /// Most candidate documents in one AuthorizeRetrieval call.
+    pub max_retrieval_batch: usize,
     /// Upper bound on one RPC, whatever the client's deadline.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -243,6 +245,7 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_header_list_bytes: 16 * 1024,
             max_in_flight: 4096,
+            max_retrieval_batch: 1000,
             request_timeout: Duration::from_secs(10),
         }
     }

@@ -113,6 +113,8 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
             max_tool_calls: 1,
             tool_calls_used: 0,
             closed_at: None,
+            collections: vec![],
+            labels: vec![],
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, i);
         db.store().open_session(&session, event).await.unwrap();

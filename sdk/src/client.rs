@@ -25,6 +25,16 @@ pub struct Client {
 }
 
 impl Client {
+    pub(crate) fn agent_client(&self) -> AgentServiceClient<Channel> {
+        self.inner.clone()
+    }
+
+    pub(crate) fn rpc(&self) -> &Rpc {
+        &self.rpc
+    }
+}
+
+impl Client {
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`, or `https://..` with rustls) and fails now
     /// if the broker cannot be reached. See [`endpoint`](crate::endpoint) for the connection defaults.
     pub async fn connect(

@@ -88,9 +88,11 @@ mod client;
 mod connect;
 mod decision;
 mod error;
+mod filter;
 mod guard;
 mod kill_switch;
 mod kill_switch_event;
+mod retrieval;
 mod rpc;
 mod session;
 mod timestamp;
@@ -110,11 +112,13 @@ pub use client::Client;
 pub use connect::{endpoint, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
 pub use decision::{Decision, Outcome, Reason};
 pub use error::Error;
+pub use filter::{apply_filter, filter_admits, MAX_FILTER_DEPTH};
 pub use guard::{ApprovalWait, GuardError, AWAIT_MIN_INTERVAL};
 pub use kill_switch::{KillSwitchClient, KillSwitchWatch};
 pub use kill_switch_event::{
     EngageRequest, KillSwitch, KillSwitchChange, KillSwitchEvent, KillSwitchScope,
 };
+pub use retrieval::{DocumentDecision, RetrievalDecision, RetrievalFilter};
 pub use rpc::DEFAULT_TIMEOUT;
 pub use session::{Session, SessionRequest, SessionState};
 pub use token::{BearerAuth, SharedToken, StaticToken, TokenFn, TokenSource, AUTHORIZATION};

@@ -24,6 +24,8 @@ pub struct SessionRequest {
     ttl: Option<Duration>,
     max_tool_calls: u32,
     purpose: String,
+    collections: Vec<String>,
+    parent_session_id: Option<String>,
 }
 
 impl SessionRequest {
@@ -38,7 +40,25 @@ impl SessionRequest {
             ttl: None,
             max_tool_calls: 0,
             purpose: String::new(),
+            collections: Vec::new(),
+            parent_session_id: None,
         }
+    }
+
+    /// Opens a child of this session: it starts with the parent's labels (what was read stays read).
+    pub fn parent(mut self, session_id: impl Into<String>) -> Self {
+        self.parent_session_id = Some(session_id.into());
+        self
+    }
+
+    /// Document collections the session may retrieve from (`context.session.collections`).
+    pub fn collections<I, S>(mut self, collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.collections = collections.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Lifetime; without it the broker's default applies, and the broker caps it at its maximum.
@@ -74,6 +94,8 @@ impl SessionRequest {
             ttl,
             max_tool_calls: self.max_tool_calls,
             purpose: self.purpose,
+            collections: self.collections,
+            parent_session_id: self.parent_session_id.unwrap_or_default(),
         })
     }
 }
@@ -129,6 +151,10 @@ pub struct Session {
     pub tool_calls_used: u32,
     /// Open, closed or expired.
     pub state: SessionState,
+    /// Document collections the session may retrieve from.
+    pub collections: Vec<String>,
+    /// Labels from what the session read (`untrusted`, `confidential`, ...); they only accumulate.
+    pub labels: Vec<String>,
 }
 
 impl Session {
@@ -163,6 +189,8 @@ impl TryFrom<proto::Session> for Session {
             purpose: session.purpose,
             max_tool_calls: session.max_tool_calls,
             tool_calls_used: session.tool_calls_used,
+            collections: session.collections,
+            labels: session.labels,
         })
     }
 }
@@ -188,6 +216,8 @@ mod tests {
                 }),
                 max_tool_calls: 3,
                 purpose: "p".into(),
+                collections: vec![],
+                parent_session_id: String::new(),
             })
         );
     }

@@ -15,6 +15,7 @@ mod decisions;
 mod identity;
 mod kill_switches;
 mod outage;
+mod retrieval;
 mod server;
 mod sessions;
 mod tls;

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{authn, convert, status};
 use crate::clock::SharedClock;
 use crate::domain::broker::{Broker, OpenSession, ToolCallRequest};
+use crate::domain::retrieving::Candidate;
 
 pub struct AgentApi {
     pub broker: Broker,
@@ -30,7 +31,10 @@ impl AgentService for AgentApi {
                     .map_err(|_| status::invalid("ttl", "must not be negative"))
             })
             .transpose()?;
+        let parent_session_id = (!r.parent_session_id.is_empty()).then_some(r.parent_session_id);
         let open = OpenSession {
+            collections: r.collections,
+            parent_session_id,
             tools: r.tools,
             ttl,
             max_tool_calls: r.max_tool_calls,
@@ -128,5 +132,78 @@ impl AgentService for AgentApi {
             .map_err(status::from_domain)?;
         span.record("decision", decision.outcome.as_str());
         Ok(Response::new(convert::decision(&decision)))
+    }
+
+    #[tracing::instrument(
+        name = "AuthorizeRetrieval",
+        skip_all,
+        fields(agent, session_id, documents, allowed)
+    )]
+    async fn authorize_retrieval(
+        &self,
+        req: Request<pb::AuthorizeRetrievalRequest>,
+    ) -> Result<Response<pb::RetrievalDecision>, Status> {
+        let caller = authn::principal(&req)?;
+        let r = req.into_inner();
+        let span = tracing::Span::current();
+        span.record("agent", caller.subject.as_str())
+            .record("session_id", r.session_id.as_str())
+            .record("documents", r.documents.len());
+        let candidates = r
+            .documents
+            .into_iter()
+            .map(|d| Candidate {
+                id: d.id,
+                attributes_json: d.attributes_json,
+            })
+            .collect();
+        let out = self
+            .broker
+            .authorize_retrieval(&caller, &r.session_id, candidates)
+            .await
+            .map_err(status::from_domain)?;
+        span.record("allowed", out.allowed_ids.len());
+        Ok(Response::new(convert::retrieval(out)))
+    }
+
+    async fn retrieval_filter(
+        &self,
+        req: Request<pb::RetrievalFilterRequest>,
+    ) -> Result<Response<pb::RetrievalFilterResponse>, Status> {
+        let caller = authn::principal(&req)?;
+        let r = req.into_inner();
+        let (f, version) = self
+            .broker
+            .retrieval_filter(&caller, &r.session_id)
+            .await
+            .map_err(status::from_domain)?;
+        Ok(Response::new(pb::RetrievalFilterResponse {
+            filter_json: f.filter.to_string(),
+            complete: f.complete,
+            policy_version: version,
+        }))
+    }
+
+    #[tracing::instrument(
+        name = "ReportToolResult",
+        skip_all,
+        fields(agent, session_id, decision_id)
+    )]
+    async fn report_tool_result(
+        &self,
+        req: Request<pb::ReportToolResultRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let caller = authn::principal(&req)?;
+        let r = req.into_inner();
+        tracing::Span::current()
+            .record("agent", caller.subject.as_str())
+            .record("session_id", r.session_id.as_str())
+            .record("decision_id", r.decision_id.as_str());
+        let s = self
+            .broker
+            .report_tool_result(&caller, &r.session_id, &r.decision_id, &r.status, r.labels)
+            .await
+            .map_err(status::from_domain)?;
+        Ok(Response::new(convert::session(&s, self.clock.now_micros())))
     }
 }

@@ -81,6 +81,8 @@ pub fn session(s: &Session, now: Micros) -> pb::Session {
         max_tool_calls: s.max_tool_calls,
         tool_calls_used: s.tool_calls_used,
         state: state.into(),
+        collections: s.collections.clone(),
+        labels: s.labels.clone(),
     }
 }
 
@@ -235,4 +237,22 @@ pub fn page(page_size: u32, page_token: &str) -> Result<Page, Status> {
             .ok_or_else(|| invalid("page_token", "not a token from a previous page"))?
     };
     Ok(Page { after_seq, limit })
+}
+
+pub fn retrieval(out: crate::domain::retrieving::RetrievalOutcome) -> pb::RetrievalDecision {
+    pb::RetrievalDecision {
+        decision_id: out.decision_id,
+        documents: out
+            .documents
+            .iter()
+            .map(|d| pb::DocumentDecision {
+                id: d.id.clone(),
+                outcome: outcome(d.outcome).into(),
+                reasons: d.reasons.iter().map(reason).collect(),
+            })
+            .collect(),
+        allowed_ids: out.allowed_ids,
+        policy_version: out.policy_version,
+        session_labels: out.session_labels,
+    }
 }

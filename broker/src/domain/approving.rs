@@ -16,7 +16,7 @@ use super::killswitch::{KillSwitch, Subject};
 use crate::auth::{Principal, Role};
 use crate::clock::Micros;
 use crate::ids;
-use crate::policy::{ApprovalFacts, SessionFacts, ToolCall};
+use crate::policy::{ApprovalFacts, ToolCall};
 use crate::store::{ApprovalFilter, ApprovalWrite, DecisionRecord, Page, Recorded, VoteResult};
 
 fn micros(d: Duration) -> Micros {
@@ -216,15 +216,11 @@ impl Broker {
                                 let verdict = engine.decide(&ToolCall {
                                     agent: &s.agent,
                                     user: s.user.as_deref(),
+                                    tenant: caller.tenant.as_deref(),
                                     roles,
                                     tool: &approval.tool,
                                     args: &args,
-                                    session: SessionFacts {
-                                        id: &s.id,
-                                        purpose: &s.purpose,
-                                        calls: i64::from(s.tool_calls_used),
-                                        max_calls: i64::from(s.max_tool_calls),
-                                    },
+                                    session: super::broker::session_facts(&s),
                                     approval: Some(ApprovalFacts {
                                         id: &id,
                                         approvers: approvers.iter().map(String::as_str).collect(),
@@ -336,7 +332,7 @@ impl Broker {
             .await?
         {
             VoteResult::Counted(a) => {
-                let _ = self.approval_changes.send(a.clone());
+                self.publish_approval(a.clone());
                 Ok(a)
             }
             VoteResult::Refused(r) => Err(refused(r)),
@@ -383,14 +379,14 @@ impl Broker {
             .cancel_approvals(&covered, &switch.engaged_by, &reason, self.now())
             .await?
         {
-            let _ = self.approval_changes.send(a);
+            self.publish_approval(a);
         }
         Ok(())
     }
 
     /// Announces a new pending approval: to watchers, and to the webhook if one is configured.
     pub(super) fn announce_approval(&self, approval: &Approval) {
-        let _ = self.approval_changes.send(approval.clone());
+        self.publish_approval(approval.clone());
         if let Some(hook) = &self.webhook {
             hook.notify(
                 "approval.requested",
@@ -429,18 +425,16 @@ fn refused(r: Refusal) -> Error {
 /// Keeps watchers informed of approval changes made through any broker, and expires approvals.
 pub async fn watch_store(broker: Broker, poll: Duration) {
     let mut since: Micros = broker.now();
-    let mut seen: std::collections::HashMap<String, (ApprovalStatus, usize, bool)> =
-        std::collections::HashMap::new();
     loop {
         tokio::time::sleep(poll).await;
         let now = broker.now();
         if let Ok(expired) = broker.store.expire_approvals(now).await {
             for a in expired {
-                let _ = broker.approval_changes.send(a);
+                broker.publish_approval(a);
             }
         }
         // A change is stamped before it commits, so one stamped earlier can land after a later one:
-        // look back by the commit bound (plus a second), and let `seen` drop what was announced already.
+        // look back by the commit bound (plus a second); `publish_approval` drops what was announced already.
         let lag = micros(broker.settings.store_bound).saturating_add(1_000_000);
         let Ok(changed) = broker
             .store
@@ -451,14 +445,38 @@ pub async fn watch_store(broker: Broker, poll: Duration) {
         };
         for a in changed {
             since = since.max(a.updated_at);
-            let signature = (a.status, a.votes.len(), a.consumed_at.is_some());
-            if seen.get(&a.id) != Some(&signature) {
-                seen.insert(a.id.clone(), signature);
-                let _ = broker.approval_changes.send(a);
-            }
+            broker.publish_approval(a);
         }
-        if seen.len() > 100_000 {
-            seen.clear();
+    }
+}
+
+/// What makes two sightings of an approval the same change.
+type Signature = (ApprovalStatus, usize, bool);
+
+/// Approvals already announced, so each change reaches watchers once whether it was seen locally or in
+/// the store (bounded: cleared past this many).
+#[derive(Debug, Default)]
+pub struct Announced(std::sync::Mutex<std::collections::HashMap<String, Signature>>);
+
+const MAX_ANNOUNCED: usize = 100_000;
+
+impl Broker {
+    /// Announces an approval change once: to watchers and waiting agents.
+    pub(super) fn publish_approval(&self, a: Approval) {
+        let signature = (a.status, a.votes.len(), a.consumed_at.is_some());
+        let fresh = {
+            let mut seen = self
+                .announced
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.len() > MAX_ANNOUNCED {
+                seen.clear();
+            }
+            seen.insert(a.id.clone(), signature) != Some(signature)
+        };
+        if fresh {
+            let _ = self.approval_changes.send(a);
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum EventKind {
     ApprovalExpired,
     ApprovalCancelled,
     ApprovalConsumed,
+    /// A batch of retrieval candidates decided: allowed and denied ids in `detail`.
+    RetrievalDecided,
+    /// A tool's result reported, with the labels it added to the session.
+    ToolResultReported,
 }
 
 impl EventKind {
@@ -48,6 +52,8 @@ impl EventKind {
             EventKind::ApprovalExpired => "APPROVAL_EXPIRED",
             EventKind::ApprovalCancelled => "APPROVAL_CANCELLED",
             EventKind::ApprovalConsumed => "APPROVAL_CONSUMED",
+            EventKind::RetrievalDecided => "RETRIEVAL_DECIDED",
+            EventKind::ToolResultReported => "TOOL_RESULT_REPORTED",
         }
     }
 
@@ -66,6 +72,8 @@ impl EventKind {
             "APPROVAL_EXPIRED" => Some(EventKind::ApprovalExpired),
             "APPROVAL_CANCELLED" => Some(EventKind::ApprovalCancelled),
             "APPROVAL_CONSUMED" => Some(EventKind::ApprovalConsumed),
+            "RETRIEVAL_DECIDED" => Some(EventKind::RetrievalDecided),
+            "TOOL_RESULT_REPORTED" => Some(EventKind::ToolResultReported),
             _ => None,
         }
     }

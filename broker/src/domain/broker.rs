@@ -90,6 +90,8 @@ pub struct OpenSession {
     pub ttl: Option<Duration>,
     pub max_tool_calls: u32,
     pub purpose: String,
+    pub collections: Vec<String>,
+    pub parent_session_id: Option<String>,
 }
 
 /// One tool call to decide, as received.
@@ -122,6 +124,7 @@ pub struct Broker {
     quarantine: Arc<Quarantine>,
     /// Approval changes made through this broker or seen in the store: wakes waiting agents, feeds watchers.
     pub(super) approval_changes: broadcast::Sender<Approval>,
+    pub(super) announced: Arc<super::approving::Announced>,
     pub(super) webhook: Option<Webhook>,
 }
 
@@ -185,6 +188,7 @@ impl Broker {
             switchboard,
             quarantine,
             approval_changes,
+            announced: Arc::default(),
             webhook,
         }
     }
@@ -279,6 +283,34 @@ impl Broker {
                 format!("at most {MAX_PURPOSE_LEN} characters"),
             ));
         }
+        if req.collections.len() > MAX_SCOPES
+            || req
+                .collections
+                .iter()
+                .any(|c| c.is_empty() || c.len() > MAX_TOOL_NAME_LEN)
+        {
+            return Err(invalid(
+                "collections",
+                format!("at most {MAX_SCOPES} names of 1 to {MAX_TOOL_NAME_LEN} bytes"),
+            ));
+        }
+        // A child inherits its parent's labels: what was read stays read.
+        let inherited = match &req.parent_session_id {
+            None => Vec::new(),
+            Some(parent) => match self.owned_session(caller, parent).await {
+                Ok(p) => p.labels,
+                Err(Error::NotFound(_)) => {
+                    return Err(invalid(
+                        "parent_session_id",
+                        format!("no session `{parent}` for this agent"),
+                    ))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let mut collections = req.collections.clone();
+        collections.sort();
+        collections.dedup();
         let now = self.now();
         let session = Session {
             id: ids::session_id(),
@@ -292,6 +324,8 @@ impl Broker {
             max_tool_calls,
             tool_calls_used: 0,
             closed_at: None,
+            collections,
+            labels: inherited,
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, now);
         self.store.open_session(&session, event).await?;
@@ -459,15 +493,11 @@ impl Broker {
                         let verdict = engine.decide(&ToolCall {
                             agent: &s.agent,
                             user: s.user.as_deref(),
+                            tenant: caller.tenant.as_deref(),
                             roles,
                             tool: &req.tool,
                             args: &args,
-                            session: SessionFacts {
-                                id: &s.id,
-                                purpose: &s.purpose,
-                                calls: i64::from(s.tool_calls_used),
-                                max_calls: i64::from(s.max_tool_calls),
-                            },
+                            session: session_facts(&s),
                             approval: None,
                         });
                         decision.outcome = verdict.outcome;
@@ -736,6 +766,19 @@ impl Broker {
     pub async fn verify_chain(&self, caller: &Principal) -> Result<ChainReport, Error> {
         require_auditor(caller)?;
         Ok(self.store.verify_chain().await?)
+    }
+}
+
+/// What policies see of a session (`context.session`).
+pub(super) fn session_facts(s: &Session) -> SessionFacts<'_> {
+    SessionFacts {
+        id: &s.id,
+        purpose: &s.purpose,
+        calls: i64::from(s.tool_calls_used),
+        max_calls: i64::from(s.max_tool_calls),
+        user: s.user.as_deref().unwrap_or_default(),
+        collections: s.collections.iter().map(String::as_str).collect(),
+        labels: s.labels.iter().map(String::as_str).collect(),
     }
 }
 

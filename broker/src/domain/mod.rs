@@ -7,5 +7,6 @@ pub mod broker;
 pub mod decision;
 pub mod killswitch;
 pub mod quarantine;
+pub mod retrieving;
 pub mod session;
 pub mod switchboard;

@@ -105,6 +105,10 @@ pub struct Session {
     pub max_tool_calls: u32,
     pub tool_calls_used: u32,
     pub closed_at: Option<Micros>,
+    /// Document collections the session may retrieve from.
+    pub collections: Vec<String>,
+    /// Labels from what the session read (sorted, unique); they only ever accumulate.
+    pub labels: Vec<String>,
 }
 
 impl Session {
@@ -200,6 +204,8 @@ mod tests {
             max_tool_calls: 1,
             tool_calls_used: 0,
             closed_at: None,
+            collections: vec![],
+            labels: vec![],
         };
         assert_eq!(s.state(99), SessionState::Open);
         assert_eq!(s.state(100), SessionState::Expired);

@@ -128,6 +128,16 @@ impl ArgType {
 impl RecordType {
     /// Converts a JSON object: every required field present, no field the schema does not declare.
     pub fn convert(&self, value: &Value, path: &str) -> Result<RestrictedExpression, ArgError> {
+        let fields = self.convert_fields(value, path)?;
+        RestrictedExpression::new_record(fields).map_err(|e| ArgError::new(path, e.to_string()))
+    }
+
+    /// Like [`RecordType::convert`], field by field (for entity attributes).
+    pub fn convert_fields(
+        &self,
+        value: &Value,
+        path: &str,
+    ) -> Result<Vec<(String, RestrictedExpression)>, ArgError> {
         let Value::Object(map) = value else {
             return Err(ArgError::new(
                 path,
@@ -149,7 +159,7 @@ impl RecordType {
                 None => {}
             }
         }
-        RestrictedExpression::new_record(fields).map_err(|e| ArgError::new(path, e.to_string()))
+        Ok(fields)
     }
 }
 

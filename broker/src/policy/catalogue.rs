@@ -93,6 +93,28 @@ pub fn from_schema_json(schema: &Value) -> Result<HashMap<String, ToolSpec>, Str
     Ok(tools)
 }
 
+/// The attributes of the schema's `Document` entity type, if it declares one (for retrieval).
+pub fn document_type(schema: &Value) -> Result<Option<RecordType>, String> {
+    let Some(shape) = schema
+        .get("")
+        .and_then(|ns| ns.get("entityTypes"))
+        .and_then(|t| t.get("Document"))
+        .and_then(|d| d.get("shape"))
+    else {
+        return Ok(None);
+    };
+    let empty = Map::new();
+    let common = schema
+        .get("")
+        .and_then(|ns| ns.get("commonTypes"))
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    match parse_type(shape, common, 0).map_err(|e| format!("entity `Document`: {e}"))? {
+        ArgType::Record(r) => Ok(Some(r)),
+        _ => Err("entity `Document` must have a record shape".into()),
+    }
+}
+
 fn parse_type(v: &Value, common: &Map<String, Value>, depth: usize) -> Result<ArgType, String> {
     if depth > 32 {
         return Err("types nest too deeply".into());

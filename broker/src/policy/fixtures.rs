@@ -17,6 +17,8 @@ pub struct Fixture {
     pub agent: String,
     #[serde(default)]
     pub user: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
     #[serde(default = "default_roles")]
     pub roles: Vec<String>,
     pub tool: String,
@@ -37,6 +39,8 @@ fn default_roles() -> Vec<String> {
 #[serde(deny_unknown_fields, default)]
 pub struct FixtureSession {
     pub purpose: String,
+    pub collections: Vec<String>,
+    pub labels: Vec<String>,
     pub calls: i64,
     pub max_calls: i64,
 }
@@ -47,6 +51,8 @@ impl Default for FixtureSession {
             purpose: "fixture".to_owned(),
             calls: 0,
             max_calls: 100,
+            collections: Vec::new(),
+            labels: Vec::new(),
         }
     }
 }
@@ -117,6 +123,7 @@ fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
     let verdict = engine.decide(&ToolCall {
         agent: &f.agent,
         user: f.user.as_deref(),
+        tenant: f.tenant.as_deref(),
         roles: f.roles.iter().map(String::as_str).collect(),
         tool: &f.tool,
         args: &f.args,
@@ -125,6 +132,9 @@ fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
             purpose: &f.session.purpose,
             calls: f.session.calls,
             max_calls: f.session.max_calls,
+            user: f.user.as_deref().unwrap_or_default(),
+            collections: f.session.collections.iter().map(String::as_str).collect(),
+            labels: f.session.labels.iter().map(String::as_str).collect(),
         },
         approval: f.approval.as_ref().map(|a| super::ApprovalFacts {
             id: &a.id,

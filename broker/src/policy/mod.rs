@@ -3,6 +3,7 @@
 
 mod args;
 mod catalogue;
+mod filter;
 pub mod fixtures;
 mod load;
 
@@ -16,6 +17,7 @@ use cedar_policy::{
 };
 
 pub use args::{ArgError, ArgType, RecordType};
+pub use filter::{filter_admits, RetrievalFilter};
 pub use load::{ENTITIES_FILE, SCHEMA_FILE};
 
 use crate::domain::approval::Requirement;
@@ -44,12 +46,73 @@ pub enum Error {
 pub struct ToolCall<'a> {
     pub agent: &'a str,
     pub user: Option<&'a str>,
+    pub tenant: Option<&'a str>,
     pub roles: Vec<&'a str>,
     pub tool: &'a str,
     pub args: &'a serde_json::Value,
     pub session: SessionFacts<'a>,
     /// Set when people approved this call: `context.approval`.
     pub approval: Option<ApprovalFacts<'a>>,
+}
+
+/// Who is asking, as policies see the principal.
+#[derive(Debug, Clone)]
+pub struct Caller<'a> {
+    pub agent: &'a str,
+    pub user: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub roles: Vec<&'a str>,
+}
+
+impl<'a> ToolCall<'a> {
+    pub fn caller(&self) -> Caller<'a> {
+        Caller {
+            agent: self.agent,
+            user: self.user,
+            tenant: self.tenant,
+            roles: self.roles.clone(),
+        }
+    }
+}
+
+/// `context.session` as a Cedar record.
+fn session_record(s: &SessionFacts<'_>) -> Result<RestrictedExpression, String> {
+    let strings = |v: &[&str]| {
+        RestrictedExpression::new_set(
+            v.iter()
+                .map(|x| RestrictedExpression::new_string((*x).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    RestrictedExpression::new_record([
+        (
+            "id".to_owned(),
+            RestrictedExpression::new_string(s.id.to_owned()),
+        ),
+        (
+            "purpose".to_owned(),
+            RestrictedExpression::new_string(s.purpose.to_owned()),
+        ),
+        ("calls".to_owned(), RestrictedExpression::new_long(s.calls)),
+        (
+            "max_calls".to_owned(),
+            RestrictedExpression::new_long(s.max_calls),
+        ),
+        (
+            "user".to_owned(),
+            RestrictedExpression::new_string(s.user.to_owned()),
+        ),
+        ("collections".to_owned(), strings(&s.collections)),
+        ("labels".to_owned(), strings(&s.labels)),
+    ])
+    .map_err(|e| e.to_string())
+}
+
+/// What the engine holds for `Action::"retrieve"`.
+struct Retrieval {
+    attributes: RecordType,
+    action: EntityUid,
+    action_entity: Entity,
 }
 
 /// `context.approval` as policies see it.
@@ -77,6 +140,10 @@ pub struct SessionFacts<'a> {
     pub purpose: &'a str,
     pub calls: i64,
     pub max_calls: i64,
+    /// The user the agent acts for ("" for none).
+    pub user: &'a str,
+    pub collections: Vec<&'a str>,
+    pub labels: Vec<&'a str>,
 }
 
 /// The policy engine's answer.
@@ -133,6 +200,9 @@ pub struct PolicyEngine {
     tools: HashMap<String, Tool>,
     reasons: HashMap<PolicyId, String>,
     approvals: HashMap<PolicyId, ApprovalPolicy>,
+    /// Users known from `entities.json` (their clearance), by id.
+    users: HashMap<String, Entity>,
+    retrieval: Option<Retrieval>,
     version: String,
     authorizer: Authorizer,
     dir: PathBuf,
@@ -222,12 +292,37 @@ impl PolicyEngine {
             })
             .collect();
         let approvals = approval_policies(&loaded.policies, dir)?;
+        let user_type = type_name("User").map_err(catalogue_err)?;
+        let users = loaded
+            .entities
+            .iter()
+            .filter(|e| e.uid().type_name() == &user_type)
+            .map(|e| (e.uid().id().unescaped().to_owned(), e.clone()))
+            .collect();
+        let retrieval = match catalogue::document_type(&loaded.schema_json)
+            .map_err(catalogue_err)?
+        {
+            None => None,
+            Some(attributes) => {
+                let action = uid("Action", "retrieve").map_err(catalogue_err)?;
+                let action_entity = actions.get(&action).cloned().ok_or_else(|| {
+                    catalogue_err("the schema declares `Document` but no `retrieve` action".into())
+                })?;
+                Some(Retrieval {
+                    attributes,
+                    action,
+                    action_entity,
+                })
+            }
+        };
         Ok(Self {
             schema: loaded.schema,
             policies: loaded.policies,
             tools,
             reasons,
             approvals,
+            users,
+            retrieval,
             version: loaded.version,
             authorizer: Authorizer::new(),
             dir: dir.to_path_buf(),
@@ -335,26 +430,10 @@ impl PolicyEngine {
         call: &ToolCall<'_>,
         args: RestrictedExpression,
     ) -> Result<Verdict, String> {
-        let session = RestrictedExpression::new_record([
-            (
-                "id".to_owned(),
-                RestrictedExpression::new_string(call.session.id.to_owned()),
-            ),
-            (
-                "purpose".to_owned(),
-                RestrictedExpression::new_string(call.session.purpose.to_owned()),
-            ),
-            (
-                "calls".to_owned(),
-                RestrictedExpression::new_long(call.session.calls),
-            ),
-            (
-                "max_calls".to_owned(),
-                RestrictedExpression::new_long(call.session.max_calls),
-            ),
-        ])
-        .map_err(|e| e.to_string())?;
-        let mut pairs = vec![("args".to_owned(), args), ("session".to_owned(), session)];
+        let mut pairs = vec![
+            ("args".to_owned(), args),
+            ("session".to_owned(), session_record(&call.session)?),
+        ];
         if let Some(approval) = &call.approval {
             let approvers = approval
                 .approvers
@@ -374,28 +453,10 @@ impl PolicyEngine {
             pairs.push(("approval".to_owned(), record));
         }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-
-        let principal = uid("Agent", call.agent)?;
-        let roles: HashSet<EntityUid> = call
-            .roles
-            .iter()
-            .map(|r| uid("Role", r))
-            .collect::<Result<_, _>>()?;
-        let mut attrs = HashMap::new();
-        let mut request_entities = tool.entities.clone();
-        if let Some(user) = call.user {
-            let user_uid = uid("User", user)?;
-            attrs.insert(
-                "user".to_owned(),
-                RestrictedExpression::new_entity_uid(user_uid.clone()),
-            );
-            request_entities.push(Entity::new_no_attrs(user_uid, HashSet::new()));
-        }
-        request_entities
-            .push(Entity::new(principal.clone(), attrs, roles).map_err(|e| e.to_string())?);
+        let (principal, mut request_entities) = self.principal_entities(&call.caller())?;
+        request_entities.extend(tool.entities.iter().cloned());
         let entities =
             Entities::from_entities(request_entities, None).map_err(|e| e.to_string())?;
-
         // The schema check here is a second line of defence: `args` was already typed against it.
         let request = Request::new(
             principal,
@@ -405,9 +466,55 @@ impl PolicyEngine {
             Some(&self.schema),
         )
         .map_err(|e| format!("request does not match the schema: {e}"))?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.policies, &entities);
+        Ok(self.verdict(
+            &self
+                .authorizer
+                .is_authorized(&request, &self.policies, &entities),
+            call.tool,
+        ))
+    }
+
+    /// The agent entity (with its user and tenant) and the user entity, built from typed parts. A user
+    /// known from `entities.json` keeps its attributes (clearance); any other user has clearance 0.
+    fn principal_entities(&self, p: &Caller<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
+        let principal = uid("Agent", p.agent)?;
+        let roles: HashSet<EntityUid> = p
+            .roles
+            .iter()
+            .map(|r| uid("Role", r))
+            .collect::<Result<_, _>>()?;
+        let mut attrs = HashMap::new();
+        let mut entities = Vec::with_capacity(3);
+        if let Some(user) = p.user {
+            let user_uid = uid("User", user)?;
+            attrs.insert(
+                "user".to_owned(),
+                RestrictedExpression::new_entity_uid(user_uid.clone()),
+            );
+            let known = self.users.get(user).cloned();
+            let user_entity = match known {
+                Some(e) => e,
+                None => Entity::new(
+                    user_uid,
+                    HashMap::from([("clearance".to_owned(), RestrictedExpression::new_long(0))]),
+                    HashSet::new(),
+                )
+                .map_err(|e| e.to_string())?,
+            };
+            entities.push(user_entity);
+        }
+        if let Some(tenant) = p.tenant {
+            attrs.insert(
+                "tenant".to_owned(),
+                RestrictedExpression::new_string(tenant.to_owned()),
+            );
+        }
+        entities.push(Entity::new(principal.clone(), attrs, roles).map_err(|e| e.to_string())?);
+        Ok((principal, entities))
+    }
+
+    /// Cedar's answer as a verdict: deciding policies become reasons; any evaluation error denies.
+    fn verdict(&self, response: &cedar_policy::Response, what: &str) -> Verdict {
         let diagnostics = response.diagnostics();
         let errored: Vec<String> = diagnostics
             .errors()
@@ -427,7 +534,7 @@ impl PolicyEngine {
                 .unwrap_or_else(|| format!("policy `{id}`"));
             Reason::from_policy(code, id.to_string(), message)
         };
-        Ok(match response.decision() {
+        match response.decision() {
             CedarDecision::Allow if errored.is_empty() => Verdict::decided(
                 Outcome::Allow,
                 deciding
@@ -452,7 +559,7 @@ impl PolicyEngine {
             CedarDecision::Deny => {
                 let mut v = Verdict::deny(
                     ReasonCode::NoPolicyAllows,
-                    format!("no policy allows `{}` for this agent", call.tool),
+                    format!("no policy allows `{what}` for this agent"),
                 );
                 if !errored.is_empty() {
                     v.reasons.push(Reason::new(
@@ -462,7 +569,82 @@ impl PolicyEngine {
                 }
                 v
             }
-        })
+        }
+    }
+
+    /// Decides each candidate document for `Action::"retrieve"`, in input order. A document whose
+    /// attributes do not type-check against the schema's `Document` is denied INVALID_ARGUMENTS by itself.
+    pub fn decide_retrieval(
+        &self,
+        caller: &Caller<'_>,
+        session: &SessionFacts<'_>,
+        documents: &[(&str, &serde_json::Value)],
+    ) -> Vec<Verdict> {
+        let Some(retrieval) = &self.retrieval else {
+            return documents
+                .iter()
+                .map(|_| {
+                    Verdict::deny(
+                        ReasonCode::UnknownTool,
+                        "the schema declares no `retrieve` action",
+                    )
+                })
+                .collect();
+        };
+        let shared = (|| -> Result<_, String> {
+            let context = Context::from_pairs([("session".to_owned(), session_record(session)?)])
+                .map_err(|e| e.to_string())?;
+            let (principal, entities) = self.principal_entities(caller)?;
+            Ok((context, principal, entities))
+        })();
+        let (context, principal, base) = match shared {
+            Ok(x) => x,
+            Err(e) => {
+                return documents
+                    .iter()
+                    .map(|_| Verdict::deny(ReasonCode::PolicyError, e.clone()))
+                    .collect()
+            }
+        };
+        documents
+            .iter()
+            .map(|(id, attrs)| {
+                let typed = match retrieval.attributes.convert_fields(attrs, "attributes") {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Verdict::deny(
+                            ReasonCode::InvalidArguments,
+                            format!("document `{id}`: {e}"),
+                        )
+                    }
+                };
+                let decided = (|| -> Result<Verdict, String> {
+                    let doc_uid = uid("Document", id)?;
+                    let doc =
+                        Entity::new(doc_uid.clone(), typed.into_iter().collect(), HashSet::new())
+                            .map_err(|e| e.to_string())?;
+                    let mut all = base.clone();
+                    all.push(doc);
+                    all.push(retrieval.action_entity.clone());
+                    let entities = Entities::from_entities(all, None).map_err(|e| e.to_string())?;
+                    let request = Request::new(
+                        principal.clone(),
+                        retrieval.action.clone(),
+                        doc_uid,
+                        context.clone(),
+                        Some(&self.schema),
+                    )
+                    .map_err(|e| format!("request does not match the schema: {e}"))?;
+                    Ok(self.verdict(
+                        &self
+                            .authorizer
+                            .is_authorized(&request, &self.policies, &entities),
+                        "retrieve",
+                    ))
+                })();
+                decided.unwrap_or_else(|e| Verdict::deny(ReasonCode::PolicyError, e))
+            })
+            .collect()
     }
 }
 

@@ -17,6 +17,7 @@ fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
     ToolCall {
         agent: "agent-1",
         user: Some("alice"),
+        tenant: None,
         roles: vec!["agent"],
         tool,
         args,
@@ -25,6 +26,9 @@ fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
             purpose: "test",
             calls: 0,
             max_calls: 10,
+            user: "alice",
+            collections: vec![],
+            labels: vec![],
         },
         approval: None,
     }

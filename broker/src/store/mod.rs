@@ -636,6 +636,8 @@ impl Store {
     // writes: each commits its audit event in the same transaction, placed in the hash chain
 
     /// Stores a new session and its `SESSION_OPENED` event. `Conflict` when the id (or the event id) exists.
+    /// The session's `labels` are stored sorted and unique (as [`Store::session`] returns them); its
+    /// `collections` as given.
     pub async fn open_session(
         &self,
         session: &Session,
@@ -643,7 +645,8 @@ impl Store {
     ) -> Result<AuditEvent, Error> {
         check_session(session)?;
         check_event(&event)?;
-        let session = session.clone();
+        let mut session = session.clone();
+        session.labels = sorted_union(&session.labels, &[]);
         self.submit(|reply| Job::OpenSession {
             session,
             event,
@@ -666,6 +669,56 @@ impl Store {
         self.submit(|reply| Job::CloseSession {
             session_id,
             at,
+            event,
+            reply,
+        })
+        .await
+    }
+
+    /// Adds `labels` to session `session_id`, in one writer transaction: reads the session, sets its labels
+    /// to the sorted union of the stored ones and `labels` (nothing is ever removed; duplicates and order in
+    /// `labels` do not matter), appends `event`, and returns the session as updated. The event is appended
+    /// even when no label is new: it records the retrieval batch or the tool result itself.
+    ///
+    /// `event` is the caller's: kind `RETRIEVAL_DECIDED` or `TOOL_RESULT_REPORTED`, about this session
+    /// (`event.session_id`), with what happened in its `detail`; anything else is `Invalid`. `Ok(None)` when
+    /// the session does not exist: nothing is written then. `Conflict` when the event id is already in the
+    /// trail (nothing is written). Writer transactions are serialised across brokers, so concurrent calls on
+    /// any number of brokers all land. `now` is when the caller observed the change; the trail's time is
+    /// `event.time`.
+    pub async fn add_session_labels(
+        &self,
+        session_id: &str,
+        labels: &[String],
+        event: EventBody,
+        now: Micros,
+    ) -> Result<Option<Session>, Error> {
+        check_key("session_id", session_id)?;
+        for label in labels {
+            check_key("labels", label)?;
+        }
+        check_event(&event)?;
+        if !matches!(
+            event.kind,
+            EventKind::RetrievalDecided | EventKind::ToolResultReported
+        ) {
+            return Err(Error::invalid(format!(
+                "the event of labels added to a session must be `{}` or `{}`, not `{}`",
+                EventKind::RetrievalDecided.as_str(),
+                EventKind::ToolResultReported.as_str(),
+                event.kind.as_str()
+            )));
+        }
+        if event.session_id.as_deref() != Some(session_id) {
+            return Err(Error::invalid(format!(
+                "the event of labels added to session `{session_id}` must name that session"
+            )));
+        }
+        let _ = now;
+        let (session_id, labels) = (session_id.to_owned(), sorted_union(labels, &[]));
+        self.submit(|reply| Job::AddSessionLabels {
+            session_id,
+            labels,
             event,
             reply,
         })
@@ -1027,7 +1080,20 @@ fn check_session(s: &Session) -> Result<(), Error> {
     check_key("session.agent", &s.agent)?;
     check_opt_key("session.user", s.user.as_deref())?;
     check_opt_key("session.tenant", s.tenant.as_deref())?;
-    check_text("session.purpose", &s.purpose)
+    check_text("session.purpose", &s.purpose)?;
+    for c in &s.collections {
+        check_key("session.collections", c)?;
+    }
+    for l in &s.labels {
+        check_key("session.labels", l)?;
+    }
+    Ok(())
+}
+
+/// The labels of `a` and `b` together, sorted and unique: how a session's labels grow.
+pub(crate) fn sorted_union(a: &[String], b: &[String]) -> Vec<String> {
+    let all: std::collections::BTreeSet<&String> = a.iter().chain(b).collect();
+    all.into_iter().cloned().collect()
 }
 
 fn check_opt_text(field: &str, value: Option<&str>) -> Result<(), Error> {

@@ -19,7 +19,8 @@ pub(crate) const EVENT_COLUMNS: &str = "seq, event_id, time, kind, agent, user_i
      call_id, outcome, reasons, policy_version, arguments_digest, arguments_redacted, detail, prev_hash, hash";
 
 const SESSION_COLUMNS: &str =
-    "id, agent, user_id, tenant, tools, purpose, created_at, expires_at, max_tool_calls, tool_calls_used, closed_at";
+    "id, agent, user_id, tenant, tools, purpose, created_at, expires_at, max_tool_calls, tool_calls_used, closed_at, \
+     collections, labels";
 
 pub(crate) fn db(err: sqlx::Error) -> Error {
     Error::from_sqlx(err)
@@ -65,6 +66,8 @@ where
 fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
     let tools: String = column(row, "tools")?;
     let tools: Vec<ToolScope> = from_json("session tools", &tools)?;
+    let collections: String = column(row, "collections")?;
+    let labels: String = column(row, "labels")?;
     Ok(Session {
         id: column(row, "id")?,
         agent: column(row, "agent")?,
@@ -77,6 +80,8 @@ fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
         max_tool_calls: to_u32("max_tool_calls", column(row, "max_tool_calls")?)?,
         tool_calls_used: to_u32("tool_calls_used", column(row, "tool_calls_used")?)?,
         closed_at: column(row, "closed_at")?,
+        collections: from_json("session collections", &collections)?,
+        labels: from_json("session labels", &labels)?,
     })
 }
 
@@ -90,8 +95,8 @@ pub(crate) async fn insert_session(
     let tools = json_text("session tools", &tools)?;
     let done = sqlx::query(
         "INSERT INTO sessions (id, agent, user_id, tenant, tools, purpose, created_at, expires_at, \
-         max_tool_calls, tool_calls_used, closed_at) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+         max_tool_calls, tool_calls_used, closed_at, collections, labels) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14 \
          WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $12) \
          ON CONFLICT (id) DO NOTHING",
     )
@@ -107,6 +112,8 @@ pub(crate) async fn insert_session(
     .bind(i64::from(session.tool_calls_used))
     .bind(session.closed_at)
     .bind(event_id)
+    .bind(json_text("session collections", &session.collections)?)
+    .bind(json_text("session labels", &session.labels)?)
     .execute(conn)
     .await
     .map_err(db)?;
@@ -130,6 +137,22 @@ pub(crate) async fn close_session(
     .execute(conn)
     .await
     .map_err(db)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Replaces the labels of session `session_id` (the writer passes the sorted union of the stored labels
+/// and the new ones, read under the chain lock, so nothing is ever removed); true when the session exists.
+pub(crate) async fn set_session_labels(
+    conn: &mut sqlx::AnyConnection,
+    session_id: &str,
+    labels: &[String],
+) -> Result<bool, Error> {
+    let done = sqlx::query("UPDATE sessions SET labels = $2 WHERE id = $1")
+        .bind(session_id)
+        .bind(json_text("session labels", &labels)?)
+        .execute(conn)
+        .await
+        .map_err(db)?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -69,6 +69,10 @@ contract_tests!(
     approvals_changed_since_come_in_order,
     concurrent_votes_on_two_brokers_both_count,
     approvals_list_newest_first_filtered_and_paged,
+    session_collections_and_labels_round_trip,
+    labels_accumulate_and_every_call_is_audited,
+    labels_for_a_missing_session_or_a_bad_event_write_nothing,
+    concurrent_labels_on_two_brokers_all_land,
 );
 
 // -------------------------------------------------------------------------------------------------
@@ -94,6 +98,8 @@ fn session(max_tool_calls: u32) -> Session {
         max_tool_calls,
         tool_calls_used: 0,
         closed_at: None,
+        collections: vec!["handbook".into(), "tickets".into()],
+        labels: vec!["internal".into()],
     }
 }
 
@@ -2046,6 +2052,355 @@ async fn approvals_list_newest_first_filtered_and_paged(db: &TestDb) -> TestResu
         .await?
         .0
         .is_empty());
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------------
+// session labels
+
+/// The event of labels added to `s`: a retrieval batch or a tool result, with `detail`.
+fn labelled(s: &Session, kind: EventKind, detail: &serde_json::Value, at: Micros) -> EventBody {
+    EventBody {
+        tool: (kind == EventKind::ToolResultReported).then(|| "web.search".to_owned()),
+        detail: Some(detail.to_string()),
+        ..body(kind, s, at)
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|&i| i.to_owned()).collect()
+}
+
+async fn session_collections_and_labels_round_trip(db: &TestDb) -> TestResult {
+    let store = db.store();
+    // Collections are kept as given; labels are stored sorted and unique.
+    let s = Session {
+        collections: strings(&["tickets", "handbook", "wiki"]),
+        labels: strings(&["pii", "confidential", "pii"]),
+        ..session(3)
+    };
+    store.open_session(&s, opened(&s)).await?;
+    let stored = store.session(&s.id).await?.ok_or("session gone")?;
+    assert_eq!(
+        stored.collections,
+        strings(&["tickets", "handbook", "wiki"])
+    );
+    assert_eq!(stored.labels, strings(&["confidential", "pii"]));
+    assert_eq!(
+        stored,
+        Session {
+            labels: strings(&["confidential", "pii"]),
+            ..s
+        }
+    );
+
+    let bare = Session {
+        collections: vec![],
+        labels: vec![],
+        ..session(1)
+    };
+    store.open_session(&bare, opened(&bare)).await?;
+    assert_eq!(store.session(&bare.id).await?, Some(bare));
+
+    // A session stored before the columns existed (or by anything that leaves them out) has neither.
+    db.execute(
+        "INSERT INTO sessions (id, agent, tools, purpose, created_at, expires_at, max_tool_calls) \
+         VALUES ('ses_old', 'agent-1', '[\"*\"]', '', 1, 2, 3)",
+    )
+    .await?;
+    let old = store.session("ses_old").await?.ok_or("old session gone")?;
+    assert_eq!((old.collections, old.labels), (vec![], vec![]));
+
+    // What cannot be stored is refused before it is queued, and writes nothing.
+    let seq = last_seq(store).await?;
+    for bad in [
+        Session {
+            labels: strings(&["pii\0"]),
+            ..session(1)
+        },
+        Session {
+            collections: vec!["c".repeat(super::MAX_KEY_BYTES + 1)],
+            ..session(1)
+        },
+    ] {
+        let refused = store.open_session(&bad, opened(&bad)).await;
+        assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+        assert_eq!(store.session(&bad.id).await?, None);
+    }
+    assert_eq!(last_seq(store).await?, seq);
+    Ok(())
+}
+
+async fn labels_accumulate_and_every_call_is_audited(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3); // labels: ["internal"]
+    store.open_session(&s, opened(&s)).await?;
+    committed(
+        store
+            .record_decision(allow(&s, "web.search", "c1", T0 + 1))
+            .await?,
+    )?;
+
+    let retrieval = serde_json::json!({"allowed": ["doc-1", "doc-3"], "denied": ["doc-2"]});
+    let report = serde_json::json!({"call_id": "c1", "labels": ["pii", "confidential"]});
+    let steps: [(&[&str], EventKind, &serde_json::Value, &[&str]); 5] = [
+        // New labels, unsorted and repeated: the union is sorted and unique.
+        (
+            &["pii", "confidential", "pii"],
+            EventKind::RetrievalDecided,
+            &retrieval,
+            &["confidential", "internal", "pii"],
+        ),
+        // Nothing new: the labels stay, the call is still recorded.
+        (
+            &["internal", "pii"],
+            EventKind::ToolResultReported,
+            &report,
+            &["confidential", "internal", "pii"],
+        ),
+        // Nothing at all: still recorded.
+        (
+            &[],
+            EventKind::RetrievalDecided,
+            &retrieval,
+            &["confidential", "internal", "pii"],
+        ),
+        // Adding some never removes the others.
+        (
+            &["alpha"],
+            EventKind::ToolResultReported,
+            &report,
+            &["alpha", "confidential", "internal", "pii"],
+        ),
+        // The same call again (idempotent on the labels).
+        (
+            &["alpha"],
+            EventKind::ToolResultReported,
+            &report,
+            &["alpha", "confidential", "internal", "pii"],
+        ),
+    ];
+    let mut expected_events = Vec::new();
+    for (i, (add, kind, detail, after)) in steps.into_iter().enumerate() {
+        let seq = last_seq(store).await?;
+        let at = T0 + 10 + i64::try_from(i)?;
+        let event = labelled(&s, kind, detail, at);
+        let updated = store
+            .add_session_labels(&s.id, &strings(add), event.clone(), at)
+            .await?
+            .ok_or("session not found")?;
+        assert_eq!(updated.labels, strings(after), "step {i}");
+        assert_eq!(
+            Some(&updated),
+            store.session(&s.id).await?.as_ref(),
+            "the answer is the stored session"
+        );
+        assert_eq!(
+            updated,
+            Session {
+                tool_calls_used: 1,
+                labels: strings(after),
+                ..s.clone()
+            },
+            "only the labels change"
+        );
+        assert_eq!(last_seq(store).await?, seq + 1, "one event per call");
+        expected_events.push(event);
+    }
+
+    // Each call's event is in the trail exactly as the caller built it, detail included.
+    let trail = session_events(store, &s).await?;
+    assert_eq!(
+        kinds(&trail),
+        vec![
+            EventKind::SessionOpened,
+            EventKind::ToolCallDecided,
+            EventKind::RetrievalDecided,
+            EventKind::ToolResultReported,
+            EventKind::RetrievalDecided,
+            EventKind::ToolResultReported,
+            EventKind::ToolResultReported,
+        ]
+    );
+    let labelling = trail.get(2..).ok_or("events missing")?;
+    let bodies: Vec<EventBody> = labelling.iter().map(|e| e.body.clone()).collect();
+    assert_eq!(bodies, expected_events);
+    assert_eq!(labelling.first().map(detail).transpose()?, Some(retrieval));
+    assert_eq!(labelling.get(1).map(detail).transpose()?, Some(report));
+
+    // A closed session keeps what it read, and still records what is reported after the close.
+    store
+        .close_session(&s.id, T0 + 100, closed(&s, T0 + 100))
+        .await?;
+    let after_close = store
+        .add_session_labels(
+            &s.id,
+            &strings(&["late"]),
+            labelled(
+                &s,
+                EventKind::ToolResultReported,
+                &serde_json::json!({}),
+                T0 + 101,
+            ),
+            T0 + 101,
+        )
+        .await?
+        .ok_or("session not found")?;
+    assert_eq!(
+        after_close.labels,
+        strings(&["alpha", "confidential", "internal", "late", "pii"])
+    );
+    assert_eq!(after_close.closed_at, Some(T0 + 100));
+
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 9), "{report:?}");
+    Ok(())
+}
+
+async fn labels_for_a_missing_session_or_a_bad_event_write_nothing(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(3);
+    let first = store.open_session(&s, opened(&s)).await?;
+    let detail = serde_json::json!({"allowed": ["doc-1"], "denied": []});
+    let seq = last_seq(store).await?;
+
+    let ghost = Session {
+        id: "ses_missing".into(),
+        ..s.clone()
+    };
+    let missing = store
+        .add_session_labels(
+            &ghost.id,
+            &strings(&["pii"]),
+            labelled(&ghost, EventKind::RetrievalDecided, &detail, T0 + 1),
+            T0 + 1,
+        )
+        .await?;
+    assert_eq!(missing, None);
+    assert_eq!(
+        last_seq(store).await?,
+        seq,
+        "no event for a missing session"
+    );
+    assert_eq!(store.session(&ghost.id).await?, None);
+
+    // Refused before the writer: another kind of event, an event about another session, a bad label.
+    let pii = strings(&["pii"]);
+    let wrong_kind = labelled(&s, EventKind::SessionClosed, &detail, T0 + 1);
+    let other_session = labelled(&session(1), EventKind::RetrievalDecided, &detail, T0 + 1);
+    let no_session = EventBody {
+        session_id: None,
+        ..labelled(&s, EventKind::RetrievalDecided, &detail, T0 + 1)
+    };
+    for (labels, event) in [
+        (&pii, wrong_kind),
+        (&pii, other_session),
+        (&pii, no_session),
+        (
+            &strings(&["p\0i"]),
+            labelled(&s, EventKind::RetrievalDecided, &detail, T0 + 1),
+        ),
+        (
+            &vec!["l".repeat(super::MAX_KEY_BYTES + 1)],
+            labelled(&s, EventKind::RetrievalDecided, &detail, T0 + 1),
+        ),
+    ] {
+        let refused = store.add_session_labels(&s.id, labels, event, T0 + 1).await;
+        assert_eq!(kind_of(&refused), Some(ErrorKind::Invalid), "{refused:?}");
+    }
+
+    // An event id already in the trail fails this call alone: labels untouched, nothing appended, and
+    // the calls queued beside it (likely in the same batch) commit.
+    let reused = EventBody {
+        event_id: first.body.event_id.clone(),
+        ..labelled(&s, EventKind::RetrievalDecided, &detail, T0 + 2)
+    };
+    let (add_a, add_reused, add_c) = (strings(&["a"]), strings(&["reused"]), strings(&["c"]));
+    let (a, b, c) = tokio::join!(
+        store.add_session_labels(
+            &s.id,
+            &add_a,
+            labelled(&s, EventKind::RetrievalDecided, &detail, T0 + 2),
+            T0 + 2
+        ),
+        store.add_session_labels(&s.id, &add_reused, reused, T0 + 2),
+        store.add_session_labels(
+            &s.id,
+            &add_c,
+            labelled(&s, EventKind::ToolResultReported, &detail, T0 + 2),
+            T0 + 2
+        ),
+    );
+    assert_eq!(kind_of(&b), Some(ErrorKind::Conflict), "{b:?}");
+    assert!(a?.is_some() && c?.is_some());
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.labels),
+        Some(strings(&["a", "c", "internal"]))
+    );
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 3), "{report:?}");
+    Ok(())
+}
+
+async fn concurrent_labels_on_two_brokers_all_land(db: &TestDb) -> TestResult {
+    const CALLS: usize = 12;
+    let store = db.store();
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let s = session(3);
+    store.open_session(&s, opened(&s)).await?;
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let broker = if i % 2 == 0 {
+                store.clone()
+            } else {
+                replica.clone()
+            };
+            let own = format!("label-{i:02}");
+            let labels = vec![own.clone(), "shared".to_owned()];
+            let event = labelled(
+                &s,
+                EventKind::ToolResultReported,
+                &serde_json::json!({ "call": i }),
+                T0 + 1,
+            );
+            let id = s.id.clone();
+            tokio::spawn(async move {
+                let updated = broker.add_session_labels(&id, &labels, event, T0 + 1).await;
+                (own, updated)
+            })
+        })
+        .collect();
+    let mut expected: Vec<String> = (0..CALLS).map(|i| format!("label-{i:02}")).collect();
+    expected.extend(strings(&["internal", "shared"]));
+    expected.sort();
+    for task in futures::future::join_all(tasks).await {
+        let (own, updated) = task?;
+        let labels = updated?.ok_or("session not found")?.labels;
+        // Each answer holds its own labels and whatever committed before it, sorted, nothing lost.
+        assert!(labels.contains(&own) && labels.contains(&"shared".to_owned()));
+        assert!(
+            labels.windows(2).all(|w| w.first() < w.get(1)),
+            "{labels:?}"
+        );
+        assert!(labels.iter().all(|l| expected.contains(l)), "{labels:?}");
+    }
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.labels),
+        Some(expected),
+        "every label from both brokers landed"
+    );
+    assert_eq!(
+        events_of_kind(store, EventKind::ToolResultReported)
+            .await?
+            .len(),
+        CALLS
+    );
+    let report = store.verify_chain().await?;
+    assert_eq!(
+        (report.ok, report.events_checked),
+        (true, 1 + CALLS as u64),
+        "{report:?}"
+    );
     Ok(())
 }
 

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{self, db, ChainHead};
 use super::{
-    requested_event, ApprovalWrite, Backend, DecisionRecord, Error, Recorded, VoteResult,
-    EXPIRED_BY, EXPIRED_REASON,
+    requested_event, sorted_union, ApprovalWrite, Backend, DecisionRecord, Error, Recorded,
+    VoteResult, EXPIRED_BY, EXPIRED_REASON,
 };
 use crate::clock::Micros;
 use crate::domain::approval::{Approval, ApprovalStatus, Refusal, VoteRecord};
@@ -49,6 +49,13 @@ pub(crate) enum Job {
         at: Micros,
         event: EventBody,
         reply: Reply<AuditEvent>,
+    },
+    AddSessionLabels {
+        session_id: String,
+        /// Sorted and unique.
+        labels: Vec<String>,
+        event: EventBody,
+        reply: Reply<Option<Session>>,
     },
     RecordDecision {
         rec: Box<DecisionRecord>,
@@ -91,6 +98,7 @@ pub(crate) enum Job {
 /// A job's answer, held until the batch commits.
 enum Answer {
     Event(Result<AuditEvent, Error>),
+    Session(Result<Option<Session>, Error>),
     Recorded(Result<Recorded, Error>),
     Switch(Result<Option<KillSwitch>, Error>),
     Switches(Result<Vec<KillSwitch>, Error>),
@@ -106,6 +114,11 @@ enum Work {
     CloseSession {
         session_id: String,
         at: Micros,
+        event: EventBody,
+    },
+    AddSessionLabels {
+        session_id: String,
+        labels: Vec<String>,
         event: EventBody,
     },
     RecordDecision(Box<DecisionRecord>),
@@ -139,6 +152,7 @@ enum Work {
 
 enum ReplyTo {
     Event(Reply<AuditEvent>),
+    Session(Reply<Option<Session>>),
     Recorded(Reply<Recorded>),
     Switch(Reply<Option<KillSwitch>>),
     Switches(Reply<Vec<KillSwitch>>),
@@ -166,6 +180,19 @@ impl Job {
                     event,
                 },
                 ReplyTo::Event(reply),
+            ),
+            Job::AddSessionLabels {
+                session_id,
+                labels,
+                event,
+                reply,
+            } => (
+                Work::AddSessionLabels {
+                    session_id,
+                    labels,
+                    event,
+                },
+                ReplyTo::Session(reply),
             ),
             Job::RecordDecision { rec, reply } => {
                 (Work::RecordDecision(rec), ReplyTo::Recorded(reply))
@@ -224,6 +251,10 @@ impl ReplyTo {
         match self {
             ReplyTo::Event(tx) => deliver(tx, answer, |a| match a {
                 Answer::Event(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Session(tx) => deliver(tx, answer, |a| match a {
+                Answer::Session(r) => Some(r),
                 _ => None,
             }),
             ReplyTo::Recorded(tx) => deliver(tx, answer, |a| match a {
@@ -440,6 +471,13 @@ async fn apply(
             }
             Ok(Answer::Event(Ok(chain.append(tx, event.clone()).await?)))
         }
+        Work::AddSessionLabels {
+            session_id,
+            labels,
+            event,
+        } => add_session_labels(tx, chain, session_id, labels, event)
+            .await
+            .map(Answer::Session),
         Work::RecordDecision(rec) => record_decision(tx, backend, chain, rec)
             .await
             .map(Answer::Recorded),
@@ -677,6 +715,35 @@ async fn record_decision(
         announce(tx, backend, sql::APPROVAL_CHANNEL, &approval.id).await?;
     }
     Ok(Ok(Recorded::Committed(decision)))
+}
+
+/// Labels added to a session, in the writer's transaction: the session read here cannot change before
+/// this commits (every write to it takes the chain lock), so the union loses no label added concurrently,
+/// on any broker.
+async fn add_session_labels(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    chain: &mut Chain,
+    session_id: &str,
+    labels: &[String],
+    event: &EventBody,
+) -> Result<Result<Option<Session>, Error>, Error> {
+    let Some(mut session) = sql::fetch_session(&mut **tx, session_id).await? else {
+        return Ok(Ok(None));
+    };
+    if sql::event_id_taken(tx, &event.event_id).await? {
+        return Ok(Err(event_id_conflict(&event.event_id)));
+    }
+    let union = sorted_union(&session.labels, labels);
+    if union != session.labels {
+        if !sql::set_session_labels(tx, session_id, &union).await? {
+            return Err(Error::internal(format!(
+                "session `{session_id}` disappeared while its labels were added"
+            )));
+        }
+        session.labels = union;
+    }
+    chain.append(tx, event.clone()).await?;
+    Ok(Ok(Some(session)))
 }
 
 /// A vote, in the writer's transaction: what it reads (the approval and every vote so far) cannot change

@@ -114,6 +114,8 @@ pub fn session(request: &proto::OpenSessionRequest) -> proto::Session {
         max_tool_calls: request.max_tool_calls,
         tool_calls_used: 0,
         state: proto::SessionState::Open.into(),
+        collections: request.collections.clone(),
+        labels: Vec::new(),
     }
 }
 
@@ -584,6 +586,28 @@ impl Fake {
 
 #[tonic::async_trait]
 impl AgentService for Fake {
+    // Retrieval is exercised against the real broker (tests/e2e/retrieval.rs); the fake does not script it.
+    async fn authorize_retrieval(
+        &self,
+        _request: Request<proto::AuthorizeRetrievalRequest>,
+    ) -> Result<Response<proto::RetrievalDecision>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn retrieval_filter(
+        &self,
+        _request: Request<proto::RetrievalFilterRequest>,
+    ) -> Result<Response<proto::RetrievalFilterResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn report_tool_result(
+        &self,
+        _request: Request<proto::ReportToolResultRequest>,
+    ) -> Result<Response<proto::Session>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
     async fn open_session(
         &self,
         request: Request<proto::OpenSessionRequest>,

@@ -46,6 +46,8 @@ async fn open_session_sends_the_request_and_reads_the_session() {
             }),
             max_tool_calls: 5,
             purpose: "triage".into(),
+            collections: vec![],
+            parent_session_id: String::new(),
         }
     );
     assert_eq!(opened.session_id, "ses_0123456789abcdef0123456789abcdef");

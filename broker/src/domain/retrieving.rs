@@ -1,0 +1,369 @@
+//! Retrieval on the broker: deciding a batch of candidate documents (post-filter), the pre-filter for the
+//! vector-store query, and taint: labels from what the session read (allowed documents, reported tool
+//! results) join the session's labels, durably, and policies see them as `context.session.labels`.
+
+use serde_json::{json, Value};
+
+use super::audit::{EventBody, EventKind};
+use super::broker::{invalid, require, session_facts, Broker, Error};
+use super::decision::{Outcome, Reason, ReasonCode};
+use super::session::{Session, SessionState};
+use crate::auth::{Principal, Role};
+use crate::ids;
+use crate::policy::{Caller, RetrievalFilter};
+
+pub const MAX_DOCUMENT_ID_LEN: usize = 512;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// One candidate as received: its id and its metadata as JSON text.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub attributes_json: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DocumentVerdict {
+    pub id: String,
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetrievalOutcome {
+    pub decision_id: String,
+    pub documents: Vec<DocumentVerdict>,
+    pub allowed_ids: Vec<String>,
+    pub policy_version: String,
+    pub session_labels: Vec<String>,
+}
+
+/// Labels are short machine words: `untrusted`, `pii`, `source:web`.
+pub fn is_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= MAX_LABEL_LEN
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-:.".contains(&b))
+}
+
+fn caller_facts(caller: &Principal) -> Caller<'_> {
+    Caller {
+        agent: &caller.subject,
+        user: caller.user.as_deref(),
+        tenant: caller.tenant.as_deref(),
+        roles: caller.roles.iter().map(|r| r.as_str()).collect(),
+    }
+}
+
+impl Broker {
+    /// The caller's own session, open and unexpired, or the reason it cannot be used.
+    async fn usable_session(
+        &self,
+        caller: &Principal,
+        session_id: &str,
+    ) -> Result<Result<Session, Reason>, Error> {
+        if !ids::is_well_formed(session_id, "ses_") {
+            return Err(invalid(
+                "session_id",
+                "not a session id (`ses_` and 32 hex digits)",
+            ));
+        }
+        let now = self.now();
+        Ok(match self.bounded(self.store.session(session_id)).await? {
+            None => Err(Reason::new(
+                ReasonCode::SessionNotFound,
+                format!("no session `{session_id}`"),
+            )),
+            Some(s) if s.agent != caller.subject || s.user != caller.user => Err(Reason::new(
+                ReasonCode::SessionNotOwned,
+                format!("session `{session_id}` belongs to another agent or user"),
+            )),
+            Some(s) => match s.state(now) {
+                SessionState::Closed => Err(Reason::new(
+                    ReasonCode::SessionClosed,
+                    format!("session `{session_id}` is closed"),
+                )),
+                SessionState::Expired => Err(Reason::new(
+                    ReasonCode::SessionExpired,
+                    format!("session `{session_id}` has expired"),
+                )),
+                SessionState::Open => Ok(s),
+            },
+        })
+    }
+
+    /// Decides each candidate; one audit event for the batch; allowed documents' labels join the session.
+    pub async fn authorize_retrieval(
+        &self,
+        caller: &Principal,
+        session_id: &str,
+        candidates: Vec<Candidate>,
+    ) -> Result<RetrievalOutcome, Error> {
+        require(caller, Role::Agent)?;
+        let limits = &self.settings.limits;
+        if candidates.len() > limits.max_retrieval_batch {
+            return Err(invalid(
+                "documents",
+                format!(
+                    "{} documents; at most {} per call",
+                    candidates.len(),
+                    limits.max_retrieval_batch
+                ),
+            ));
+        }
+        if let Some(bad) = candidates
+            .iter()
+            .find(|c| c.id.is_empty() || c.id.len() > MAX_DOCUMENT_ID_LEN)
+        {
+            return Err(invalid(
+                "documents",
+                format!(
+                    "document id `{}` must be 1 to {MAX_DOCUMENT_ID_LEN} bytes",
+                    bad.id.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+        let now = self.now();
+        let engine = self.policies();
+        let decision_id = ids::decision_id();
+        // Malformed metadata denies that document alone.
+        let parsed: Vec<Result<Value, String>> = candidates
+            .iter()
+            .map(|c| {
+                if c.attributes_json.len() > limits.max_arguments_bytes {
+                    return Err(format!(
+                        "document `{}`: attributes larger than {} bytes",
+                        c.id, limits.max_arguments_bytes
+                    ));
+                }
+                serde_json::from_str::<Value>(&c.attributes_json)
+                    .map_err(|e| format!("document `{}`: attributes are not valid JSON: {e}", c.id))
+            })
+            .collect();
+
+        let session = self.usable_session(caller, session_id).await?;
+        let killed = self.kill_check(caller, None, Some(session_id), now);
+        let mut verdicts: Vec<(Outcome, Vec<Reason>)> = match (&session, killed) {
+            (_, Some(k)) => candidates
+                .iter()
+                .map(|_| (Outcome::Deny, vec![k.clone()]))
+                .collect(),
+            (Err(r), None) => candidates
+                .iter()
+                .map(|_| (Outcome::Deny, vec![r.clone()]))
+                .collect(),
+            (Ok(s), None) => {
+                let ok: Vec<(usize, &str, &Value)> = parsed
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| {
+                        p.as_ref()
+                            .ok()
+                            .map(|v| (i, candidates.get(i).map_or("", |c| c.id.as_str()), v))
+                    })
+                    .collect();
+                let docs: Vec<(&str, &Value)> = ok.iter().map(|(_, id, v)| (*id, *v)).collect();
+                let decided =
+                    engine.decide_retrieval(&caller_facts(caller), &session_facts(s), &docs);
+                let mut out: Vec<(Outcome, Vec<Reason>)> = parsed
+                    .iter()
+                    .map(|p| match p {
+                        Ok(_) => (
+                            Outcome::Deny,
+                            vec![Reason::new(ReasonCode::PolicyError, "not decided")],
+                        ),
+                        Err(e) => (
+                            Outcome::Deny,
+                            vec![Reason::new(ReasonCode::InvalidArguments, e.clone())],
+                        ),
+                    })
+                    .collect();
+                for ((i, _, _), v) in ok.iter().zip(decided) {
+                    if let Some(slot) = out.get_mut(*i) {
+                        *slot = (v.outcome, v.reasons);
+                    }
+                }
+                out
+            }
+        };
+        // Retrieval has no approval step: anything but ALLOW withholds the document.
+        for v in &mut verdicts {
+            if v.0 == Outcome::PendingApproval {
+                v.0 = Outcome::Deny;
+            }
+        }
+        let documents: Vec<DocumentVerdict> = candidates
+            .iter()
+            .zip(verdicts)
+            .map(|(c, (outcome, reasons))| DocumentVerdict {
+                id: c.id.clone(),
+                outcome,
+                reasons,
+            })
+            .collect();
+        let allowed_ids: Vec<String> = documents
+            .iter()
+            .filter(|d| d.outcome == Outcome::Allow)
+            .map(|d| d.id.clone())
+            .collect();
+        let mut labels: Vec<String> = documents
+            .iter()
+            .zip(&parsed)
+            .filter(|(d, _)| d.outcome == Outcome::Allow)
+            .filter_map(|(_, p)| p.as_ref().ok())
+            .filter_map(|v| v.get("labels").and_then(Value::as_array))
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
+        labels.sort();
+        labels.dedup();
+        let denied: Vec<Value> = documents
+            .iter()
+            .filter(|d| d.outcome != Outcome::Allow)
+            .map(|d| json!({"id": d.id, "codes": d.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>()}))
+            .collect();
+        let event = EventBody {
+            decision_id: Some(decision_id.clone()),
+            policy_version: Some(engine.version().to_owned()),
+            outcome: None,
+            detail: Some(
+                json!({"allowed": allowed_ids, "denied": denied, "labels_added": labels})
+                    .to_string(),
+            ),
+            ..self.event_for(caller, EventKind::RetrievalDecided, session_id, now)
+        };
+        // The batch is recorded (and the labels stick) before any document id leaves the broker.
+        let session_labels = match self
+            .store
+            .add_session_labels(session_id, &labels, event, now)
+            .await?
+        {
+            Some(s) => s.labels,
+            None => Vec::new(),
+        };
+        Ok(RetrievalOutcome {
+            decision_id,
+            documents,
+            allowed_ids,
+            policy_version: engine.version().to_owned(),
+            session_labels,
+        })
+    }
+
+    /// A tool's result: its labels join the session's (taint); recorded in the audit trail.
+    pub async fn report_tool_result(
+        &self,
+        caller: &Principal,
+        session_id: &str,
+        decision_id: &str,
+        status: &str,
+        labels: Vec<String>,
+    ) -> Result<Session, Error> {
+        require(caller, Role::Agent)?;
+        if !ids::is_well_formed(decision_id, "dec_") {
+            return Err(invalid(
+                "decision_id",
+                "not a decision id (`dec_` and 32 hex digits)",
+            ));
+        }
+        if !matches!(status, "ok" | "error") {
+            return Err(invalid("status", "`ok` or `error`"));
+        }
+        if labels.len() > MAX_LABELS || labels.iter().any(|l| !is_label(l)) {
+            return Err(invalid("labels", format!("at most {MAX_LABELS} labels of lowercase letters, digits and `_-:.`, 1 to {MAX_LABEL_LEN} characters")));
+        }
+        let session = match self.usable_session(caller, session_id).await? {
+            Ok(s) => s,
+            Err(r)
+                if r.code == ReasonCode::SessionNotFound
+                    || r.code == ReasonCode::SessionNotOwned =>
+            {
+                return Err(Error::NotFound(format!(
+                    "no session `{session_id}` for this agent"
+                )))
+            }
+            // A closed or expired session still records what its tools returned.
+            Err(_) => self
+                .store
+                .session(session_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no session `{session_id}`")))?,
+        };
+        let now = self.now();
+        let event = EventBody {
+            decision_id: Some(decision_id.to_owned()),
+            detail: Some(json!({"status": status, "labels": labels}).to_string()),
+            ..self.event_for(caller, EventKind::ToolResultReported, &session.id, now)
+        };
+        self.store
+            .add_session_labels(&session.id, &labels, event, now)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no session `{session_id}`")))
+    }
+
+    /// The pre-filter: when a document would be allowed in this session.
+    pub async fn retrieval_filter(
+        &self,
+        caller: &Principal,
+        session_id: &str,
+    ) -> Result<(RetrievalFilter, String), Error> {
+        require(caller, Role::Agent)?;
+        let engine = self.policies();
+        let now = self.now();
+        match self.usable_session(caller, session_id).await? {
+            // A session that cannot retrieve admits nothing.
+            Err(_) => Ok((
+                RetrievalFilter {
+                    filter: json!(false),
+                    complete: true,
+                },
+                engine.version().to_owned(),
+            )),
+            Ok(_)
+                if self
+                    .kill_check(caller, None, Some(session_id), now)
+                    .is_some() =>
+            {
+                Ok((
+                    RetrievalFilter {
+                        filter: json!(false),
+                        complete: true,
+                    },
+                    engine.version().to_owned(),
+                ))
+            }
+            Ok(s) => Ok((
+                engine.retrieval_filter(&caller_facts(caller), &session_facts(&s)),
+                engine.version().to_owned(),
+            )),
+        }
+    }
+
+    fn event_for(
+        &self,
+        caller: &Principal,
+        kind: EventKind,
+        session_id: &str,
+        now: crate::clock::Micros,
+    ) -> EventBody {
+        EventBody {
+            event_id: ids::event_id(),
+            time: now,
+            kind,
+            agent: caller.subject.clone(),
+            user: caller.user.clone(),
+            session_id: Some(session_id.to_owned()),
+            decision_id: None,
+            tool: None,
+            call_id: None,
+            outcome: None,
+            reasons: Vec::new(),
+            policy_version: None,
+            arguments_digest: None,
+            arguments_redacted: None,
+            detail: None,
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! RAG retrieval: only documents the agent's user may see, and sessions that remember what they read.
+
+use broker::auth::Role;
+use broker_e2e::{both, DbBackend, Harness};
+use broker_sdk::{Client, Outcome, SessionRequest};
+use serde_json::{json, Value};
+
+fn doc(tenant: &str, collection: &str, classification: i64, labels: &[&str]) -> Value {
+    json!({"tenant": tenant, "collection": collection, "classification": classification, "personal": false,
+           "source": "wiki", "labels": labels})
+}
+
+/// alice (clearance 2) at acme, through an agent, in a session that may read `kb` and `tickets`.
+async fn reader(h: &Harness) -> (Client, String) {
+    let c = h
+        .client_with_token(h.token_in_tenant(
+            "rag-agent",
+            &[Role::Agent],
+            Some("alice"),
+            Some("acme"),
+        ))
+        .await;
+    let s = c
+        .open_session(
+            SessionRequest::new(["web.search", "email.send"])
+                .collections(["kb", "tickets"])
+                .purpose("answer a question"),
+        )
+        .await
+        .unwrap();
+    (c, s.session_id)
+}
+
+async fn each_retrieval_policy_withholds_what_it_should(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let own_personal = json!({"tenant": "acme", "collection": "kb", "classification": 0, "personal": true, "owner": "alice", "source": "drive", "labels": []});
+    let others_personal = json!({"tenant": "acme", "collection": "kb", "classification": 0, "personal": true, "owner": "bob", "source": "drive", "labels": []});
+    let candidates = [
+        ("ok-1", doc("acme", "kb", 1, &[]), None),
+        (
+            "other-tenant",
+            doc("globex", "kb", 0, &[]),
+            Some("same-tenant-only"),
+        ),
+        (
+            "too-secret",
+            doc("acme", "kb", 3, &[]),
+            Some("classification-within-clearance"),
+        ),
+        ("own-personal", own_personal, None),
+        (
+            "someone-elses",
+            others_personal,
+            Some("personal-documents-owner-only"),
+        ),
+        (
+            "other-collection",
+            doc("acme", "hr", 0, &[]),
+            Some("session-collections-only"),
+        ),
+        ("ok-2", doc("acme", "tickets", 2, &[]), None),
+    ];
+    let docs: Vec<(&str, &Value)> = candidates.iter().map(|(id, v, _)| (*id, v)).collect();
+    let r = c.authorize_retrieval(&s, &docs).await.unwrap();
+    assert_eq!(
+        r.allowed_ids,
+        ["ok-1", "own-personal", "ok-2"],
+        "in input order"
+    );
+    for ((id, _, why), d) in candidates.iter().zip(&r.documents) {
+        assert_eq!(d.id, *id);
+        match why {
+            None => assert_eq!(d.outcome, Outcome::Allow, "{d:?}"),
+            Some(policy) => {
+                assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+                assert!(
+                    d.reasons
+                        .iter()
+                        .any(|r| r.policy_id.as_deref() == Some(*policy)),
+                    "{id}: {d:?}"
+                );
+            }
+        }
+    }
+    // One audit event for the batch, naming allowed and denied ids.
+    let events = h
+        .auditor()
+        .await
+        .list_events(broker_sdk::AuditFilter::new().session_id(&s))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "RETRIEVAL_DECIDED")
+            .count(),
+        1
+    );
+}
+both!(each_retrieval_policy_withholds_what_it_should);
+
+async fn malformed_documents_are_denied_alone_and_the_batch_is_capped(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let good = doc("acme", "kb", 0, &[]);
+    let wrong_type = json!({"tenant": "acme", "collection": "kb", "classification": "top", "personal": false, "source": "x", "labels": []});
+    let smuggled = json!({"tenant": {"__entity": {"type": "Agent", "id": "root"}}, "collection": "kb", "classification": 0, "personal": false, "source": "x", "labels": []});
+    let missing = json!({"tenant": "acme"});
+    let r = c
+        .authorize_retrieval(
+            &s,
+            &[
+                ("good", &good),
+                ("wrong-type", &wrong_type),
+                ("smuggled", &smuggled),
+                ("missing", &missing),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.allowed_ids, ["good"]);
+    for d in &r.documents[1..] {
+        assert!(
+            d.outcome == Outcome::Deny && d.reasons.iter().any(|r| r.code == "INVALID_ARGUMENTS"),
+            "{d:?}"
+        );
+    }
+    assert!(
+        r.documents[1].reasons[0].message.contains("classification"),
+        "names the field: {:?}",
+        r.documents[1]
+    );
+
+    let many: Vec<(String, Value)> = (0..1001).map(|i| (format!("d{i}"), good.clone())).collect();
+    let refs: Vec<(&str, &Value)> = many.iter().map(|(id, v)| (id.as_str(), v)).collect();
+    let err = c.authorize_retrieval(&s, &refs).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("documents") && err.message().contains("1000"),
+        "{}",
+        err.message()
+    );
+    // At the cap it is fine.
+    assert_eq!(
+        c.authorize_retrieval(&s, &refs[..1000])
+            .await
+            .unwrap()
+            .allowed_ids
+            .len(),
+        1000
+    );
+}
+both!(malformed_documents_are_denied_alone_and_the_batch_is_capped);
+
+async fn what_a_session_read_narrows_what_it_may_do(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let email = json!({"to": "bob@example.com", "subject": "summary", "body": "..."});
+    assert!(
+        c.authorize(&s, "email.send", &email)
+            .await
+            .unwrap()
+            .is_allowed(),
+        "clean session may email inside"
+    );
+
+    // Reading untrusted content: email now needs a person.
+    let web_page = doc("acme", "kb", 0, &["untrusted"]);
+    let r = c
+        .authorize_retrieval(&s, &[("page", &web_page)])
+        .await
+        .unwrap();
+    assert_eq!(r.session_labels, ["untrusted"]);
+    let d = c.authorize(&s, "email.send", &email).await.unwrap();
+    assert_eq!(d.outcome, Outcome::PendingApproval, "{d:?}");
+    assert_eq!(
+        d.reason("APPROVAL_REQUIRED").unwrap().policy_id.as_deref(),
+        Some("untrusted-content-email-needs-approval")
+    );
+
+    // A denied document's labels do not count; an allowed confidential one stops outbound tools.
+    let (c2, s2) = reader(&h).await;
+    let secret_elsewhere = doc("globex", "kb", 0, &["confidential"]);
+    assert!(c2
+        .authorize_retrieval(&s2, &[("x", &secret_elsewhere)])
+        .await
+        .unwrap()
+        .session_labels
+        .is_empty());
+    assert!(c2
+        .authorize(&s2, "web.search", &json!({"query": "q"}))
+        .await
+        .unwrap()
+        .is_allowed());
+    let search = c2
+        .authorize(&s2, "web.search", &json!({"query": "q2"}))
+        .await
+        .unwrap();
+    let s_after = c2
+        .report_tool_result(&s2, &search.decision_id, true, &["confidential"])
+        .await
+        .unwrap();
+    assert_eq!(s_after.labels, ["confidential"]);
+    let d = c2
+        .authorize(&s2, "web.search", &json!({"query": "leak"}))
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(
+        d.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
+        Some("confidential-data-stays-inside")
+    );
+
+    // Labels only accumulate, and a child session cannot shed them.
+    let child = c2
+        .open_session(SessionRequest::new(["web.search"]).parent(&s2))
+        .await
+        .unwrap();
+    assert_eq!(child.labels, ["confidential"]);
+    let d = c2
+        .authorize(
+            &child.session_id,
+            "web.search",
+            &json!({"query": "leak via child"}),
+        )
+        .await
+        .unwrap();
+    assert!(d.outcome == Outcome::Deny, "{d:?}");
+    // Bad labels are refused, naming the field.
+    let err = c2
+        .report_tool_result(&s2, &search.decision_id, true, &["Not A Label"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+both!(what_a_session_read_narrows_what_it_may_do);
+
+async fn the_pre_filter_agrees_with_the_post_filter(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let f = c.retrieval_filter(&s).await.unwrap();
+    let mut candidates = Vec::new();
+    for (i, (tenant, collection, classification, personal, owner)) in [
+        ("acme", "kb", 0, false, None),
+        ("acme", "kb", 2, false, None),
+        ("acme", "kb", 3, false, None),
+        ("globex", "kb", 0, false, None),
+        ("acme", "hr", 0, false, None),
+        ("acme", "tickets", 1, true, Some("alice")),
+        ("acme", "tickets", 1, true, Some("bob")),
+        ("acme", "tickets", 1, true, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut v = json!({"tenant": tenant, "collection": collection, "classification": classification, "personal": personal, "source": "s", "labels": []});
+        if let Some(o) = owner {
+            v["owner"] = json!(o);
+        }
+        candidates.push((format!("d{i}"), v));
+    }
+    let refs: Vec<(&str, &Value)> = candidates.iter().map(|(id, v)| (id.as_str(), v)).collect();
+    let post = c.authorize_retrieval(&s, &refs).await.unwrap().allowed_ids;
+    let pre: Vec<String> =
+        broker_sdk::apply_filter(&f.filter, candidates.iter().map(|(id, v)| (id.clone(), v)));
+    assert!(
+        pre.iter().all(|id| post.contains(id)),
+        "the filter never admits what the broker denies: {pre:?} vs {post:?}"
+    );
+    if f.complete {
+        assert_eq!(
+            pre, post,
+            "a complete filter admits exactly what the broker allows ({})",
+            f.filter
+        );
+    }
+    assert_eq!(post, ["d0", "d1", "d5"]);
+}
+both!(the_pre_filter_agrees_with_the_post_filter);
