@@ -9,19 +9,24 @@ use crate::{Client, Error, Outcome, Reason, Session};
 /// The broker's answer for one candidate document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentDecision {
+    /// The candidate's id, as sent.
     pub id: String,
+    /// ALLOW: the agent may use it; DENY: withheld.
     pub outcome: Outcome,
+    /// Why (the deciding policies, or what was wrong with the metadata).
     pub reasons: Vec<Reason>,
 }
 
 /// The answer for a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrievalDecision {
+    /// The batch's id in the audit trail.
     pub decision_id: String,
     /// One per candidate, in input order.
     pub documents: Vec<DocumentDecision>,
     /// The ids the agent may use, in input order.
     pub allowed_ids: Vec<String>,
+    /// The policy set that decided.
     pub policy_version: String,
     /// The session's labels after this retrieval.
     pub session_labels: Vec<String>,
@@ -30,9 +35,11 @@ pub struct RetrievalDecision {
 /// The pre-filter: JSON in the broker's filter language (see [`crate::filter_admits`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrievalFilter {
+    /// The condition, in the broker's filter language.
     pub filter: serde_json::Value,
     /// False when some policy could not be expressed: post-filter with [`Client::authorize_retrieval`].
     pub complete: bool,
+    /// The policy set it was computed from.
     pub policy_version: String,
 }
 

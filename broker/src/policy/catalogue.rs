@@ -170,6 +170,11 @@ fn parse_type(v: &Value, common: &Map<String, Value>, depth: usize) -> Result<Ar
             })?;
             parse_type(t, common, depth + 1)?
         }
+        // The resolved schema JSON names extension types directly.
+        "decimal" => ArgType::Extension(ExtensionType::Decimal),
+        "ipaddr" => ArgType::Extension(ExtensionType::IpAddr),
+        "datetime" => ArgType::Extension(ExtensionType::Datetime),
+        "duration" => ArgType::Extension(ExtensionType::Duration),
         other => {
             let t = common
                 .get(other)

@@ -55,7 +55,9 @@
 //! admits nothing by itself. `complete` is true exactly when both approximations are the same filter, i.e.
 //! the filter admits precisely the (well-typed) documents the post-filter allows; then no post-filter is
 //! needed. A policy that fails for every document (Cedar reports it errored whatever the resource) makes
-//! the filter `false`, and complete, as the post-filter denies everything then.
+//! the filter `false`, and complete, as the post-filter denies everything then; so does a schema without
+//! `Document`. When the request cannot be built at all, or the filter would nest deeper than the SDK
+//! accepts (`broker_sdk::MAX_FILTER_DEPTH`), the filter is `false` and incomplete.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -84,6 +86,10 @@ pub fn filter_admits(filter: &Value, attributes: &Value) -> Result<bool, String>
 
 /// How deeply a residual expression may nest before the translator stops and approximates.
 const MAX_RESIDUAL_DEPTH: usize = 200;
+
+/// How many nodes a condition's filters may have before the translator approximates it instead (a chain
+/// of `if-then-else` or of failure conditions could otherwise grow exponentially).
+const MAX_COND_NODES: usize = 4096;
 
 impl PolicyEngine {
     /// The condition under which `Action::"retrieve"` allows a document for this caller in this session.
@@ -134,9 +140,9 @@ impl PolicyEngine {
         let tr = Translator::new(&retrieval.attributes);
         let mut residuals: Vec<_> = response.all_residuals().collect();
         residuals.sort_by(|a, b| a.id().cmp(b.id()));
-        let mut permits = B::exact(F::False);
-        let mut forbids = B::exact(F::False);
-        let mut errors = B::exact(F::False);
+        let mut permits = B::Exact(F::False);
+        let mut forbids = B::Exact(F::False);
+        let mut errors = B::Exact(F::False);
         for policy in residuals {
             let cond = match policy.to_json() {
                 Ok(est) => tr.policy(&est),
@@ -296,6 +302,15 @@ impl F {
             _ => 1,
         }
     }
+
+    /// Number of nodes.
+    fn size(&self) -> usize {
+        match self {
+            F::And(fs) | F::Or(fs) => 1 + fs.iter().map(F::size).sum::<usize>(),
+            F::Not(f) => 1 + f.size(),
+            _ => 1,
+        }
+    }
 }
 
 /// A filter known exactly, or only between an under- and an over-approximation.
@@ -306,10 +321,6 @@ enum B {
 }
 
 impl B {
-    fn exact(f: F) -> Self {
-        B::Exact(f)
-    }
-
     /// Anything from `false` to `true`.
     fn unknown() -> Self {
         B::Range(F::False, F::True)
@@ -679,13 +690,17 @@ impl<'a> Translator<'a> {
             "Value" => Term::Lit(literal(arg)),
             "unknown" if arg == &json!([{ "Value": "resource" }]) => Term::Resource,
             "!" => Term::Cond(self.c_not(self.cond(sub("arg")))),
-            "&&" => Term::Cond(self.c_and(self.cond(sub("left")), self.cond(sub("right")))),
-            "||" => Term::Cond(self.c_or(self.cond(sub("left")), self.cond(sub("right")))),
-            "if-then-else" => Term::Cond(self.c_ite(
+            "&&" => Term::Cond(capped(
+                self.c_and(self.cond(sub("left")), self.cond(sub("right"))),
+            )),
+            "||" => Term::Cond(capped(
+                self.c_or(self.cond(sub("left")), self.cond(sub("right"))),
+            )),
+            "if-then-else" => Term::Cond(capped(self.c_ite(
                 self.cond(sub("if")),
                 self.cond(sub("then")),
                 self.cond(sub("else")),
-            )),
+            ))),
             "==" => self.equal(sub("left"), sub("right")),
             "!=" => match self.equal(sub("left"), sub("right")) {
                 Term::Cond(c) => Term::Cond(self.c_not(c)),
@@ -966,6 +981,19 @@ impl<'a> Translator<'a> {
             val: B::Exact(val),
             err,
         })
+    }
+}
+
+/// The condition, or nothing known about it when its filters grew too big.
+fn capped(c: Cond) -> Cond {
+    let size = |b: &B| match b {
+        B::Exact(f) => f.size(),
+        B::Range(lo, hi) => lo.size() + hi.size(),
+    };
+    if size(&c.val) + size(&c.err) > MAX_COND_NODES {
+        Cond::unknown()
+    } else {
+        c
     }
 }
 

@@ -458,6 +458,31 @@ fn filter_an_extension_function_is_untranslatable() {
 }
 
 #[test]
+fn filter_a_condition_that_grows_too_big_is_approximated() {
+    // `if-then-else` in condition position duplicates its condition: 40 levels would be 2^40 nodes.
+    let examples = PolicyEngine::load(&example_dir()).unwrap();
+    let tr = Translator::new(&examples.retrieval.as_ref().unwrap().attributes);
+    let labels = json!({".": {"left": {"unknown": [{"Value": "resource"}]}, "attr": "labels"}});
+    let mut cond = json!({".": {"left": {"unknown": [{"Value": "resource"}]}, "attr": "personal"}});
+    for k in 0..40 {
+        cond = json!({"if-then-else": {
+            "if": cond,
+            "then": {"contains": {"left": labels, "right": {"Value": format!("a{k}")}}},
+            "else": {"contains": {"left": labels, "right": {"Value": format!("b{k}")}}}
+        }});
+    }
+    let residual = json!({
+        "effect": "permit",
+        "principal": {"op": "All"}, "action": {"op": "All"}, "resource": {"op": "All"},
+        "conditions": [{"kind": "when", "body": cond}]
+    });
+    let c = tr.policy(&residual);
+    assert!(matches!(c.val, B::Range(..)), "{:?}", c.val);
+    let size = |f: &F| f.size();
+    assert!(size(c.val.lo()) + size(c.val.hi()) <= 2 * MAX_COND_NODES);
+}
+
+#[test]
 fn filter_a_part_cedar_could_not_evaluate_is_bounded() {
     // The right operand overflows; Cedar leaves it unevaluated beside the residual left one. It fails
     // (and the post-filter denies) only where `resource.personal` holds.
@@ -511,6 +536,7 @@ fn filter_without_a_retrieve_action_admits_nothing() {
 
 // ---- property tests: the filter against the post-filter ----
 
+/// Documents are of `acme` or `beta`; a caller may also be of `gamma`.
 const TENANTS: [&str; 3] = ["acme", "beta", "gamma"];
 const COLLECTIONS: [&str; 4] = ["hr", "eng", "ops", "legal"];
 /// alice, bob and carol are in entities.json (clearance 2, 1, 3); mallory and eve are not (clearance 0).
@@ -528,12 +554,30 @@ struct Case {
     docs: Vec<Value>,
 }
 
-fn document() -> impl Strategy<Value = Value> {
+/// A document, usually of the caller's tenant and of a collection the session may read (so that enough
+/// documents are allowed for the comparison to tell), sometimes anything from the pools.
+fn document(
+    tenant: Option<&'static str>,
+    collections: &[&'static str],
+) -> impl Strategy<Value = Value> {
+    let tenant = prop_oneof![
+        3 => Just(tenant.unwrap_or("acme")),
+        1 => prop::sample::select(TENANTS.to_vec()),
+    ];
+    let near: Vec<&'static str> = if collections.is_empty() {
+        COLLECTIONS.to_vec()
+    } else {
+        collections.to_vec()
+    };
+    let collection = prop_oneof![
+        3 => prop::sample::select(near),
+        1 => prop::sample::select(COLLECTIONS.to_vec()),
+    ];
     (
-        prop::sample::select(TENANTS.to_vec()),
-        prop::sample::select(COLLECTIONS.to_vec()),
+        tenant,
+        collection,
         0_i64..4,
-        any::<bool>(),
+        prop::bool::weighted(0.3),
         prop::option::of(prop::sample::select(USERS.to_vec())),
         prop::sample::select(vec!["wiki", "web", "mail"]),
         prop::sample::subsequence(LABELS.to_vec(), 0..=LABELS.len()),
@@ -568,24 +612,30 @@ fn case() -> impl Strategy<Value = Case> {
         (any::<bool>(), session_user),
         prop::sample::subsequence(COLLECTIONS.to_vec(), 0..=COLLECTIONS.len()),
         prop::sample::subsequence(LABELS.to_vec(), 0..=LABELS.len()),
-        prop::collection::vec(document(), 1..12),
     )
-        .prop_map(
-            |(user, tenant, roles, (same_user, other_user), collections, labels, docs)| Case {
-                user,
-                tenant,
-                roles,
-                // Usually the session's user is the caller's.
-                session_user: if same_user {
-                    user.unwrap_or("")
-                } else {
-                    other_user
-                },
-                collections,
-                labels,
-                docs,
+        .prop_flat_map(
+            |(user, tenant, roles, (same_user, other_user), collections, labels)| {
+                let docs = prop::collection::vec(document(tenant, &collections), 1..12);
+                (
+                    Just(Case {
+                        user,
+                        tenant,
+                        roles,
+                        // Usually the session's user is the caller's.
+                        session_user: if same_user {
+                            user.unwrap_or("")
+                        } else {
+                            other_user
+                        },
+                        collections,
+                        labels,
+                        docs: Vec::new(),
+                    }),
+                    docs,
+                )
             },
         )
+        .prop_map(|(case, docs)| Case { docs, ..case })
 }
 
 /// What a property run saw.

@@ -287,3 +287,38 @@ fn principal_ids_are_data_not_cedar_syntax() {
     c.roles = vec![];
     assert_eq!(example().decide(&c).outcome, Outcome::Deny);
 }
+
+#[test]
+fn extension_typed_arguments_are_typed_too() {
+    let dir = dir_with(&[(
+        "p.cedar",
+        "@id(\"allow\")\npermit (principal, action in Action::\"call_tool\", resource);\n",
+    )]);
+    let schema = std::fs::read_to_string(dir.path().join(SCHEMA_FILE)).unwrap();
+    std::fs::write(
+        dir.path().join(SCHEMA_FILE),
+        schema.replace(
+            "\"max_results\"?: Long",
+            "\"max_results\"?: Long, \"since\"?: datetime",
+        ),
+    )
+    .unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let ok = json!({"query": "q", "since": "2026-01-01"});
+    assert_eq!(
+        engine.decide(&call("web.search", &ok)).outcome,
+        Outcome::Allow
+    );
+    // Not a string: a type error naming the field; a string that is no datetime: refused, never allowed.
+    let wrong = json!({"query": "q", "since": 5});
+    let v = engine.decide(&call("web.search", &wrong));
+    assert!(
+        v.outcome == Outcome::Deny && v.reasons[0].message.contains("args.since"),
+        "{v:?}"
+    );
+    let garbage = json!({"query": "q", "since": "yesterday-ish"});
+    assert_eq!(
+        engine.decide(&call("web.search", &garbage)).outcome,
+        Outcome::Deny
+    );
+}
