@@ -113,6 +113,8 @@ struct Retrieval {
     attributes: RecordType,
     action: EntityUid,
     action_entity: Entity,
+    /// The policies whose action scope can include `retrieve` (the others can never apply to it).
+    policies: PolicySet,
 }
 
 /// `context.approval` as policies see it.
@@ -308,10 +310,30 @@ impl PolicyEngine {
                 let action_entity = actions.get(&action).cloned().ok_or_else(|| {
                     catalogue_err("the schema declares `Document` but no `retrieve` action".into())
                 })?;
+                // Conservative slice: a policy is left out only when its action scope names tools or the
+                // `call_tool` group and nothing else, none of which is or contains `retrieve`.
+                let tool_actions: HashSet<EntityUid> = tools
+                    .values()
+                    .map(|t: &Tool| t.action.clone())
+                    .chain([call_tool.clone()])
+                    .collect();
+                let relevant = loaded
+                    .policies
+                    .policies()
+                    .filter(|p| match p.action_constraint() {
+                        cedar_policy::ActionConstraint::Any => true,
+                        cedar_policy::ActionConstraint::Eq(a) => a == action,
+                        cedar_policy::ActionConstraint::In(ids) => {
+                            ids.iter().any(|id| !tool_actions.contains(id))
+                        }
+                    });
+                let policies = PolicySet::from_policies(relevant.cloned())
+                    .map_err(|e| catalogue_err(e.to_string()))?;
                 Some(Retrieval {
                     attributes,
                     action,
                     action_entity,
+                    policies,
                 })
             }
         };
@@ -606,44 +628,106 @@ impl PolicyEngine {
                     .collect()
             }
         };
-        documents
-            .iter()
-            .map(|(id, attrs)| {
-                let typed = match retrieval.attributes.convert_fields(attrs, "attributes") {
-                    Ok(t) => t,
-                    Err(e) => {
-                        return Verdict::deny(
-                            ReasonCode::InvalidArguments,
-                            format!("document `{id}`: {e}"),
-                        )
-                    }
-                };
-                let decided = (|| -> Result<Verdict, String> {
-                    let doc_uid = uid("Document", id)?;
+        // Type every candidate, then build one entity store for the batch (its hierarchy computed once).
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; documents.len()];
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(documents.len());
+        let mut entities = base;
+        entities.push(retrieval.action_entity.clone());
+        let mut decidable: Vec<(usize, EntityUid)> = Vec::with_capacity(documents.len());
+        for (i, (id, attrs)) in documents.iter().enumerate() {
+            let slot = verdicts.get_mut(i);
+            if let Some(first) = seen.insert(id, i) {
+                // Two candidates with one id cannot be told apart: neither is allowed.
+                let dup = Verdict::deny(
+                    ReasonCode::InvalidArguments,
+                    format!("document id `{id}` appears more than once in the batch"),
+                );
+                if let Some(v) = verdicts.get_mut(first) {
+                    *v = Some(dup.clone());
+                }
+                decidable.retain(|(j, _)| *j != first);
+                if let Some(v) = verdicts.get_mut(i) {
+                    *v = Some(dup);
+                }
+                continue;
+            }
+            let built = retrieval
+                .attributes
+                .convert_fields(attrs, "attributes")
+                .map_err(|e| {
+                    Verdict::deny(
+                        ReasonCode::InvalidArguments,
+                        format!("document `{id}`: {e}"),
+                    )
+                })
+                .and_then(|typed| {
+                    let doc_uid = uid("Document", id)
+                        .map_err(|e| Verdict::deny(ReasonCode::PolicyError, e))?;
                     let doc =
                         Entity::new(doc_uid.clone(), typed.into_iter().collect(), HashSet::new())
-                            .map_err(|e| e.to_string())?;
-                    let mut all = base.clone();
-                    all.push(doc);
-                    all.push(retrieval.action_entity.clone());
-                    let entities = Entities::from_entities(all, None).map_err(|e| e.to_string())?;
-                    let request = Request::new(
+                            .map_err(|e| {
+                            Verdict::deny(
+                                ReasonCode::InvalidArguments,
+                                format!("document `{id}`: {e}"),
+                            )
+                        })?;
+                    Ok((doc_uid, doc))
+                });
+            match built {
+                Ok((doc_uid, doc)) => {
+                    entities.push(doc);
+                    decidable.push((i, doc_uid));
+                }
+                Err(v) => {
+                    if let Some(s) = slot {
+                        *s = Some(v);
+                    }
+                }
+            }
+        }
+        // Duplicates dropped above must not reach the entity store either.
+        let keep: HashSet<&EntityUid> = decidable.iter().map(|(_, u)| u).collect();
+        let document_type = type_name("Document").ok();
+        entities.retain(|e| {
+            Some(e.uid().type_name()) != document_type.as_ref() || keep.contains(&e.uid())
+        });
+        match Entities::from_entities(entities, None) {
+            Err(e) => {
+                for (i, _) in &decidable {
+                    if let Some(v) = verdicts.get_mut(*i) {
+                        *v = Some(Verdict::deny(ReasonCode::PolicyError, e.to_string()));
+                    }
+                }
+            }
+            Ok(store) => {
+                for (i, doc_uid) in decidable {
+                    // The context and the document were typed against the schema already; only the policies
+                    // whose action scope can include `retrieve` are evaluated.
+                    let v = Request::new(
                         principal.clone(),
                         retrieval.action.clone(),
                         doc_uid,
                         context.clone(),
-                        Some(&self.schema),
+                        None,
                     )
-                    .map_err(|e| format!("request does not match the schema: {e}"))?;
-                    Ok(self.verdict(
-                        &self
-                            .authorizer
-                            .is_authorized(&request, &self.policies, &entities),
-                        "retrieve",
-                    ))
-                })();
-                decided.unwrap_or_else(|e| Verdict::deny(ReasonCode::PolicyError, e))
-            })
+                    .map(|request| {
+                        self.verdict(
+                            &self
+                                .authorizer
+                                .is_authorized(&request, &retrieval.policies, &store),
+                            "retrieve",
+                        )
+                    })
+                    .unwrap_or_else(|e| Verdict::deny(ReasonCode::PolicyError, e.to_string()));
+                    if let Some(slot) = verdicts.get_mut(i) {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| Verdict::deny(ReasonCode::PolicyError, "not decided")))
             .collect()
     }
 }

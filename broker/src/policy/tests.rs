@@ -322,3 +322,40 @@ fn extension_typed_arguments_are_typed_too() {
         Outcome::Deny
     );
 }
+
+#[test]
+fn duplicate_document_ids_in_a_batch_are_refused_not_guessed() {
+    let engine = example();
+    let caller = Caller {
+        agent: "rag",
+        user: Some("alice"),
+        tenant: Some("acme"),
+        roles: vec!["agent"],
+    };
+    let session = SessionFacts {
+        id: "ses_1",
+        purpose: "p",
+        calls: 0,
+        max_calls: 1,
+        user: "alice",
+        collections: vec!["kb"],
+        labels: vec![],
+    };
+    let ok = json!({"tenant": "acme", "collection": "kb", "classification": 0, "personal": false, "source": "s", "labels": []});
+    let other = json!({"tenant": "globex", "collection": "kb", "classification": 0, "personal": false, "source": "s", "labels": []});
+    let v = engine.decide_retrieval(
+        &caller,
+        &session,
+        &[("a", &ok), ("dup", &ok), ("dup", &other), ("b", &ok)],
+    );
+    let outcomes: Vec<Outcome> = v.iter().map(|v| v.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Allow, Outcome::Deny, Outcome::Deny, Outcome::Allow]
+    );
+    assert!(
+        v[1].reasons[0].message.contains("more than once"),
+        "{:?}",
+        v[1]
+    );
+}
