@@ -6,6 +6,11 @@ use std::sync::Arc;
 /// Microseconds since the Unix epoch, UTC. Stored as-is in both databases.
 pub type Micros = i64;
 
+/// A duration in micros, saturating (a lifetime too long to count is "forever", not an overflow).
+pub fn micros_of(d: std::time::Duration) -> Micros {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn now_micros(&self) -> Micros;
@@ -33,8 +38,7 @@ impl Default for ManualClock {
 
 impl ManualClock {
     pub fn advance(&self, by: std::time::Duration) {
-        let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
-        self.0.fetch_add(micros, Ordering::SeqCst);
+        self.0.fetch_add(micros_of(by), Ordering::SeqCst);
     }
 }
 

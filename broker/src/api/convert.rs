@@ -130,23 +130,7 @@ pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page),
         since: r.since.as_ref().map(|t| micros("since", t)).transpose()?,
         until: r.until.as_ref().map(|t| micros("until", t)).transpose()?,
     };
-    let limit = match r.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(invalid("page_size", format!("at most {MAX_PAGE_SIZE}")))
-        }
-        n => n,
-    };
-    let after_seq = if r.page_token.is_empty() {
-        0
-    } else {
-        r.page_token
-            .parse::<i64>()
-            .ok()
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| invalid("page_token", "not a token from a previous page"))?
-    };
-    Ok((filter, Page { after_seq, limit }))
+    Ok((filter, page(r.page_size, &r.page_token)?))
 }
 
 pub fn kill_switch(k: &KillSwitch, now: Micros) -> pb::KillSwitch {

@@ -14,14 +14,10 @@ use super::broker::{invalid, require, Broker, Error};
 use super::decision::{Decision, Outcome, Reason, ReasonCode};
 use super::killswitch::{KillSwitch, Subject};
 use crate::auth::{Principal, Role};
-use crate::clock::Micros;
+use crate::clock::{micros_of, Micros};
 use crate::ids;
 use crate::policy::{ApprovalFacts, ToolCall};
 use crate::store::{ApprovalFilter, ApprovalWrite, DecisionRecord, Page, Recorded, VoteResult};
-
-fn micros(d: Duration) -> Micros {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
 
 impl Broker {
     /// The approval a PENDING_APPROVAL decision asks for.
@@ -49,7 +45,7 @@ impl Broker {
             requirements: Vec::new(),
             reasons: decision.reasons.clone(),
             requested_at: now,
-            expires_at: now.saturating_add(micros(expiry)),
+            expires_at: now.saturating_add(micros_of(expiry)),
             votes: Vec::new(),
             consumed_at: None,
             consumed_by: None,
@@ -435,7 +431,7 @@ pub async fn watch_store(broker: Broker, poll: Duration) {
         }
         // A change is stamped before it commits, so one stamped earlier can land after a later one:
         // look back by the commit bound (plus a second); `publish_approval` drops what was announced already.
-        let lag = micros(broker.settings.store_bound).saturating_add(1_000_000);
+        let lag = micros_of(broker.settings.store_bound).saturating_add(1_000_000);
         let Ok(changed) = broker
             .store
             .approvals_changed_since(since.saturating_sub(lag), 500)

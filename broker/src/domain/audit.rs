@@ -107,13 +107,30 @@ pub struct EventBody {
 impl EventBody {
     /// The event recording a session opened or closed.
     pub fn for_session(kind: EventKind, session: &super::session::Session, time: Micros) -> Self {
+        Self::in_session(
+            kind,
+            &session.agent,
+            session.user.clone(),
+            &session.id,
+            time,
+        )
+    }
+
+    /// An event by `agent` (acting for `user`) in a session, with nothing else set yet.
+    pub fn in_session(
+        kind: EventKind,
+        agent: &str,
+        user: Option<String>,
+        session_id: &str,
+        time: Micros,
+    ) -> Self {
         Self {
             event_id: crate::ids::event_id(),
             time,
             kind,
-            agent: session.agent.clone(),
-            user: session.user.clone(),
-            session_id: Some(session.id.clone()),
+            agent: agent.to_owned(),
+            user,
+            session_id: Some(session_id.to_owned()),
             decision_id: None,
             tool: None,
             call_id: None,

@@ -15,7 +15,7 @@ use super::quarantine::Quarantine;
 use super::session::{is_tool_name, Session, ToolScope, MAX_TOOL_NAME_LEN};
 use super::switchboard::{Change, Switchboard};
 use crate::auth::{Principal, Role};
-use crate::clock::{Micros, SharedClock};
+use crate::clock::{micros_of, Micros, SharedClock};
 use crate::config::{AuditConfig, Limits, SessionConfig};
 use crate::ids;
 use crate::notify::Webhook;
@@ -148,10 +148,6 @@ pub(super) fn require(principal: &Principal, role: Role) -> Result<(), Error> {
             needed: role.as_str(),
         })
     }
-}
-
-fn duration_micros(d: Duration) -> Micros {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Nesting depth of a JSON value, counted without recursion so hostile input cannot exhaust the stack.
@@ -320,7 +316,7 @@ impl Broker {
             tools: scopes,
             purpose: req.purpose,
             created_at: now,
-            expires_at: now.saturating_add(duration_micros(ttl)),
+            expires_at: now.saturating_add(micros_of(ttl)),
             max_tool_calls,
             tool_calls_used: 0,
             closed_at: None,

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::killswitch::Scope;
-use crate::clock::Micros;
+use crate::clock::{micros_of, Micros};
 use crate::config::{QuarantineRule, QuarantineScope};
 
 /// The most windows kept; beyond it the oldest-looking are dropped (a bound on memory, not a rule).
@@ -60,7 +60,7 @@ impl Quarantine {
                 QuarantineScope::Session => (Scope::Session, session),
                 QuarantineScope::Agent => (Scope::Agent, agent),
             };
-            let within = i64::try_from(rule.within.as_micros()).unwrap_or(i64::MAX);
+            let within = micros_of(rule.within);
             let window = windows.entry((i, target.to_owned())).or_default();
             window.push_back(now);
             while window
@@ -79,9 +79,7 @@ impl Quarantine {
                         humantime::format_duration(rule.within),
                         scope.as_str().to_lowercase()
                     ),
-                    expires_at: rule.expires_after.map(|d| {
-                        now.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-                    }),
+                    expires_at: rule.expires_after.map(|d| now.saturating_add(micros_of(d))),
                 });
             }
         }

@@ -232,7 +232,13 @@ impl Broker {
                 json!({"allowed": allowed_ids, "denied": denied, "labels_added": labels})
                     .to_string(),
             ),
-            ..self.event_for(caller, EventKind::RetrievalDecided, session_id, now)
+            ..EventBody::in_session(
+                EventKind::RetrievalDecided,
+                &caller.subject,
+                caller.user.clone(),
+                session_id,
+                now,
+            )
         };
         // The batch is recorded (and the labels stick) before any document id leaves the broker.
         let session_labels = match self
@@ -295,7 +301,13 @@ impl Broker {
         let event = EventBody {
             decision_id: Some(decision_id.to_owned()),
             detail: Some(json!({"status": status, "labels": labels}).to_string()),
-            ..self.event_for(caller, EventKind::ToolResultReported, &session.id, now)
+            ..EventBody::in_session(
+                EventKind::ToolResultReported,
+                &caller.subject,
+                caller.user.clone(),
+                &session.id,
+                now,
+            )
         };
         self.store
             .add_session_labels(&session.id, &labels, event, now)
@@ -338,32 +350,6 @@ impl Broker {
                 engine.retrieval_filter(&caller_facts(caller), &session_facts(&s)),
                 engine.version().to_owned(),
             )),
-        }
-    }
-
-    fn event_for(
-        &self,
-        caller: &Principal,
-        kind: EventKind,
-        session_id: &str,
-        now: crate::clock::Micros,
-    ) -> EventBody {
-        EventBody {
-            event_id: ids::event_id(),
-            time: now,
-            kind,
-            agent: caller.subject.clone(),
-            user: caller.user.clone(),
-            session_id: Some(session_id.to_owned()),
-            decision_id: None,
-            tool: None,
-            call_id: None,
-            outcome: None,
-            reasons: Vec::new(),
-            policy_version: None,
-            arguments_digest: None,
-            arguments_redacted: None,
-            detail: None,
         }
     }
 }
