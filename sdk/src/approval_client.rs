@@ -6,9 +6,8 @@ use std::time::Duration;
 use broker_proto::v1 as proto;
 use proto::approval_service_client::ApprovalServiceClient;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
-use crate::rpc::Rpc;
+use crate::rpc::{Rpc, Watched};
 use crate::{connect, Approval, ApprovalFilter, ApprovalPage, Error, TokenSource};
 
 /// A connection to the broker's `ApprovalService`, authenticated with a bearer token whose role is
@@ -153,7 +152,7 @@ impl ApprovalClient {
             })
             .await?;
         Ok(ApprovalWatch {
-            stream: Some(stream),
+            stream: Watched::new(stream),
         })
     }
 }
@@ -170,8 +169,7 @@ impl fmt::Debug for ApprovalClient {
 ///
 /// Dropping it cancels the stream.
 pub struct ApprovalWatch {
-    /// `None` once the stream ended or failed.
-    stream: Option<Streaming<proto::Approval>>,
+    stream: Watched<proto::Approval>,
 }
 
 impl ApprovalWatch {
@@ -181,24 +179,12 @@ impl ApprovalWatch {
     /// [`Error::Protocol`], and skipping it would leave the caller with a wrong picture of what waits.
     /// Open a new watch to start again from the pending approvals.
     pub async fn next(&mut self) -> Option<Result<Approval, Error>> {
-        let stream = self.stream.as_mut()?;
-        let next = match stream.message().await {
-            Ok(Some(approval)) => Approval::try_from(approval),
-            Ok(None) => {
-                self.stream = None;
-                return None;
-            }
-            Err(status) => Err(Error::from(status)),
-        };
-        if next.is_err() {
-            self.stream = None;
-        }
-        Some(next)
+        self.stream.next(Approval::try_from).await
     }
 
     /// Whether the watch has ended (the broker ended the stream, or an error ended the watch).
     pub fn is_ended(&self) -> bool {
-        self.stream.is_none()
+        self.stream.is_ended()
     }
 }
 

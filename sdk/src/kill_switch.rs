@@ -6,9 +6,8 @@ use std::time::Duration;
 use broker_proto::v1 as proto;
 use proto::kill_switch_service_client::KillSwitchServiceClient;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
-use crate::rpc::Rpc;
+use crate::rpc::{Rpc, Watched};
 use crate::{connect, EngageRequest, Error, KillSwitch, KillSwitchEvent, TokenSource};
 
 /// A connection to the broker's `KillSwitchService`, authenticated with a bearer token whose role is
@@ -143,7 +142,7 @@ impl KillSwitchClient {
             })
             .await?;
         Ok(KillSwitchWatch {
-            stream: Some(stream),
+            stream: Watched::new(stream),
         })
     }
 }
@@ -160,8 +159,7 @@ impl fmt::Debug for KillSwitchClient {
 ///
 /// Dropping it cancels the stream.
 pub struct KillSwitchWatch {
-    /// `None` once the stream ended or failed.
-    stream: Option<Streaming<proto::KillSwitchEvent>>,
+    stream: Watched<proto::KillSwitchEvent>,
 }
 
 impl KillSwitchWatch {
@@ -171,24 +169,12 @@ impl KillSwitchWatch {
     /// [`Error::Protocol`], and skipping it would leave the caller with a wrong picture of what is in
     /// force. Open a new watch to start again from the switches in force.
     pub async fn next(&mut self) -> Option<Result<KillSwitchEvent, Error>> {
-        let stream = self.stream.as_mut()?;
-        let next = match stream.message().await {
-            Ok(Some(event)) => KillSwitchEvent::try_from(event),
-            Ok(None) => {
-                self.stream = None;
-                return None;
-            }
-            Err(status) => Err(Error::from(status)),
-        };
-        if next.is_err() {
-            self.stream = None;
-        }
-        Some(next)
+        self.stream.next(KillSwitchEvent::try_from).await
     }
 
     /// Whether the watch has ended (the broker ended the stream, or an error ended the watch).
     pub fn is_ended(&self) -> bool {
-        self.stream.is_none()
+        self.stream.is_ended()
     }
 }
 

@@ -100,3 +100,42 @@ impl Rpc {
         Ok(request)
     }
 }
+
+/// A server stream that ends at its first error: the SDK never skips a message it cannot read, so a
+/// watcher's picture is complete or the watch is over. Shared by the kill-switch and approval watches.
+pub(crate) struct Watched<M> {
+    /// `None` once the stream ended or failed.
+    stream: Option<tonic::Streaming<M>>,
+}
+
+impl<M> Watched<M> {
+    pub(crate) fn new(stream: tonic::Streaming<M>) -> Self {
+        Self {
+            stream: Some(stream),
+        }
+    }
+
+    /// The next message read with `convert`; `None` once the stream has ended, and after any error.
+    pub(crate) async fn next<T>(
+        &mut self,
+        convert: impl FnOnce(M) -> Result<T, Error>,
+    ) -> Option<Result<T, Error>> {
+        let stream = self.stream.as_mut()?;
+        let next = match stream.message().await {
+            Ok(Some(message)) => convert(message),
+            Ok(None) => {
+                self.stream = None;
+                return None;
+            }
+            Err(status) => Err(Error::from(status)),
+        };
+        if next.is_err() {
+            self.stream = None;
+        }
+        Some(next)
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.stream.is_none()
+    }
+}
