@@ -455,23 +455,9 @@ impl Broker {
                     ));
                 }
                 Some(s) => {
-                    // A retry of a call already decided gets the same answer and spends nothing. Checked
-                    // only once the caller is known to own the session, so nobody else replays its decisions.
-                    if let Some(prior) = self
-                        .bounded(self.store.recorded_call(
-                            &req.session_id,
-                            &caller.subject,
-                            &req.call_id,
-                        ))
-                        .await?
-                    {
-                        return replay(
-                            prior.arguments_digest,
-                            prior.decision,
-                            &digest,
-                            &req.call_id,
-                        );
-                    }
+                    // A retry of a call already decided gets the same answer and spends nothing: the writer
+                    // finds its key under the chain lock and answers `Replayed` (one read fewer here). Only
+                    // calls in the caller's own session are remembered, so nobody else replays its decisions.
                     if let Some(refusal) = s.refusal(now) {
                         decision.reasons.push(refusal);
                     } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {

@@ -6,14 +6,15 @@ mod catalogue;
 mod filter;
 pub mod fixtures;
 mod load;
+mod slice;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema,
 };
 
 pub use args::{ArgError, ArgType, RecordType};
@@ -194,6 +195,8 @@ struct Tool {
     resource: EntityUid,
     /// The tool's entity and its action entities (with their groups), built once per load.
     entities: Vec<Entity>,
+    /// The policies that can apply to this tool's calls (`None`: the set has templates; evaluate it whole).
+    slice: Option<slice::Slice>,
 }
 
 pub struct PolicyEngine {
@@ -272,6 +275,14 @@ impl PolicyEngine {
                 .cloned()
                 .ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
             let entities = vec![tool_entity, action_entity, call_tool_entity.clone()];
+            let slice = if loaded.policies.templates().next().is_some() {
+                None
+            } else {
+                Some(
+                    slice::Slice::of(&loaded.policies, &action, &resource, &actions)
+                        .map_err(catalogue_err)?,
+                )
+            };
             tools.insert(
                 name,
                 Tool {
@@ -279,6 +290,7 @@ impl PolicyEngine {
                     action,
                     resource,
                     entities,
+                    slice,
                 },
             );
         }
@@ -349,6 +361,15 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The same engine evaluating the whole policy set for every call (the reference for slicing).
+    #[cfg(test)]
+    fn without_slices(mut self) -> Self {
+        for tool in self.tools.values_mut() {
+            tool.slice = None;
+        }
+        self
     }
 
     /// SHA-256 of the schema, entities and policy files that decide.
@@ -481,19 +502,24 @@ impl PolicyEngine {
             Entities::from_entities(request_entities, None).map_err(|e| e.to_string())?;
         // The schema check here is a second line of defence: `args` was already typed against it.
         let request = Request::new(
-            principal,
+            principal.clone(),
             tool.action.clone(),
             tool.resource.clone(),
             context,
             Some(&self.schema),
         )
         .map_err(|e| format!("request does not match the schema: {e}"))?;
-        Ok(self.verdict(
-            &self
-                .authorizer
-                .is_authorized(&request, &self.policies, &entities),
-            call.tool,
-        ))
+        let answer = |set: &PolicySet| {
+            slice::Answer::from(&self.authorizer.is_authorized(&request, set, &entities))
+        };
+        let answer = match &tool.slice {
+            Some(slice) => match slice.by_principal.get(&principal) {
+                Some(own) => answer(&slice.shared).and(answer(own)),
+                None => answer(&slice.shared),
+            },
+            None => answer(&self.policies),
+        };
+        Ok(self.verdict(&answer, call.tool))
     }
 
     /// The agent entity (with its user and tenant) and the user entity, built from typed parts. A user
@@ -536,18 +562,9 @@ impl PolicyEngine {
     }
 
     /// Cedar's answer as a verdict: deciding policies become reasons; any evaluation error denies.
-    fn verdict(&self, response: &cedar_policy::Response, what: &str) -> Verdict {
-        let diagnostics = response.diagnostics();
-        let errored: Vec<String> = diagnostics
-            .errors()
-            .map(|e| match e {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
-                    e.policy_id().to_string()
-                }
-            })
-            .collect();
-        let mut deciding: Vec<&PolicyId> = diagnostics.reason().collect();
-        deciding.sort();
+    fn verdict(&self, answer: &slice::Answer, what: &str) -> Verdict {
+        let errored: Vec<String> = answer.errored.iter().map(ToString::to_string).collect();
+        let deciding: Vec<&PolicyId> = answer.deciding.iter().collect();
         let reason_for = |code: ReasonCode, id: &PolicyId| {
             let message = self
                 .reasons
@@ -556,29 +573,29 @@ impl PolicyEngine {
                 .unwrap_or_else(|| format!("policy `{id}`"));
             Reason::from_policy(code, id.to_string(), message)
         };
-        match response.decision() {
-            CedarDecision::Allow if errored.is_empty() => Verdict::decided(
+        match answer.allow {
+            true if errored.is_empty() => Verdict::decided(
                 Outcome::Allow,
                 deciding
                     .into_iter()
                     .map(|id| reason_for(ReasonCode::PolicyAllow, id))
                     .collect(),
             ),
-            CedarDecision::Allow => Verdict::deny(
+            true => Verdict::deny(
                 ReasonCode::PolicyError,
                 format!(
                     "policies {} failed to evaluate; refusing rather than skipping them",
                     errored.join(", ")
                 ),
             ),
-            CedarDecision::Deny if !deciding.is_empty() => Verdict::decided(
+            false if !deciding.is_empty() => Verdict::decided(
                 Outcome::Deny,
                 deciding
                     .into_iter()
                     .map(|id| reason_for(ReasonCode::PolicyDeny, id))
                     .collect(),
             ),
-            CedarDecision::Deny => {
+            false => {
                 let mut v = Verdict::deny(
                     ReasonCode::NoPolicyAllows,
                     format!("no policy allows `{what}` for this agent"),
@@ -712,9 +729,11 @@ impl PolicyEngine {
                     )
                     .map(|request| {
                         self.verdict(
-                            &self
-                                .authorizer
-                                .is_authorized(&request, &retrieval.policies, &store),
+                            &slice::Answer::from(&self.authorizer.is_authorized(
+                                &request,
+                                &retrieval.policies,
+                                &store,
+                            )),
                             "retrieve",
                         )
                     })
@@ -788,5 +807,7 @@ fn approval_policies(
     Ok(out)
 }
 
+#[cfg(test)]
+mod slice_tests;
 #[cfg(test)]
 mod tests;

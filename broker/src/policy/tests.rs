@@ -35,7 +35,7 @@ fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
 }
 
 /// A policy dir with the example schema and entities and the given policy files.
-fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub(super) fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in [SCHEMA_FILE, ENTITIES_FILE] {
         std::fs::copy(example_dir().join(f), dir.path().join(f)).unwrap();

@@ -13,7 +13,9 @@
 //! committed change on a channel ([`Store::kill_switch_listener`], [`Store::approval_listener`]); with
 //! SQLite (one host) brokers poll ([`Store::active_kill_switches`], [`Store::approvals_changed_since`]).
 
+mod bulk;
 mod config;
+mod decisions;
 mod error;
 mod sql;
 pub mod testing;

@@ -18,7 +18,7 @@ pub(crate) const CHAIN_LOCK_KEY: i64 = 0x6272_6f6b_6572_0001;
 pub(crate) const EVENT_COLUMNS: &str = "seq, event_id, time, kind, agent, user_id, session_id, decision_id, tool, \
      call_id, outcome, reasons, policy_version, arguments_digest, arguments_redacted, detail, prev_hash, hash";
 
-const SESSION_COLUMNS: &str =
+pub(crate) const SESSION_COLUMNS: &str =
     "id, agent, user_id, tenant, tools, purpose, created_at, expires_at, max_tool_calls, tool_calls_used, closed_at, \
      collections, labels";
 
@@ -26,7 +26,7 @@ pub(crate) fn db(err: sqlx::Error) -> Error {
     Error::from_sqlx(err)
 }
 
-fn column<'r, T>(row: &'r AnyRow, name: &str) -> Result<T, Error>
+pub(crate) fn column<'r, T>(row: &'r AnyRow, name: &str) -> Result<T, Error>
 where
     T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
 {
@@ -34,11 +34,14 @@ where
         .map_err(|e| Error::corrupt(format!("column `{name}`: {}", e.to_string().to_lowercase())))
 }
 
-fn json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, Error> {
+pub(crate) fn json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, Error> {
     serde_json::to_string(value).map_err(|e| Error::invalid(format!("cannot encode {what}: {e}")))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, Error> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    text: &str,
+) -> Result<T, Error> {
     serde_json::from_str(text)
         .map_err(|e| Error::corrupt(format!("stored {what} is not valid: {e}")))
 }
@@ -63,7 +66,7 @@ where
     row.as_ref().map(session_from_row).transpose()
 }
 
-fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
+pub(crate) fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
     let tools: String = column(row, "tools")?;
     let tools: Vec<ToolScope> = from_json("session tools", &tools)?;
     let collections: String = column(row, "collections")?;
@@ -1016,40 +1019,6 @@ where
         })
     })
     .transpose()
-}
-
-pub(crate) async fn insert_event(
-    conn: &mut sqlx::AnyConnection,
-    event: &AuditEvent,
-) -> Result<(), Error> {
-    let b = &event.body;
-    let sql = format!(
-        "INSERT INTO audit_events ({EVENT_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-    );
-    sqlx::query(&sql)
-        .bind(event.seq)
-        .bind(&b.event_id)
-        .bind(b.time)
-        .bind(b.kind.as_str())
-        .bind(&b.agent)
-        .bind(&b.user)
-        .bind(&b.session_id)
-        .bind(&b.decision_id)
-        .bind(&b.tool)
-        .bind(&b.call_id)
-        .bind(b.outcome.map(Outcome::as_str))
-        .bind(json_text("reasons", &b.reasons)?)
-        .bind(&b.policy_version)
-        .bind(&b.arguments_digest)
-        .bind(&b.arguments_redacted)
-        .bind(&b.detail)
-        .bind(&event.prev_hash)
-        .bind(&event.hash)
-        .execute(conn)
-        .await
-        .map_err(db)?;
-    Ok(())
 }
 
 /// Reads a stored event back into the domain type, exactly as it was hashed.

@@ -389,15 +389,39 @@ async fn transact(
     }
     let mut chain = Chain::start(sql::chain_head(&mut *tx).await?);
     let mut answers = Vec::with_capacity(work.len());
-    for job in work {
-        answers.push(apply(&mut tx, backend, &mut chain, job).await?);
+    let mut rest = work;
+    while !rest.is_empty() {
+        // A run of plain decisions (the common case) is recorded set-wise; everything else one by one.
+        let run = rest
+            .iter()
+            .take_while(|w| plain_decision(w).is_some())
+            .count();
+        if run > 0 {
+            let (head, tail) = rest.split_at(run);
+            let recs: Vec<&DecisionRecord> = head.iter().filter_map(plain_decision).collect();
+            for answer in super::decisions::record(&mut tx, &mut chain, &recs).await? {
+                answers.push(Answer::Recorded(answer));
+            }
+            rest = tail;
+        } else if let Some((job, tail)) = rest.split_first() {
+            answers.push(apply(&mut tx, backend, &mut chain, job).await?);
+            rest = tail;
+        }
     }
     tx.commit().await.map_err(db)?;
     Ok(answers)
 }
 
+/// The record of a decision that neither asks for nor uses an approval.
+fn plain_decision(work: &Work) -> Option<&DecisionRecord> {
+    match work {
+        Work::RecordDecision(rec) if rec.approval.is_none() => Some(rec),
+        _ => None,
+    }
+}
+
 /// Where the next event goes.
-struct Chain {
+pub(super) struct Chain {
     seq: i64,
     hash: String,
 }
@@ -413,17 +437,23 @@ impl Chain {
         }
     }
 
+    /// Places `body` after the head and moves the head; the caller stores the event in this transaction.
+    pub(super) fn link(&mut self, body: EventBody) -> Result<AuditEvent, Error> {
+        let event = AuditEvent::chain(self.seq + 1, self.hash.clone(), body)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        self.seq = event.seq;
+        self.hash.clone_from(&event.hash);
+        Ok(event)
+    }
+
     /// Places `body` after the head, stores it, and moves the head.
     async fn append(
         &mut self,
         conn: &mut AnyConnection,
         body: EventBody,
     ) -> Result<AuditEvent, Error> {
-        let event = AuditEvent::chain(self.seq + 1, self.hash.clone(), body)
-            .map_err(|e| Error::internal(e.to_string()))?;
-        sql::insert_event(conn, &event).await?;
-        self.seq = event.seq;
-        self.hash.clone_from(&event.hash);
+        let event = self.link(body)?;
+        super::bulk::insert_events(conn, std::slice::from_ref(&event)).await?;
         Ok(event)
     }
 }
@@ -805,6 +835,6 @@ async fn vote_on_approval(
     Ok(VoteResult::Counted(approval))
 }
 
-fn event_id_conflict(event_id: &str) -> Error {
+pub(super) fn event_id_conflict(event_id: &str) -> Error {
     Error::conflict(format!("event `{event_id}` is already in the audit trail"))
 }
