@@ -3,8 +3,8 @@
 //! fallback, and at once after a change made through this broker. Decisions read its snapshot; watchers
 //! get each change. If the database stops answering, the snapshot ages until every scope counts as killed.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Notify};
@@ -37,6 +37,17 @@ pub struct Switchboard {
     changes: broadcast::Sender<Change>,
     poke: Arc<Notify>,
     stale_after: Duration,
+    /// Changes made here that a refresh may not see yet: a refresh whose read began before their commit
+    /// must neither drop a switch just engaged here (that would fail open) nor revive one just released.
+    made_here: Arc<Mutex<MadeHere>>,
+}
+
+#[derive(Default)]
+struct MadeHere {
+    /// Engaged here, not yet seen in a read of the active switches.
+    engaged: HashMap<String, KillSwitch>,
+    /// Released here, still seen in a read of the active switches.
+    released: HashSet<String>,
 }
 
 impl Switchboard {
@@ -58,6 +69,7 @@ impl Switchboard {
             changes,
             poke: Arc::new(Notify::new()),
             stale_after,
+            made_here: Arc::default(),
         };
         tokio::spawn(board.clone().refresh_forever(store, clock, poll));
         Ok(board)
@@ -77,6 +89,9 @@ impl Switchboard {
 
     /// A switch engaged through this broker: enforce it here at once, then re-read.
     pub fn engaged_here(&self, switch: KillSwitch) {
+        self.made_here()
+            .engaged
+            .insert(switch.id.clone(), switch.clone());
         self.local.send_modify(|s| {
             let mut next = (**s).clone();
             next.switches.push(switch);
@@ -87,12 +102,24 @@ impl Switchboard {
 
     /// A switch released through this broker: stop enforcing it here at once, then re-read.
     pub fn released_here(&self, id: &str) {
+        {
+            let mut made = self.made_here();
+            made.engaged.remove(id);
+            made.released.insert(id.to_owned());
+        }
         self.local.send_modify(|s| {
             let mut next = (**s).clone();
             next.switches.retain(|k| k.id != id);
             *s = Arc::new(next);
         });
         self.poke.notify_one();
+    }
+
+    /// The record is a plain map and set: a panic elsewhere cannot leave it half-updated.
+    fn made_here(&self) -> std::sync::MutexGuard<'_, MadeHere> {
+        self.made_here
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn refresh_forever(self, store: Store, clock: SharedClock, poll: Duration) {
@@ -150,7 +177,36 @@ impl Switchboard {
     ) -> Result<(), store::Error> {
         let now = clock.now_micros();
         store.expire_kill_switches(now).await?;
-        let active = store.active_kill_switches(now).await?;
+        let mut active = store.active_kill_switches(now).await?;
+        // Switches engaged here but missing from this read: still engaged unless the store says they ended
+        // (released elsewhere, or expired) — otherwise the read began before their commit.
+        let unseen: Vec<String> = {
+            let made = self.made_here();
+            made.engaged
+                .keys()
+                .filter(|id| !active.iter().any(|k| &k.id == *id))
+                .cloned()
+                .collect()
+        };
+        let mut ended = HashSet::new();
+        for id in unseen {
+            if store
+                .kill_switch(&id)
+                .await?
+                .is_some_and(|k| !k.is_active(now))
+            {
+                ended.insert(id);
+            }
+        }
+        {
+            let mut made = self.made_here();
+            made.engaged
+                .retain(|id, _| !ended.contains(id) && !active.iter().any(|k| &k.id == id));
+            made.released
+                .retain(|id| active.iter().any(|k| &k.id == id));
+            active.retain(|k| !made.released.contains(&k.id));
+            active.extend(made.engaged.values().cloned());
+        }
         let ids: std::collections::HashSet<&str> = active.iter().map(|k| k.id.as_str()).collect();
         for k in &active {
             if !known.contains_key(&k.id) {
@@ -183,5 +239,94 @@ impl Switchboard {
         *known = active.iter().map(|k| (k.id.clone(), k.clone())).collect();
         self.local.send_replace(Arc::new(Snapshot::loaded(active)));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, SystemClock};
+    use crate::domain::killswitch::{Release, Scope};
+    use crate::store::testing::TestDb;
+    use crate::store::Backend;
+
+    fn switch(id: &str) -> KillSwitch {
+        KillSwitch {
+            id: id.to_owned(),
+            scope: Scope::Agent,
+            target: "agent-1".to_owned(),
+            reason: "test".to_owned(),
+            engaged_by: "admin".to_owned(),
+            engaged_at: SystemClock.now_micros(),
+            expires_at: None,
+            released: None,
+        }
+    }
+
+    fn ids(board: &Switchboard) -> Vec<String> {
+        board
+            .snapshot()
+            .switches
+            .iter()
+            .map(|k| k.id.clone())
+            .collect()
+    }
+
+    /// Waits (bounded) until the refresher has made `cond` true.
+    async fn eventually(board: &Switchboard, cond: impl Fn(&Switchboard) -> bool) {
+        for _ in 0..250 {
+            if cond(board) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the switchboard never got there: {:?}", ids(board));
+    }
+
+    /// A refresh whose read began before a change made here committed must not undo that change.
+    #[tokio::test]
+    async fn a_refresh_that_read_too_early_keeps_changes_made_here() {
+        let db = TestDb::new(Backend::Sqlite).await.unwrap();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let poll = Duration::from_millis(20);
+        let board = Switchboard::start(db.store().clone(), clock, poll, Duration::from_secs(5))
+            .await
+            .unwrap();
+        // Engaged here, not (yet) in what the refresher reads: it keeps holding.
+        board.engaged_here(switch("ksw_early"));
+        tokio::time::sleep(poll * 5).await;
+        assert_eq!(ids(&board), vec!["ksw_early".to_owned()]);
+
+        // Stored and active, then released here before the store says so: it stays released here.
+        let stored = switch("ksw_stored");
+        let event = crate::domain::audit::EventBody::for_kill_switch(
+            crate::domain::audit::EventKind::KillSwitchEngaged,
+            &stored,
+            "admin",
+            stored.engaged_at,
+        );
+        db.store().engage_kill_switch(&stored, event).await.unwrap();
+        eventually(&board, |b| ids(b).contains(&"ksw_stored".to_owned())).await;
+        board.released_here("ksw_stored");
+        // Several refreshes read it active meanwhile; none revives it.
+        tokio::time::sleep(poll * 5).await;
+        assert!(!ids(&board).contains(&"ksw_stored".to_owned()));
+        assert!(board.made_here().released.contains("ksw_stored"));
+
+        // Once the store records the release, the record of it here is dropped.
+        let release = Release {
+            by: "admin".to_owned(),
+            at: SystemClock.now_micros(),
+            reason: "done".to_owned(),
+        };
+        db.store()
+            .release_kill_switch("ksw_stored", &release, SystemClock.now_micros())
+            .await
+            .unwrap();
+        eventually(&board, |b| b.made_here().released.is_empty()).await;
+        assert_eq!(ids(&board), vec!["ksw_early".to_owned()]);
     }
 }

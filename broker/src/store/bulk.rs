@@ -1,112 +1,127 @@
-//! Statements over many rows at once (`IN (...)` lists, multi-row `INSERT`), for the writer's batches: one
-//! round trip per statement instead of one per decision. Lists are cut into chunks of [`CHUNK`] rows, which
-//! keeps every statement far below both backends' limits on bound parameters (SQLite 32,766; Postgres 65,535).
+//! Statements over many rows at once, for the writer's batches: one round trip per statement instead of
+//! one per decision. The rows travel as ONE JSON text parameter that the database unpacks
+//! (`json_to_recordset` on Postgres, `json_each` on SQLite), so each statement has one fixed text
+//! whatever the batch size: it is prepared once per connection and stays in the statement cache, and no
+//! statement nears either backend's limit on bound parameters. Strings come out of the JSON exactly as
+//! they went in (the hash chain covers them, and `audit verify` re-hashes what was stored).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 
+use serde::Serialize;
 use sqlx::{Any, AnyConnection};
 
 use super::sql::{self, column, db, from_json, json_text, EVENT_COLUMNS, SESSION_COLUMNS};
-use super::{Error, RecordedCall};
+use super::{Backend, Error, RecordedCall};
 use crate::clock::Micros;
 use crate::domain::audit::AuditEvent;
 use crate::domain::decision::{Decision, Outcome};
 use crate::domain::session::Session;
 
-/// Rows per statement.
-const CHUNK: usize = 256;
-
-/// `($1, $2), ($3, $4), ...`: `rows` groups of `cols` placeholders, numbered from 1.
-fn value_groups(rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            let sep = if c == 0 { "" } else { ", " };
-            let _ = write!(out, "{sep}${}", r * cols + c + 1);
+/// `FROM <rows> AS <alias>` exposing `columns` (name, Postgres type) read from the JSON objects in `$1`.
+fn rows_from_json(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> String {
+    match backend {
+        Backend::Postgres => {
+            let typed: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
+            format!(
+                "json_to_recordset($1::json) AS {alias}({})",
+                typed.join(", ")
+            )
         }
-        out.push(')');
+        Backend::Sqlite => {
+            let picked: Vec<String> = columns
+                .iter()
+                .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
+                .collect();
+            format!(
+                "(SELECT {} FROM json_each($1)) AS {alias}",
+                picked.join(", ")
+            )
+        }
     }
-    out
 }
 
-/// `$1, $2, ...`.
-fn list(n: usize) -> String {
-    let mut out = String::with_capacity(n * 5);
-    for i in 1..=n {
-        let sep = if i == 1 { "" } else { ", " };
-        let _ = write!(out, "{sep}${i}");
-    }
-    out
+fn encode<T: Serialize>(what: &str, rows: &T) -> Result<String, Error> {
+    json_text(what, rows)
 }
 
 /// The idempotency key of a remembered tool call.
 pub(crate) type CallKey = (String, String, String);
 
+#[derive(Serialize)]
+struct KeyRow<'a> {
+    s: &'a str,
+    a: &'a str,
+    c: &'a str,
+}
+
 /// Remembered calls for these (session, agent, call_id) keys. A stored decision that cannot be read is
 /// that key's own error, not the batch's.
 pub(crate) async fn recorded_calls(
     conn: &mut AnyConnection,
+    backend: Backend,
     keys: &[CallKey],
 ) -> Result<HashMap<CallKey, Result<RecordedCall, Error>>, Error> {
     let mut found = HashMap::new();
-    for chunk in keys.chunks(CHUNK) {
-        let mut sql = String::from(
-            "SELECT session_id, agent, call_id, arguments_digest, decision FROM tool_calls WHERE ",
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let rows: Vec<KeyRow<'_>> = keys.iter().map(|(s, a, c)| KeyRow { s, a, c }).collect();
+    let sql = format!(
+        "SELECT t.session_id AS session_id, t.agent AS agent, t.call_id AS call_id, \
+         t.arguments_digest AS arguments_digest, t.decision AS decision FROM {} \
+         JOIN tool_calls t ON t.session_id = k.s AND t.agent = k.a AND t.call_id = k.c",
+        rows_from_json(backend, "k", &[("s", "text"), ("a", "text"), ("c", "text")])
+    );
+    let rows = sqlx::query::<Any>(&sql)
+        .bind(encode("call keys", &rows)?)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    for row in rows {
+        let key = (
+            column(&row, "session_id")?,
+            column(&row, "agent")?,
+            column(&row, "call_id")?,
         );
-        for i in 0..chunk.len() {
-            let sep = if i == 0 { "" } else { " OR " };
-            let n = i * 3;
-            let _ = write!(
-                sql,
-                "{sep}(session_id = ${} AND agent = ${} AND call_id = ${})",
-                n + 1,
-                n + 2,
-                n + 3
-            );
-        }
-        let mut q = sqlx::query::<Any>(&sql);
-        for (session, agent, call) in chunk {
-            q = q.bind(session).bind(agent).bind(call);
-        }
-        for row in q.fetch_all(&mut *conn).await.map_err(db)? {
-            let key = (
-                column(&row, "session_id")?,
-                column(&row, "agent")?,
-                column(&row, "call_id")?,
-            );
-            let recorded = (|| {
-                let decision: String = column(&row, "decision")?;
-                Ok(RecordedCall {
-                    arguments_digest: column(&row, "arguments_digest")?,
-                    decision: from_json("decision", &decision)?,
-                })
-            })();
-            found.insert(key, recorded);
-        }
+        let recorded = (|| {
+            let decision: String = column(&row, "decision")?;
+            Ok(RecordedCall {
+                arguments_digest: column(&row, "arguments_digest")?,
+                decision: from_json("decision", &decision)?,
+            })
+        })();
+        found.insert(key, recorded);
     }
     Ok(found)
+}
+
+#[derive(Serialize)]
+struct IdRow<'a> {
+    id: &'a str,
 }
 
 /// Which of these event ids are already in the chain.
 pub(crate) async fn taken_event_ids(
     conn: &mut AnyConnection,
+    backend: Backend,
     ids: &[&str],
 ) -> Result<HashSet<String>, Error> {
     let mut taken = HashSet::new();
-    for chunk in ids.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT event_id FROM audit_events WHERE event_id IN ({})",
-            list(chunk.len())
-        );
-        let mut q = sqlx::query::<Any>(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(&mut *conn).await.map_err(db)? {
-            taken.insert(column(&row, "event_id")?);
-        }
+    if ids.is_empty() {
+        return Ok(taken);
+    }
+    let rows: Vec<IdRow<'_>> = ids.iter().map(|id| IdRow { id }).collect();
+    let sql = format!(
+        "SELECT e.event_id AS event_id FROM {} JOIN audit_events e ON e.event_id = k.id",
+        rows_from_json(backend, "k", &[("id", "text")])
+    );
+    let rows = sqlx::query::<Any>(&sql)
+        .bind(encode("event ids", &rows)?)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    for row in rows {
+        taken.insert(column(&row, "event_id")?);
     }
     Ok(taken)
 }
@@ -114,55 +129,65 @@ pub(crate) async fn taken_event_ids(
 /// These sessions, by id (absent ids are simply missing).
 pub(crate) async fn sessions(
     conn: &mut AnyConnection,
+    backend: Backend,
     ids: &[&str],
 ) -> Result<HashMap<String, Session>, Error> {
     let mut found = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({})",
-            list(chunk.len())
-        );
-        let mut q = sqlx::query::<Any>(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(&mut *conn).await.map_err(db)? {
-            let s = sql::session_from_row(&row)?;
-            found.insert(s.id.clone(), s);
-        }
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    let rows: Vec<IdRow<'_>> = ids.iter().map(|id| IdRow { id }).collect();
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN (SELECT k.id FROM {})",
+        rows_from_json(backend, "k", &[("id", "text")])
+    );
+    let rows = sqlx::query::<Any>(&sql)
+        .bind(encode("session ids", &rows)?)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    for row in rows {
+        let s = sql::session_from_row(&row)?;
+        found.insert(s.id.clone(), s);
     }
     Ok(found)
+}
+
+#[derive(Serialize)]
+struct UsedRow<'a> {
+    id: &'a str,
+    n: i64,
 }
 
 /// Sets `tool_calls_used` of each session to the count given; every session must exist.
 pub(crate) async fn set_tool_calls_used(
     conn: &mut AnyConnection,
+    backend: Backend,
     used: &[(&str, u32)],
 ) -> Result<(), Error> {
-    for chunk in used.chunks(CHUNK) {
-        let mut sql = String::from("UPDATE sessions SET tool_calls_used = CASE id");
-        for i in 0..chunk.len() {
-            let _ = write!(sql, " WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2);
-        }
-        sql.push_str(" ELSE tool_calls_used END WHERE id IN (");
-        for i in 0..chunk.len() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(sql, "{sep}${}", 2 * chunk.len() + i + 1);
-        }
-        sql.push(')');
-        let mut q = sqlx::query::<Any>(&sql);
-        for (id, n) in chunk {
-            q = q.bind(*id).bind(i64::from(*n));
-        }
-        for (id, _) in chunk {
-            q = q.bind(*id);
-        }
-        let done = q.execute(&mut *conn).await.map_err(db)?;
-        if done.rows_affected() != chunk.len() as u64 {
-            return Err(Error::internal(
-                "a session disappeared while its budget was spent",
-            ));
-        }
+    if used.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<UsedRow<'_>> = used
+        .iter()
+        .map(|(id, n)| UsedRow {
+            id,
+            n: i64::from(*n),
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE sessions SET tool_calls_used = u.n FROM {} WHERE sessions.id = u.id",
+        rows_from_json(backend, "u", &[("id", "text"), ("n", "bigint")])
+    );
+    let done = sqlx::query::<Any>(&sql)
+        .bind(encode("session budgets", &rows)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    if done.rows_affected() != used.len() as u64 {
+        return Err(Error::internal(
+            "a session disappeared while its budget was spent",
+        ));
     }
     Ok(())
 }
@@ -175,67 +200,151 @@ pub(crate) struct CallRow<'a> {
     pub(crate) at: Micros,
 }
 
+#[derive(Serialize)]
+struct ToolCallRow<'a> {
+    session_id: &'a str,
+    agent: &'a str,
+    call_id: &'a str,
+    arguments_digest: &'a str,
+    decision: String,
+    recorded_at: i64,
+}
+
+const TOOL_CALL_COLUMNS: [(&str, &str); 6] = [
+    ("session_id", "text"),
+    ("agent", "text"),
+    ("call_id", "text"),
+    ("arguments_digest", "text"),
+    ("decision", "text"),
+    ("recorded_at", "bigint"),
+];
+
 /// Remembers these calls; a key already present keeps its first decision.
 pub(crate) async fn insert_tool_calls(
     conn: &mut AnyConnection,
-    rows: &[CallRow<'_>],
+    backend: Backend,
+    calls: &[CallRow<'_>],
 ) -> Result<(), Error> {
-    for chunk in rows.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO tool_calls (session_id, agent, call_id, arguments_digest, decision, recorded_at) \
-             VALUES {} ON CONFLICT (session_id, agent, call_id) DO NOTHING",
-            value_groups(chunk.len(), 6)
-        );
-        let mut q = sqlx::query::<Any>(&sql);
-        for r in chunk {
-            q = q
-                .bind(r.decision.session_id.clone())
-                .bind(r.agent)
-                .bind(r.decision.call_id.clone())
-                .bind(r.arguments_digest)
-                .bind(json_text("decision", &r.decision)?)
-                .bind(r.at);
-        }
-        q.execute(&mut *conn).await.map_err(db)?;
+    if calls.is_empty() {
+        return Ok(());
     }
+    let rows = calls
+        .iter()
+        .map(|r| {
+            Ok(ToolCallRow {
+                session_id: &r.decision.session_id,
+                agent: r.agent,
+                call_id: &r.decision.call_id,
+                arguments_digest: r.arguments_digest,
+                decision: json_text("decision", &r.decision)?,
+                recorded_at: r.at,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let names: Vec<&str> = TOOL_CALL_COLUMNS.iter().map(|(c, _)| *c).collect();
+    let sql = format!(
+        // `WHERE true`: SQLite needs it to tell the upsert's ON from a join's.
+        "INSERT INTO tool_calls ({cols}) SELECT {cols} FROM {} WHERE true \
+         ON CONFLICT (session_id, agent, call_id) DO NOTHING",
+        rows_from_json(backend, "r", &TOOL_CALL_COLUMNS),
+        cols = names.join(", ")
+    );
+    sqlx::query::<Any>(&sql)
+        .bind(encode("tool calls", &rows)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
-/// Stores events already placed in the chain, in order.
+#[derive(Serialize)]
+struct EventRow<'a> {
+    seq: i64,
+    event_id: &'a str,
+    time: i64,
+    kind: &'a str,
+    agent: &'a str,
+    user_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    decision_id: Option<&'a str>,
+    tool: Option<&'a str>,
+    call_id: Option<&'a str>,
+    outcome: Option<&'a str>,
+    reasons: String,
+    policy_version: Option<&'a str>,
+    arguments_digest: Option<&'a str>,
+    arguments_redacted: Option<&'a str>,
+    detail: Option<&'a str>,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+/// The columns of `audit_events`, in [`EVENT_COLUMNS`] order, with their Postgres types.
+const EVENT_TYPES: [(&str, &str); 18] = [
+    ("seq", "bigint"),
+    ("event_id", "text"),
+    ("time", "bigint"),
+    ("kind", "text"),
+    ("agent", "text"),
+    ("user_id", "text"),
+    ("session_id", "text"),
+    ("decision_id", "text"),
+    ("tool", "text"),
+    ("call_id", "text"),
+    ("outcome", "text"),
+    ("reasons", "text"),
+    ("policy_version", "text"),
+    ("arguments_digest", "text"),
+    ("arguments_redacted", "text"),
+    ("detail", "text"),
+    ("prev_hash", "text"),
+    ("hash", "text"),
+];
+
+/// Stores events already placed in the chain.
 pub(crate) async fn insert_events(
     conn: &mut AnyConnection,
+    backend: Backend,
     events: &[AuditEvent],
 ) -> Result<(), Error> {
-    for chunk in events.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {}",
-            value_groups(chunk.len(), 18)
-        );
-        let mut q = sqlx::query::<Any>(&sql);
-        for event in chunk {
-            let b = &event.body;
-            q = q
-                .bind(event.seq)
-                .bind(&b.event_id)
-                .bind(b.time)
-                .bind(b.kind.as_str())
-                .bind(&b.agent)
-                .bind(&b.user)
-                .bind(&b.session_id)
-                .bind(&b.decision_id)
-                .bind(&b.tool)
-                .bind(&b.call_id)
-                .bind(b.outcome.map(Outcome::as_str))
-                .bind(json_text("reasons", &b.reasons)?)
-                .bind(&b.policy_version)
-                .bind(&b.arguments_digest)
-                .bind(&b.arguments_redacted)
-                .bind(&b.detail)
-                .bind(&event.prev_hash)
-                .bind(&event.hash);
-        }
-        q.execute(&mut *conn).await.map_err(db)?;
+    if events.is_empty() {
+        return Ok(());
     }
+    let rows = events
+        .iter()
+        .map(|event| {
+            let b = &event.body;
+            Ok(EventRow {
+                seq: event.seq,
+                event_id: &b.event_id,
+                time: b.time,
+                kind: b.kind.as_str(),
+                agent: &b.agent,
+                user_id: b.user.as_deref(),
+                session_id: b.session_id.as_deref(),
+                decision_id: b.decision_id.as_deref(),
+                tool: b.tool.as_deref(),
+                call_id: b.call_id.as_deref(),
+                outcome: b.outcome.map(Outcome::as_str),
+                reasons: json_text("reasons", &b.reasons)?,
+                policy_version: b.policy_version.as_deref(),
+                arguments_digest: b.arguments_digest.as_deref(),
+                arguments_redacted: b.arguments_redacted.as_deref(),
+                detail: b.detail.as_deref(),
+                prev_hash: &event.prev_hash,
+                hash: &event.hash,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let sql = format!(
+        "INSERT INTO audit_events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM {}",
+        rows_from_json(backend, "r", &EVENT_TYPES)
+    );
+    sqlx::query::<Any>(&sql)
+        .bind(encode("audit events", &rows)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
@@ -244,9 +353,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_are_numbered_row_by_row() {
-        assert_eq!(value_groups(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(value_groups(1, 1), "($1)");
-        assert_eq!(list(3), "$1, $2, $3");
+    fn event_types_follow_the_column_order() {
+        let names: Vec<&str> = EVENT_TYPES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(
+            names.join(", "),
+            EVENT_COLUMNS
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
+    #[test]
+    fn rows_come_from_one_json_parameter() {
+        assert_eq!(
+            rows_from_json(Backend::Postgres, "k", &[("id", "text"), ("n", "bigint")]),
+            "json_to_recordset($1::json) AS k(id text, n bigint)"
+        );
+        assert_eq!(
+            rows_from_json(Backend::Sqlite, "k", &[("id", "text")]),
+            "(SELECT json_extract(value, '$.id') AS id FROM json_each($1)) AS k"
+        );
     }
 }

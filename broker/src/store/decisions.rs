@@ -40,9 +40,9 @@ pub(super) async fn record(
     let mut keys: Vec<CallKey> = recs.iter().filter(|r| r.remember).map(|r| key(r)).collect();
     keys.sort();
     keys.dedup();
-    let mut remembered = bulk::recorded_calls(conn, &keys).await?;
+    let mut remembered = bulk::recorded_calls(conn, chain.backend(), &keys).await?;
     let event_ids: Vec<&str> = recs.iter().map(|r| r.call.event_id.as_str()).collect();
-    let taken = bulk::taken_event_ids(conn, &event_ids).await?;
+    let taken = bulk::taken_event_ids(conn, chain.backend(), &event_ids).await?;
     let mut spenders: Vec<&str> = recs
         .iter()
         .filter(|r| r.spend_budget)
@@ -50,7 +50,7 @@ pub(super) async fn record(
         .collect();
     spenders.sort_unstable();
     spenders.dedup();
-    let mut sessions = bulk::sessions(conn, &spenders).await?;
+    let mut sessions = bulk::sessions(conn, chain.backend(), &spenders).await?;
 
     let mut spent: HashSet<String> = HashSet::new();
     let mut placed: HashSet<&str> = HashSet::new();
@@ -115,8 +115,8 @@ pub(super) async fn record(
         .filter_map(|id| sessions.get(id).map(|s| (id.as_str(), s.tool_calls_used)))
         .collect();
     used.sort_unstable();
-    bulk::set_tool_calls_used(conn, &used).await?;
-    bulk::insert_tool_calls(conn, &calls).await?;
-    bulk::insert_events(conn, &events).await?;
+    bulk::set_tool_calls_used(conn, chain.backend(), &used).await?;
+    bulk::insert_tool_calls(conn, chain.backend(), &calls).await?;
+    bulk::insert_events(conn, chain.backend(), &events).await?;
     Ok(answers)
 }

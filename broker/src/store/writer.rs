@@ -375,19 +375,18 @@ async fn transact(
     let mut tx = match backend {
         // Takes SQLite's write lock now, so the chain head read below is the one we append to.
         Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-        Backend::Postgres => conn.begin().await,
+        // The advisory lock serialises chain appends across every broker process sharing this database
+        // (released at commit or rollback); sent with BEGIN as one simple query, one round trip.
+        Backend::Postgres => {
+            conn.begin_with(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                sql::CHAIN_LOCK_KEY
+            ))
+            .await
+        }
     }
     .map_err(db)?;
-    if backend == Backend::Postgres {
-        // Serialises chain appends across every broker process sharing this database; released at
-        // commit or rollback.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(sql::CHAIN_LOCK_KEY)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
-    let mut chain = Chain::start(sql::chain_head(&mut *tx).await?);
+    let mut chain = Chain::start(sql::chain_head(&mut *tx).await?, backend);
     let mut answers = Vec::with_capacity(work.len());
     let mut rest = work;
     while !rest.is_empty() {
@@ -424,17 +423,23 @@ fn plain_decision(work: &Work) -> Option<&DecisionRecord> {
 pub(super) struct Chain {
     seq: i64,
     hash: String,
+    backend: Backend,
 }
 
 impl Chain {
-    fn start(head: Option<ChainHead>) -> Self {
+    fn start(head: Option<ChainHead>, backend: Backend) -> Self {
         match head {
-            Some(ChainHead { seq, hash }) => Self { seq, hash },
+            Some(ChainHead { seq, hash }) => Self { seq, hash, backend },
             None => Self {
                 seq: 0,
                 hash: GENESIS_HASH.to_owned(),
+                backend,
             },
         }
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Places `body` after the head and moves the head; the caller stores the event in this transaction.
@@ -453,7 +458,7 @@ impl Chain {
         body: EventBody,
     ) -> Result<AuditEvent, Error> {
         let event = self.link(body)?;
-        super::bulk::insert_events(conn, std::slice::from_ref(&event)).await?;
+        super::bulk::insert_events(conn, self.backend, std::slice::from_ref(&event)).await?;
         Ok(event)
     }
 }
