@@ -10,7 +10,8 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Connection, Executor};
 
 use super::sql::{db, CHAIN_LOCK_KEY};
-use super::{Backend, Error, Store, StoreConfig};
+use super::{Backend, Error, EventFilter, Page, Store, StoreConfig, MAX_PAGE};
+use crate::domain::audit::{AuditEvent, EventBody, GENESIS_HASH};
 
 pub const TEST_DATABASE_URL_ENV: &str = "BROKER_TEST_DATABASE_URL";
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -160,6 +161,74 @@ impl TestDb {
         let done = conn.execute(sql).await.map_err(db);
         let _ = conn.close().await;
         Ok(done?.rows_affected())
+    }
+
+    /// Lets raw SQL rewrite and delete audit rows, as someone with the owner's or a superuser's rights
+    /// could: SQLite drops the append-only triggers, Postgres disables them.
+    pub async fn drop_append_only_guard(&self) -> Result<(), Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute("DROP TRIGGER IF EXISTS audit_events_no_update")
+                    .await?;
+                self.execute("DROP TRIGGER IF EXISTS audit_events_no_delete")
+                    .await?;
+            }
+            Backend::Postgres => {
+                self.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the whole chain as an attacker with write access would, so that walking the chain alone
+    /// still passes: applies `modify` to every event's body, then re-links and re-hashes every event and
+    /// replaces all rows in one transaction. Returns how many events were rewritten.
+    pub async fn rewrite_chain(&self, mut modify: impl FnMut(&mut EventBody)) -> Result<u64, Error> {
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut page = Page {
+            after_seq: 0,
+            limit: MAX_PAGE,
+        };
+        loop {
+            let (batch, next) = self
+                .store
+                .list_events(&EventFilter::default(), page)
+                .await?;
+            events.extend(batch);
+            match next {
+                Some(after_seq) => page.after_seq = after_seq,
+                None => break,
+            }
+        }
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut rewritten = Vec::with_capacity(events.len());
+        for event in events {
+            let mut body = event.body;
+            modify(&mut body);
+            let event = AuditEvent::chain(event.seq, prev, body)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            prev = event.hash.clone();
+            rewritten.push(event);
+        }
+        self.drop_append_only_guard().await?;
+        let mut conn = admin_connection(&self.config.database_url).await?;
+        let mut tx = conn.begin().await.map_err(db)?;
+        tx.execute("DELETE FROM audit_events").await.map_err(db)?;
+        for event in &rewritten {
+            super::sql::insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        let _ = conn.close().await;
+        Ok(u64::try_from(rewritten.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Deletes every audit event after `seq` (the guard dropped first): the chain walk alone cannot
+    /// tell a cut tail from a shorter history. Returns how many events were deleted.
+    pub async fn truncate_chain_after(&self, seq: i64) -> Result<u64, Error> {
+        self.drop_append_only_guard().await?;
+        self.execute(&format!("DELETE FROM audit_events WHERE seq > {seq}"))
+            .await
     }
 
     /// Holds the lock every audit write needs, from another connection, until released: SQLite
