@@ -115,6 +115,18 @@ impl Running {
     }
 }
 
+/// A migration refused for lack of rights says who can run it.
+fn migrate_error(e: store::Error) -> StartError {
+    let message = e.message();
+    if message.contains("permission denied") || message.contains("must be owner") {
+        StartError::SelfCheck(vec![format!(
+            "the database schema is not current and this role may not change it ({message}); fix: run `broker migrate` as the role that owns the tables"
+        )])
+    } else {
+        StartError::Store(e)
+    }
+}
+
 /// Once the server has stopped (no more decisions), the last checkpoint.
 async fn stop_checkpointer(checkpointer: Option<Checkpointer>) {
     if let Some(c) = checkpointer {
@@ -211,7 +223,7 @@ pub async fn start(
 
     let store = Store::connect(&config.store_config()).await?;
     if config.store.migrate_on_start {
-        store.migrate().await?;
+        store.migrate().await.map_err(migrate_error)?;
     } else if !store.schema_is_current().await? {
         return Err(StartError::SelfCheck(vec![
             "the database schema is not the one this broker expects and store.migrate_on_start is false; fix: run `broker migrate` as the role that owns the tables".to_owned(),

@@ -34,10 +34,7 @@ pub fn parse_public_key(arg: &str) -> Result<VerifyingKey, Error> {
             return Err(bad());
         }
         let raw = read_limited(path)?;
-        String::from_utf8(raw)
-            .map_err(|_| bad())?
-            .trim()
-            .to_owned()
+        String::from_utf8(raw).map_err(|_| bad())?.trim().to_owned()
     };
     let bytes: [u8; 32] = hex::decode(&hex_text)
         .ok()
@@ -118,9 +115,7 @@ impl Signer {
 
     /// A checkpoint of event `seq` with hash `hash`, signed at `time`.
     pub fn sign(&self, seq: i64, hash: &str, time: Micros) -> Checkpoint {
-        let signature = self
-            .key
-            .sign(&signed_bytes(seq, hash, time, &self.key_id));
+        let signature = self.key.sign(&signed_bytes(seq, hash, time, &self.key_id));
         Checkpoint {
             version: VERSION,
             seq,

@@ -100,7 +100,9 @@ impl Default for CheckpointConfig {
 impl CheckpointConfig {
     /// The checkpoint file in effect.
     pub fn path_in(&self, data_dir: &Path) -> PathBuf {
-        self.path.clone().unwrap_or_else(|| data_dir.join(FILE_NAME))
+        self.path
+            .clone()
+            .unwrap_or_else(|| data_dir.join(FILE_NAME))
     }
 
     /// The signing key file in effect.

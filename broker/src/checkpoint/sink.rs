@@ -67,9 +67,7 @@ pub fn last(path: &Path) -> Result<Option<Checkpoint>, Error> {
     file.seek(std::io::SeekFrom::Start(len.saturating_sub(tail)))
         .map_err(io(path))?;
     let mut buf = String::new();
-    file.take(tail)
-        .read_to_string(&mut buf)
-        .map_err(io(path))?;
+    file.take(tail).read_to_string(&mut buf).map_err(io(path))?;
     Ok(buf
         .lines()
         .rev()
@@ -120,9 +118,7 @@ impl Reader {
             self.line += 1;
             if raw.len() > MAX_LINE_BYTES && raw.last() != Some(&b'\n') {
                 // Skip the rest of the oversized line.
-                self.lines
-                    .skip_until(b'\n')
-                    .map_err(io(&self.path))?;
+                self.lines.skip_until(b'\n').map_err(io(&self.path))?;
                 return Ok(Some(Entry {
                     line: self.line,
                     checkpoint: Err(format!("line is longer than {MAX_LINE_BYTES} bytes")),

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{sink, CheckpointConfig, Checkpoint, Signer};
+use super::{sink, Checkpoint, CheckpointConfig, Signer};
 use crate::clock::SharedClock;
 use crate::store::{ChainHead, Store};
 

@@ -80,7 +80,10 @@ async fn events(store: &Store, n: usize) -> TestResult {
 /// Signs the current head into `path`, as the checkpointer does.
 async fn checkpoint_head(store: &Store, signer: &Signer, path: &Path) -> TestResult {
     let head = store.head().await?.ok_or("empty chain")?;
-    sink::append(path, &signer.sign(head.seq, &head.hash, 1_700_000_000_000_000))?;
+    sink::append(
+        path,
+        &signer.sign(head.seq, &head.hash, 1_700_000_000_000_000),
+    )?;
     Ok(())
 }
 
@@ -105,7 +108,12 @@ async fn a_clean_chain_verifies(db: &TestDb) -> TestResult {
     let report = verify(db.store(), &path, &signer.public_key()).await?;
     assert!(report.ok(), "{report}");
     assert_eq!(
-        (report.checkpoints, report.valid, report.covered_to, report.chain_ends),
+        (
+            report.checkpoints,
+            report.valid,
+            report.covered_to,
+            report.chain_ends
+        ),
         (2, 2, 5, 6)
     );
     let text = report.to_string();
@@ -134,7 +142,10 @@ async fn a_rewritten_chain_passes_the_walk_but_not_the_checkpoints(db: &TestDb) 
         .await?;
     assert_eq!(rewritten, 5);
     let walk = db.store().verify_chain().await?;
-    assert!(walk.ok, "the forger recomputed the chain, so the walk alone passes: {walk:?}");
+    assert!(
+        walk.ok,
+        "the forger recomputed the chain, so the walk alone passes: {walk:?}"
+    );
     assert_eq!(walk.events_checked, 5);
 
     let report = verify(db.store(), &path, &signer.public_key()).await?;
@@ -187,14 +198,20 @@ async fn a_truncated_tail_is_caught_even_after_new_events(db: &TestDb) -> TestRe
             }
         )]
     );
-    assert!(report.to_string().contains("its tail was truncated"), "{report}");
+    assert!(
+        report.to_string().contains("its tail was truncated"),
+        "{report}"
+    );
 
     // New events after the cut fill the positions again, with other hashes.
     events(db.store(), 3).await?;
     let report = verify(db.store(), &path, &signer.public_key()).await?;
     assert!(!report.ok());
     assert!(
-        matches!(problems(&report).as_slice(), [(1, Problem::Rewritten { seq: 5, .. })]),
+        matches!(
+            problems(&report).as_slice(),
+            [(1, Problem::Rewritten { seq: 5, .. })]
+        ),
         "{report}"
     );
     Ok(())
@@ -225,7 +242,10 @@ async fn forged_checkpoints_are_caught(db: &TestDb) -> TestResult {
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"seq\": 1}\n"))?;
 
     let report = verify(db.store(), &path, &signer.public_key()).await?;
-    assert_eq!((report.checkpoints, report.valid, report.problems), (5, 1, 4));
+    assert_eq!(
+        (report.checkpoints, report.valid, report.problems),
+        (5, 1, 4)
+    );
     let found = problems(&report);
     assert_eq!(
         found[0],
@@ -259,12 +279,18 @@ async fn a_missing_file_is_reported_only_when_there_are_events(db: &TestDb) -> T
     events(db.store(), 1).await?;
     let report = verify(db.store(), &path, &key).await?;
     assert!(!report.ok());
-    assert!(report.to_string().contains("checkpoints MISSING"), "{report}");
+    assert!(
+        report.to_string().contains("checkpoints MISSING"),
+        "{report}"
+    );
     // An empty file vouches for nothing either.
     std::fs::write(&path, "")?;
     let report = verify(db.store(), &path, &key).await?;
     assert!(!report.ok());
-    assert!(report.to_string().contains("holds no checkpoint"), "{report}");
+    assert!(
+        report.to_string().contains("holds no checkpoint"),
+        "{report}"
+    );
     Ok(())
 }
 
@@ -300,8 +326,13 @@ async fn the_checkpointer_signs_every_n_events_and_at_stop(db: &TestDb) -> TestR
         ..CheckpointConfig::default()
     };
     let clock = ManualClock::default();
-    let checkpointer =
-        Checkpointer::start(db.store().clone(), Arc::new(clock.clone()), signer(), path.clone(), &cfg);
+    let checkpointer = Checkpointer::start(
+        db.store().clone(),
+        Arc::new(clock.clone()),
+        signer(),
+        path.clone(),
+        &cfg,
+    );
     // No file line while the chain is empty; the first events get a checkpoint at once.
     events(db.store(), 1).await?;
     wait_for_checkpoint(&path, 1).await?;
@@ -313,18 +344,27 @@ async fn the_checkpointer_signs_every_n_events_and_at_stop(db: &TestDb) -> TestR
     let written = lines(&path)?;
     assert_eq!(written.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 4, 5]);
     assert_eq!(written[2].time, crate::clock::Clock::now_micros(&clock));
-    assert!(verify(db.store(), &path, &signer().public_key()).await?.ok());
+    assert!(verify(db.store(), &path, &signer().public_key())
+        .await?
+        .ok());
 
     // A restart resumes from the file: the head has not moved, so neither polls nor the stop add a line.
-    let again =
-        Checkpointer::start(db.store().clone(), Arc::new(clock), signer(), path.clone(), &cfg);
+    let again = Checkpointer::start(
+        db.store().clone(),
+        Arc::new(clock),
+        signer(),
+        path.clone(),
+        &cfg,
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     again.stop().await;
     assert_eq!(lines(&path)?.len(), 3);
     Ok(())
 }
 
-async fn the_checkpointer_signs_after_the_interval_only_when_the_head_moved(db: &TestDb) -> TestResult {
+async fn the_checkpointer_signs_after_the_interval_only_when_the_head_moved(
+    db: &TestDb,
+) -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("checkpoints.jsonl");
     let cfg = CheckpointConfig {

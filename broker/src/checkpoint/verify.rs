@@ -102,6 +102,12 @@ impl std::fmt::Display for Report {
                 "checkpoints MISSING: `{file}` holds no checkpoint, so nothing shows the chain was not rewritten or truncated"
             );
         }
+        if self.chain_ends == 0 {
+            return write!(
+                f,
+                "checkpoints ok: the chain is empty, there is nothing to vouch for"
+            );
+        }
         write!(
             f,
             "checkpoints ok: {} checkpoints signed by key {} match the chain up to event {}",

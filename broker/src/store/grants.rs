@@ -24,7 +24,10 @@ const MAX_ROLE_BYTES: usize = 63;
 /// identifier (what `CREATE ROLE name` without quotes makes), so that it means the same role everywhere.
 pub fn postgres_grants(role: &str) -> Result<String, Error> {
     let plain = role.len() <= MAX_ROLE_BYTES
-        && role.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && role
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && role
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -70,7 +73,14 @@ mod tests {
             .collect();
         assert_eq!(audit_grants.len(), 1, "{audit_grants:?}");
         // Anything but a plain identifier is refused rather than quoted.
-        for bad in ["", "1app", "Broker", "a\"; DROP TABLE x; --", "app$", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1app",
+            "Broker",
+            "a\"; DROP TABLE x; --",
+            "app$",
+            &"a".repeat(64),
+        ] {
             let err = postgres_grants(bad).unwrap_err().to_string();
             assert!(err.contains("role `"), "{err}");
         }

@@ -132,7 +132,10 @@ async fn privileges(conn: &mut AnyConnection) -> Result<Option<Finding>, Error> 
         };
         if get_bool("superuser")? {
             rights.push(format!("{who} is a superuser"));
-            // A superuser can do everything else too; one line says it.
+            if role == me {
+                // A superuser can do everything else too, as every role: this says it all.
+                break;
+            }
             continue;
         }
         let mut can: Vec<&str> = Vec::new();
@@ -233,7 +236,11 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].is_privileged_role());
         let text = found[0].to_string();
-        assert!(text.contains("is a superuser"), "{text}");
+        assert!(text.contains("`postgres` is a superuser"), "{text}");
+        assert!(
+            !text.contains("can act as"),
+            "a superuser is said once: {text}"
+        );
         assert!(text.contains("allow_privileged_role"), "{text}");
     }
 }

@@ -163,6 +163,32 @@ impl TestDb {
         Ok(done?.rows_affected())
     }
 
+    /// Creates a login role on the test server holding exactly the broker's least-privilege grants on
+    /// this database ([`super::postgres_grants`]). Postgres only. The role and its grants are dropped
+    /// when the [`TestRole`] is.
+    pub async fn least_privilege_role(&self) -> Result<TestRole, Error> {
+        if self.backend != Backend::Postgres {
+            return Err(Error::invalid("database roles exist on Postgres only"));
+        }
+        let name = random_name("broker_app_");
+        let admin_url = postgres_admin_url();
+        let mut admin = admin_connection(&admin_url).await?;
+        let created = admin
+            .execute(format!("CREATE ROLE {name} LOGIN").as_str())
+            .await
+            .map_err(db);
+        let _ = admin.close().await;
+        created?;
+        let role = TestRole {
+            database_url: with_user(&self.config.database_url, &name)?,
+            owner_url: self.config.database_url.clone(),
+            admin_url,
+            name,
+        };
+        self.execute(&super::postgres_grants(&role.name)?).await?;
+        Ok(role)
+    }
+
     /// Lets raw SQL rewrite and delete audit rows, as someone with the owner's or a superuser's rights
     /// could: SQLite drops the append-only triggers, Postgres disables them.
     pub async fn drop_append_only_guard(&self) -> Result<(), Error> {
@@ -184,7 +210,10 @@ impl TestDb {
     /// Rewrites the whole chain as an attacker with write access would, so that walking the chain alone
     /// still passes: applies `modify` to every event's body, then re-links and re-hashes every event and
     /// replaces all rows in one transaction. Returns how many events were rewritten.
-    pub async fn rewrite_chain(&self, mut modify: impl FnMut(&mut EventBody)) -> Result<u64, Error> {
+    pub async fn rewrite_chain(
+        &self,
+        mut modify: impl FnMut(&mut EventBody),
+    ) -> Result<u64, Error> {
         let mut events: Vec<AuditEvent> = Vec::new();
         let mut page = Page {
             after_seq: 0,
@@ -247,6 +276,83 @@ impl TestDb {
             conn,
             backend: self.backend,
         })
+    }
+}
+
+/// `url` with its user info replaced by `user` (no password: the test server trusts local connections).
+fn with_user(url: &str, user: &str) -> Result<String, Error> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::invalid("the test database url has no scheme"))?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    Ok(format!("{scheme}://{user}@{host}"))
+}
+
+/// A login role made by [`TestDb::least_privilege_role`].
+pub struct TestRole {
+    name: String,
+    database_url: String,
+    /// The test database, as its owner.
+    owner_url: String,
+    admin_url: String,
+}
+
+impl std::fmt::Debug for TestRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRole")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TestRole {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The test database, reached as this role.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// Runs raw SQL as this role, on a connection of its own.
+    pub async fn execute(&self, sql: &str) -> Result<u64, Error> {
+        let mut conn = admin_connection(&self.database_url).await?;
+        let done = conn.execute(sql).await.map_err(db);
+        let _ = conn.close().await;
+        Ok(done?.rows_affected())
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let (name, owner_url, admin_url) = (
+            self.name.clone(),
+            self.owner_url.clone(),
+            self.admin_url.clone(),
+        );
+        let dropping = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                // Its grants first (they hold the role), then the role; best effort.
+                for (url, sql) in [
+                    (owner_url, format!("DROP OWNED BY {name}")),
+                    (admin_url, format!("DROP ROLE IF EXISTS {name}")),
+                ] {
+                    if let Ok(mut conn) = admin_connection(&url).await {
+                        let _ =
+                            tokio::time::timeout(ADMIN_TIMEOUT, conn.execute(sql.as_str())).await;
+                        let _ = conn.close().await;
+                    }
+                }
+            });
+        });
+        let _ = dropping.join();
     }
 }
 
