@@ -23,6 +23,7 @@ fn open_append(path: &Path) -> Result<std::fs::File, Error> {
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(io(path))?;
@@ -43,14 +44,26 @@ pub fn ensure(path: &Path) -> Result<(), Error> {
     open_append(path).map(drop)
 }
 
-/// Appends `checkpoint` as one line and fsyncs it.
+/// Appends `checkpoint` as one line and fsyncs it. After a line cut short (a crash mid-write), it starts
+/// a new line, so the cut line stays the only unreadable one.
 pub fn append(path: &Path, checkpoint: &Checkpoint) -> Result<(), Error> {
-    let mut line = serde_json::to_string(checkpoint).map_err(|e| Error::Io {
+    let json = serde_json::to_string(checkpoint).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
-    line.push('\n');
     let mut file = open_append(path)?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        file.seek(std::io::SeekFrom::Start(len.saturating_sub(1)))
+            .and_then(|_| file.read_exact(&mut last))
+            .map_err(io(path))?;
+    }
+    let line = if last == [b'\n'] {
+        format!("{json}\n")
+    } else {
+        format!("\n{json}\n")
+    };
     file.write_all(line.as_bytes()).map_err(io(path))?;
     file.sync_data().map_err(io(path))
 }
@@ -82,11 +95,14 @@ pub struct Entry {
     pub checkpoint: Result<Checkpoint, String>,
 }
 
-/// Reads the file line by line (blank lines skipped), without holding it all in memory.
+/// Reads the file line by line (blank lines skipped), without holding it all in memory. A last line
+/// without its newline is a write still in progress (each checkpoint is written with its newline in
+/// one `write`): it is not read, and [`Reader::incomplete_tail`] says so.
 pub struct Reader {
     path: PathBuf,
     lines: std::io::BufReader<std::fs::File>,
     line: u64,
+    incomplete_tail: bool,
 }
 
 impl Reader {
@@ -97,10 +113,16 @@ impl Reader {
                 path: path.to_path_buf(),
                 lines: std::io::BufReader::new(f),
                 line: 0,
+                incomplete_tail: false,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(path)(e)),
         }
+    }
+
+    /// Whether the file ended in the middle of a line (seen once [`Reader::next_entry`] returned `None`).
+    pub fn incomplete_tail(&self) -> bool {
+        self.incomplete_tail
     }
 
     /// The next entry, or `None` at the end of the file.
@@ -123,6 +145,11 @@ impl Reader {
                     line: self.line,
                     checkpoint: Err(format!("line is longer than {MAX_LINE_BYTES} bytes")),
                 }));
+            }
+            if raw.last() != Some(&b'\n') {
+                // The end of the file in the middle of a line.
+                self.incomplete_tail = !raw.trim_ascii().is_empty();
+                return Ok(None);
             }
             let text = String::from_utf8_lossy(&raw);
             if text.trim().is_empty() {

@@ -15,8 +15,9 @@ use super::{sink, Checkpoint, CheckpointConfig, Signer};
 use crate::clock::SharedClock;
 use crate::store::{ChainHead, Store};
 
-/// The longest [`Checkpointer::stop`] waits for the last checkpoint.
-const STOP_BOUND: Duration = Duration::from_secs(10);
+/// The longest [`Checkpointer::stop`] waits for the last checkpoint: a healthy database and disk answer in
+/// milliseconds, and a broker stopping while its database is down must not hang on it.
+const STOP_BOUND: Duration = Duration::from_secs(3);
 
 /// The running checkpointer; [`stop`](Self::stop) it at shutdown for a last checkpoint.
 #[derive(Debug)]
@@ -51,7 +52,7 @@ impl Checkpointer {
         Self { stop, task }
     }
 
-    /// Writes a last checkpoint if the head moved since the last one, and stops; gives up after 10 s.
+    /// Writes a last checkpoint if the head moved since the last one, and stops; gives up after 3 s.
     pub async fn stop(self) {
         let _ = self.stop.send(());
         if tokio::time::timeout(STOP_BOUND, self.task).await.is_err() {
@@ -82,8 +83,9 @@ impl State {
         loop {
             tokio::select! {
                 _ = ticks.tick() => self.tick(false).await,
+                // Stopped, or the handle dropped (the broker went away without stopping): a last look.
                 _ = &mut stopped => {
-                    self.tick(true).await;
+                    let _ = tokio::time::timeout(STOP_BOUND, self.tick(true)).await;
                     return;
                 }
             }

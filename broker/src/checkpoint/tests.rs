@@ -119,6 +119,31 @@ async fn a_clean_chain_verifies(db: &TestDb) -> TestResult {
     let text = report.to_string();
     assert!(text.contains("checkpoints ok: 2 checkpoints"), "{text}");
     assert!(text.contains("events 6 to 6 are newer"), "{text}");
+    assert!(!report.incomplete_tail);
+
+    // A line being written as verify reads (no newline yet) is left for the next run, not flagged.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"version\":1,\"seq\":6,"))?;
+    let report = verify(db.store(), &path, &signer.public_key()).await?;
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.checkpoints, report.incomplete_tail), (2, true));
+    assert!(
+        report.to_string().contains("incomplete last line"),
+        "{report}"
+    );
+    // Had the write been cut short by a crash, the next checkpoint starts a line of its own.
+    checkpoint_head(db.store(), &signer, &path).await?;
+    let report = verify(db.store(), &path, &signer.public_key()).await?;
+    assert_eq!(
+        (report.checkpoints, report.valid, report.covered_to),
+        (4, 3, 6)
+    );
+    assert!(
+        matches!(problems(&report).as_slice(), [(3, Problem::Malformed(_))]),
+        "{report}"
+    );
     Ok(())
 }
 

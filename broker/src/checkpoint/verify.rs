@@ -59,6 +59,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// All problems.
     pub problems: u64,
+    /// The file ended in the middle of a line (a write in progress), which was not read.
+    pub incomplete_tail: bool,
 }
 
 impl Report {
@@ -121,6 +123,12 @@ impl std::fmt::Display for Report {
                 self.chain_ends
             )?;
         }
+        if self.incomplete_tail {
+            write!(
+                f,
+                "; an incomplete last line (a write in progress?) was not read"
+            )?;
+        }
         Ok(())
     }
 }
@@ -139,6 +147,7 @@ pub async fn verify(store: &Store, path: &Path, key: &VerifyingKey) -> Result<Re
         covered_to: 0,
         findings: Vec::new(),
         problems: 0,
+        incomplete_tail: false,
     };
     let Some(mut reader) = sink::Reader::open(path)? else {
         report.file_missing = true;
@@ -172,6 +181,7 @@ pub async fn verify(store: &Store, path: &Path, key: &VerifyingKey) -> Result<Re
             compare(store, &mut report, std::mem::take(&mut batch)).await?;
         }
         if end {
+            report.incomplete_tail = reader.incomplete_tail();
             return Ok(report);
         }
     }
