@@ -183,6 +183,8 @@ pub struct AuditConfig {
     /// Argument fields (any depth, case-insensitive) stored as "[REDACTED]" in the audit trail.
     /// The digest is still computed over the real arguments, so a value can be checked without being kept.
     pub redact_fields: Vec<String>,
+    /// Signed checkpoints of the chain head, kept outside the database.
+    pub checkpoints: crate::checkpoint::CheckpointConfig,
 }
 
 impl Default for AuditConfig {
@@ -201,6 +203,7 @@ impl Default for AuditConfig {
         ];
         Self {
             redact_fields: fields.iter().map(|s| (*s).to_owned()).collect(),
+            checkpoints: crate::checkpoint::CheckpointConfig::default(),
         }
     }
 }
@@ -323,6 +326,16 @@ impl Config {
         }
     }
 
+    /// The checkpoint file in effect.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.audit.checkpoints.path_in(&self.data_dir)
+    }
+
+    /// The checkpoint signing key file in effect.
+    pub fn checkpoint_key_path(&self) -> PathBuf {
+        self.audit.checkpoints.key_in(&self.data_dir)
+    }
+
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             database_url: self.effective_database_url(),
@@ -356,6 +369,9 @@ impl Config {
                 "session.default_max_tool_calls",
                 "must be positive and at most session.max_tool_calls",
             ));
+        }
+        if let Some((field, problem)) = self.audit.checkpoints.problem() {
+            return Err(invalid(field, problem));
         }
         if self.store.commit_timeout.is_zero() {
             return Err(invalid("store.commit_timeout", "must be positive"));

@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use broker::auth::{dev, Role};
+use broker::checkpoint::{self, Signer, VerifyingKey};
 use broker::clock::{rfc3339, SystemClock};
 use broker::config::{Config, Overrides};
 use broker::domain::decision::Outcome;
@@ -55,6 +56,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Database administration.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print a JWT signed by the dev issuer's key (development only).
     Token(TokenArgs),
     /// Check or test policies.
@@ -67,6 +71,17 @@ enum Command {
     Kill(KillArgs),
     /// List, show, approve and deny tool calls waiting for people (role `approver`).
     Approvals(ApprovalArgs),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Print the SQL (Postgres) that gives the broker's role only what it needs: SELECT and INSERT on the
+    /// audit trail. Run it as the owner of the tables, after `broker migrate`.
+    Grants {
+        /// The role the broker connects as (a lowercase identifier).
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Args)]
@@ -181,8 +196,23 @@ enum OutcomeArg {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 1 naming the first event modified, inserted or deleted.
-    Verify,
+    /// Walk the hash chain, then check it against the signed checkpoints; exit 1 naming the first event
+    /// modified, inserted or deleted, and every checkpoint the chain does not match (rewritten, truncated).
+    Verify {
+        /// The checkpoint file [default: `audit.checkpoints.path`, or `<data-dir>/audit-checkpoints.jsonl`].
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The checkpoint public key: 64 hex characters, or a file holding them [default:
+        /// `audit.checkpoints.public_key`, else the public half of the local signing key].
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Walk the chain only (it cannot show a rewrite of every hash, or a cut tail).
+        #[arg(long, conflicts_with_all = ["checkpoints", "public_key"])]
+        no_checkpoints: bool,
+    },
+    /// Print the checkpoint signing key's public half (hex), creating the key if it does not exist yet.
+    /// Keep it away from the broker's host; `audit verify --public-key` takes it.
+    CheckpointKey,
     /// List audit events, oldest first.
     List {
         #[arg(long)]
@@ -260,6 +290,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Db(DbCommand::Grants { role }) => {
+            print!("{}", broker::store::postgres_grants(&role)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::CheckpointKey) => checkpoint_key(&config),
         Command::Token(args) => token(&config, args),
         Command::Policy(PolicyCommand::Check { dir }) => {
             let dir = dir.unwrap_or(config.policies);
@@ -392,25 +427,84 @@ fn policy_test(dir: PathBuf) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn checkpoint_key(config: &Config) -> anyhow::Result<ExitCode> {
+    let path = config.checkpoint_key_path();
+    let signer = if config.audit.checkpoints.key.is_some() {
+        Signer::load(&path)?
+    } else {
+        let (signer, created) = Signer::load_or_create(&path)?;
+        if created {
+            eprintln!("created the checkpoint signing key `{}`", path.display());
+        }
+        signer
+    };
+    println!("{}", hex::encode(signer.public_key().as_bytes()));
+    eprintln!(
+        "key id {} (signing key `{}`): keep this public key away from the broker's host and pass it to `broker audit verify --public-key`",
+        signer.key_id(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key checkpoints are checked with: the flag, the configured one, or the local signing key's.
+fn checkpoint_public_key(config: &Config, flag: Option<&str>) -> anyhow::Result<VerifyingKey> {
+    if let Some(key) = flag.or(config.audit.checkpoints.public_key.as_deref()) {
+        return Ok(checkpoint::parse_public_key(key)?);
+    }
+    let path = config.checkpoint_key_path();
+    if !path.exists() {
+        bail!(
+            "no public key to check checkpoints with: pass `--public-key HEX|PATH` (printed by `broker audit checkpoint-key`)"
+        );
+    }
+    println!(
+        "note: checkpoints checked with the public half of the local signing key `{}`; pass `--public-key` with the copy kept elsewhere for an independent check",
+        path.display()
+    );
+    Ok(Signer::load(&path)?.public_key())
+}
+
 async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&config.store_config()).await?;
     store.migrate().await?;
     match cmd {
-        AuditCommand::Verify => {
+        AuditCommand::CheckpointKey => checkpoint_key(config),
+        AuditCommand::Verify {
+            checkpoints,
+            public_key,
+            no_checkpoints,
+        } => {
             let report = store.verify_chain().await?;
-            match report.first_break {
+            let mut ok = match report.first_break {
                 None => {
                     println!("audit chain ok: {} events verified", report.events_checked);
-                    Ok(ExitCode::SUCCESS)
+                    true
                 }
                 Some(b) => {
                     println!(
                         "audit chain BROKEN at event {} ({}): {}; {} events before it verified",
                         b.seq, b.event_id, b.problem, report.events_checked
                     );
-                    Ok(ExitCode::FAILURE)
+                    false
                 }
+            };
+            if no_checkpoints {
+                println!("checkpoints not checked (--no-checkpoints): the chain alone cannot show a rewrite of every hash or a cut tail");
+            } else if checkpoints.is_none() && !config.audit.checkpoints.enabled {
+                println!("checkpoints not checked: audit.checkpoints.enabled is false");
+            } else {
+                let path = checkpoints.unwrap_or_else(|| config.checkpoint_path());
+                let key = checkpoint_public_key(config, public_key.as_deref())?;
+                let against = checkpoint::verify::verify(&store, &path, &key).await?;
+                println!("{}", against.to_string().trim_end());
+                ok &= against.ok();
             }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         AuditCommand::List {
             session,

@@ -9,11 +9,15 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
+use broker::checkpoint::Signer;
+use broker::clock::SystemClock;
+use broker::config::Config;
 use broker::domain::audit::{EventBody, EventKind};
 use broker::domain::session::{Session, ToolScope};
 use broker::store::testing::TestDb;
-use broker::store::Backend;
+use broker::store::{Backend, Store};
 
 fn broker(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_broker"))
@@ -97,10 +101,9 @@ fn token_prints_a_jwt_and_keeps_the_key_private() {
     assert!(text(&bad).contains("superuser"), "{}", text(&bad));
 }
 
-#[tokio::test]
-async fn audit_verify_passes_then_names_the_tampered_event() {
-    let db = TestDb::new(Backend::Sqlite).await.unwrap();
-    for i in 0..3 {
+/// Opens `n` sessions, one audit event each.
+async fn open_sessions(store: &Store, n: i64) {
+    for i in 0..n {
         let session = Session {
             id: broker::ids::session_id(),
             agent: "agent-1".into(),
@@ -117,10 +120,24 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
             labels: vec![],
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, i);
-        db.store().open_session(&session, event).await.unwrap();
+        store.open_session(&session, event).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn audit_verify_passes_then_names_the_tampered_event() {
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    open_sessions(db.store(), 3).await;
     let url = db.config().database_url.clone();
-    let ok = broker(&["audit", "verify", "--database-url", &url]);
+    // No broker wrote these events, so there are no checkpoints: the chain alone is checked.
+    let verify = [
+        "audit",
+        "verify",
+        "--no-checkpoints",
+        "--database-url",
+        &url,
+    ];
+    let ok = broker(&verify);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("3 events verified"), "{}", text(&ok));
     let list = broker(&["audit", "list", "--database-url", &url]);
@@ -137,11 +154,153 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
     db.execute("UPDATE audit_events SET agent = 'someone-else' WHERE seq = 2")
         .await
         .unwrap();
-    let broken = broker(&["audit", "verify", "--database-url", &url]);
+    let broken = broker(&verify);
     assert!(!broken.status.success());
     assert!(
         text(&broken).contains("BROKEN at event 2"),
         "{}",
         text(&broken)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_catches_a_rewritten_chain_with_the_checkpoints_a_broker_signed() {
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let url = db.config().database_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+
+    // A broker serving this database signs checkpoints into its data dir, the last one as it stops.
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.clone(),
+        database_url: url.clone(),
+        policies: policies().into(),
+        ..Config::default()
+    };
+    let running = broker::start(config, None, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    open_sessions(db.store(), 3).await;
+    running.shutdown().await.unwrap();
+
+    // The security team keeps the public key elsewhere.
+    let key = broker(&["audit", "checkpoint-key", "--data-dir", data_arg]);
+    assert!(key.status.success(), "{}", text(&key));
+    let public_key = String::from_utf8(key.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(public_key.len(), 64, "{public_key}");
+    let key_file = dir.path().join("checkpoint.pub");
+    std::fs::write(&key_file, format!("{public_key}\n")).unwrap();
+
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--database-url",
+            &url,
+            "--data-dir",
+            data_arg,
+        ];
+        args.extend_from_slice(extra);
+        broker(&args)
+    };
+    let ok = verify(&["--public-key", &public_key]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(
+        text(&ok).contains("audit chain ok: 3 events verified"),
+        "{}",
+        text(&ok)
+    );
+    assert!(
+        text(&ok).contains("match the chain up to event 3"),
+        "{}",
+        text(&ok)
+    );
+    let from_file = verify(&["--public-key", key_file.to_str().unwrap()]);
+    assert!(from_file.status.success(), "{}", text(&from_file));
+
+    // Checkpoints are only as good as the key they are checked with.
+    let other = hex::encode(Signer::from_seed(&[1; 32]).public_key().as_bytes());
+    let wrong_key = verify(&["--public-key", &other]);
+    assert_eq!(wrong_key.status.code(), Some(1), "{}", text(&wrong_key));
+    assert!(
+        text(&wrong_key).contains("not by the expected key"),
+        "{}",
+        text(&wrong_key)
+    );
+
+    // Rewrite event 2 and recompute every hash: the walk passes, the checkpoints do not.
+    let mut n = 0;
+    db.rewrite_chain(|body| {
+        n += 1;
+        if n == 2 {
+            body.agent = "someone-else".into();
+        }
+    })
+    .await
+    .unwrap();
+    let rewritten = verify(&["--public-key", &public_key]);
+    assert_eq!(rewritten.status.code(), Some(1), "{}", text(&rewritten));
+    let out = text(&rewritten);
+    assert!(out.contains("audit chain ok: 3 events verified"), "{out}");
+    assert!(out.contains("checkpoints FAILED"), "{out}");
+    assert!(out.contains("(event 3, signed "), "{out}");
+    assert!(out.contains("the chain was rewritten"), "{out}");
+
+    // A checkpoint file that is not there is reported, not skipped.
+    let missing = verify(&[
+        "--public-key",
+        &public_key,
+        "--checkpoints",
+        "/nonexistent/checkpoints.jsonl",
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("checkpoints MISSING"),
+        "{}",
+        text(&missing)
+    );
+}
+
+#[test]
+fn db_grants_give_the_audit_trail_only_select_and_insert() {
+    let out = broker(&["db", "grants", "--role", "broker_app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        sql.contains("GRANT SELECT, INSERT ON audit_events TO \"broker_app\";"),
+        "{sql}"
+    );
+    let bad = broker(&["db", "grants", "--role", "x; DROP TABLE audit_events"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("role `x; DROP TABLE audit_events`"),
+        "{}",
+        text(&bad)
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_without_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for f in ["schema.cedarschema", "entities.json"] {
+        std::fs::copy(Path::new(&self::policies()).join(f), policies.join(f)).unwrap();
+    }
+    let out = broker(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        policies.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no policies found"), "{}", text(&out));
 }

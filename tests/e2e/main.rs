@@ -14,6 +14,7 @@ mod audit_trail;
 mod decisions;
 mod identity;
 mod kill_switches;
+mod least_privilege;
 mod outage;
 mod retrieval;
 mod server;

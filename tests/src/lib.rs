@@ -84,6 +84,8 @@ impl Harness {
         let store = StoreConfig {
             connect_timeout: Duration::from_secs(1),
             commit_timeout: opts.commit_timeout,
+            // The test server is reached as its superuser (see `least_privilege.rs` for a restricted role).
+            allow_privileged_role: true,
             ..StoreConfig::default()
         };
         let db = TestDb::with_config(backend, store.clone())

@@ -27,6 +27,12 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Writes waiting for the writer; when full, writes fail at once with `Overloaded`.
     pub queue_capacity: usize,
+    /// Serve even when the database role could rewrite the audit trail (a superuser, the tables' owner,
+    /// or UPDATE/DELETE/TRUNCATE on `audit_events`). Development and tests only; logged loudly.
+    pub allow_privileged_role: bool,
+    /// Apply pending migrations at start. When false, a broker whose schema is not current refuses to
+    /// start: the owner runs `broker migrate`, the broker's least-privilege role only serves.
+    pub migrate_on_start: bool,
 }
 
 impl Default for StoreConfig {
@@ -38,6 +44,8 @@ impl Default for StoreConfig {
             commit_timeout: Duration::from_millis(500),
             max_batch: 256,
             queue_capacity: 4096,
+            allow_privileged_role: false,
+            migrate_on_start: true,
         }
     }
 }
@@ -51,6 +59,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("commit_timeout", &self.commit_timeout)
             .field("max_batch", &self.max_batch)
             .field("queue_capacity", &self.queue_capacity)
+            .field("allow_privileged_role", &self.allow_privileged_role)
+            .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }
 }

@@ -17,6 +17,10 @@ mod bulk;
 mod config;
 mod decisions;
 mod error;
+mod grants;
+mod hashes;
+mod schema;
+mod selfcheck;
 mod sql;
 pub mod testing;
 mod writer;
@@ -34,6 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::config::{redact_url, StoreConfig};
 pub use self::error::{Error, ErrorKind};
+pub use self::grants::postgres_grants;
+pub use self::selfcheck::Finding;
 use self::sql::db;
 pub use self::sql::ChainHead;
 use self::writer::{Job, WriterConfig};
@@ -326,7 +332,11 @@ impl Store {
 
     /// Applies the embedded migrations of this backend (forward-only; applied ones are never edited). Runs
     /// on a connection of its own, without the statement timeout, so a long migration is not cut short.
+    /// When the schema is already current it only reads, so a role without DDL rights can call it.
     pub async fn migrate(&self) -> Result<(), Error> {
+        if matches!(self.schema_is_current().await, Ok(true)) {
+            return Ok(());
+        }
         let mut conn = tokio::time::timeout(
             self.inner.connect_timeout,
             AnyConnection::connect_with(&self.inner.options),

@@ -10,7 +10,8 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Connection, Executor};
 
 use super::sql::{db, CHAIN_LOCK_KEY};
-use super::{Backend, Error, Store, StoreConfig};
+use super::{Backend, Error, EventFilter, Page, Store, StoreConfig, MAX_PAGE};
+use crate::domain::audit::{AuditEvent, EventBody, GENESIS_HASH};
 
 pub const TEST_DATABASE_URL_ENV: &str = "BROKER_TEST_DATABASE_URL";
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -162,6 +163,103 @@ impl TestDb {
         Ok(done?.rows_affected())
     }
 
+    /// Creates a login role on the test server holding exactly the broker's least-privilege grants on
+    /// this database ([`super::postgres_grants`]). Postgres only. The role and its grants are dropped
+    /// when the [`TestRole`] is.
+    pub async fn least_privilege_role(&self) -> Result<TestRole, Error> {
+        if self.backend != Backend::Postgres {
+            return Err(Error::invalid("database roles exist on Postgres only"));
+        }
+        let name = random_name("broker_app_");
+        let admin_url = postgres_admin_url();
+        let mut admin = admin_connection(&admin_url).await?;
+        let created = admin
+            .execute(format!("CREATE ROLE {name} LOGIN").as_str())
+            .await
+            .map_err(db);
+        let _ = admin.close().await;
+        created?;
+        let role = TestRole {
+            database_url: with_user(&self.config.database_url, &name)?,
+            owner_url: self.config.database_url.clone(),
+            admin_url,
+            name,
+        };
+        self.execute(&super::postgres_grants(&role.name)?).await?;
+        Ok(role)
+    }
+
+    /// Lets raw SQL rewrite and delete audit rows, as someone with the owner's or a superuser's rights
+    /// could: SQLite drops the append-only triggers, Postgres disables them.
+    pub async fn drop_append_only_guard(&self) -> Result<(), Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute("DROP TRIGGER IF EXISTS audit_events_no_update")
+                    .await?;
+                self.execute("DROP TRIGGER IF EXISTS audit_events_no_delete")
+                    .await?;
+            }
+            Backend::Postgres => {
+                self.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the whole chain as an attacker with write access would, so that walking the chain alone
+    /// still passes: applies `modify` to every event's body, then re-links and re-hashes every event and
+    /// replaces all rows in one transaction. Returns how many events were rewritten.
+    pub async fn rewrite_chain(
+        &self,
+        mut modify: impl FnMut(&mut EventBody),
+    ) -> Result<u64, Error> {
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut page = Page {
+            after_seq: 0,
+            limit: MAX_PAGE,
+        };
+        loop {
+            let (batch, next) = self
+                .store
+                .list_events(&EventFilter::default(), page)
+                .await?;
+            events.extend(batch);
+            match next {
+                Some(after_seq) => page.after_seq = after_seq,
+                None => break,
+            }
+        }
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut rewritten = Vec::with_capacity(events.len());
+        for event in events {
+            let mut body = event.body;
+            modify(&mut body);
+            let event = AuditEvent::chain(event.seq, prev, body)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            prev = event.hash.clone();
+            rewritten.push(event);
+        }
+        self.drop_append_only_guard().await?;
+        let mut conn = admin_connection(&self.config.database_url).await?;
+        let mut tx = conn.begin().await.map_err(db)?;
+        tx.execute("DELETE FROM audit_events").await.map_err(db)?;
+        for event in &rewritten {
+            super::sql::insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        let _ = conn.close().await;
+        Ok(u64::try_from(rewritten.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Deletes every audit event after `seq` (the guard dropped first): the chain walk alone cannot
+    /// tell a cut tail from a shorter history. Returns how many events were deleted.
+    pub async fn truncate_chain_after(&self, seq: i64) -> Result<u64, Error> {
+        self.drop_append_only_guard().await?;
+        self.execute(&format!("DELETE FROM audit_events WHERE seq > {seq}"))
+            .await
+    }
+
     /// Holds the lock every audit write needs, from another connection, until released: SQLite
     /// `BEGIN EXCLUSIVE`; Postgres the chain's advisory lock.
     pub async fn hold_write_lock(&self) -> Result<WriteLock, Error> {
@@ -178,6 +276,83 @@ impl TestDb {
             conn,
             backend: self.backend,
         })
+    }
+}
+
+/// `url` with its user info replaced by `user` (no password: the test server trusts local connections).
+fn with_user(url: &str, user: &str) -> Result<String, Error> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::invalid("the test database url has no scheme"))?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    Ok(format!("{scheme}://{user}@{host}"))
+}
+
+/// A login role made by [`TestDb::least_privilege_role`].
+pub struct TestRole {
+    name: String,
+    database_url: String,
+    /// The test database, as its owner.
+    owner_url: String,
+    admin_url: String,
+}
+
+impl std::fmt::Debug for TestRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRole")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TestRole {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The test database, reached as this role.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// Runs raw SQL as this role, on a connection of its own.
+    pub async fn execute(&self, sql: &str) -> Result<u64, Error> {
+        let mut conn = admin_connection(&self.database_url).await?;
+        let done = conn.execute(sql).await.map_err(db);
+        let _ = conn.close().await;
+        Ok(done?.rows_affected())
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let (name, owner_url, admin_url) = (
+            self.name.clone(),
+            self.owner_url.clone(),
+            self.admin_url.clone(),
+        );
+        let dropping = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                // Its grants first (they hold the role), then the role; best effort.
+                for (url, sql) in [
+                    (owner_url, format!("DROP OWNED BY {name}")),
+                    (admin_url, format!("DROP ROLE IF EXISTS {name}")),
+                ] {
+                    if let Ok(mut conn) = admin_connection(&url).await {
+                        let _ =
+                            tokio::time::timeout(ADMIN_TIMEOUT, conn.execute(sql.as_str())).await;
+                        let _ = conn.close().await;
+                    }
+                }
+            });
+        });
+        let _ = dropping.join();
     }
 }
 
