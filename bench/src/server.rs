@@ -18,10 +18,15 @@ use crate::procfs::Probe;
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The config every benchmarked broker runs with: defaults, except a budget large enough for a load
-/// test, and no auto-quarantine (the load is denied on purpose; the default rule would stop a session
-/// after 10 denials within a minute, and every later call would be a KILL_SWITCH denial).
+/// test, no auto-quarantine (the load is denied on purpose; the default rule would stop a session
+/// after 10 denials within a minute, and every later call would be a KILL_SWITCH denial), and the
+/// Postgres test server's superuser accepted (the start-up privilege check only; the decision path is
+/// the same under a least-privilege role).
 const CONFIG: &str = "\
 # Written by broker-bench.
+[store]
+allow_privileged_role = true
+
 [session]
 max_tool_calls = 1000000000
 

@@ -244,9 +244,7 @@ impl TestDb {
         let mut conn = admin_connection(&self.config.database_url).await?;
         let mut tx = conn.begin().await.map_err(db)?;
         tx.execute("DELETE FROM audit_events").await.map_err(db)?;
-        for event in &rewritten {
-            super::sql::insert_event(&mut tx, event).await?;
-        }
+        super::bulk::insert_events(&mut tx, self.backend, &rewritten).await?;
         tx.commit().await.map_err(db)?;
         let _ = conn.close().await;
         Ok(u64::try_from(rewritten.len()).unwrap_or(u64::MAX))
