@@ -1,6 +1,7 @@
 //! Reads a policy directory: `schema.cedarschema`, `entities.json` and every `*.cedar` file below it,
 //! validates strictly, and reports problems as `file:line:column: message` for the policy author.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -102,7 +103,9 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
     let mut files = Vec::new();
     cedar_files(dir, &mut files)?;
     let mut policies = PolicySet::new();
-    let mut origin: Vec<(PolicyId, PathBuf, String)> = Vec::new();
+    // Where each policy came from: its file's index in `sources` (each file's text kept once).
+    let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+    let mut sources: Vec<(PathBuf, String)> = Vec::with_capacity(files.len());
     for path in &files {
         let text = read(path)?;
         let rel = path
@@ -153,7 +156,8 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
                 .rfind(&format!("\"{id}\""))
                 .map_or((1, 1), |o| line_col(&text, o));
             let id = PolicyId::new(id);
-            if let Some((_, first, _)) = origin.iter().find(|(known, _, _)| *known == id) {
+            if let Some(&first) = origin.get(&id) {
+                let first = sources.get(first).map_or(path, |(p, _)| p);
                 return Err(Error::Source {
                     path: path.clone(),
                     line: at.0,
@@ -169,8 +173,9 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
                     column: at.1,
                     message: e.to_string(),
                 })?;
-            origin.push((id, path.clone(), text.clone()));
+            origin.insert(id, sources.len());
         }
+        sources.push((path.clone(), text));
     }
     if origin.is_empty() {
         return Err(Error::NoPolicies {
@@ -181,9 +186,9 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
     let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
     if let Some(err) = validation.validation_errors().next() {
         let (path, text) = origin
-            .iter()
-            .find(|(id, _, _)| id == err.policy_id())
-            .map_or((dir.to_path_buf(), ""), |(_, p, t)| (p.clone(), t.as_str()));
+            .get(err.policy_id())
+            .and_then(|&i| sources.get(i))
+            .map_or((dir.to_path_buf(), ""), |(p, t)| (p.clone(), t.as_str()));
         let (line, column) = located(err, text);
         return Err(Error::Source {
             path,
