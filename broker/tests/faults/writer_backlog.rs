@@ -1,0 +1,103 @@
+//! A backlog of abandoned writes on a slow database: impatient clients cut their calls short and call
+//! again, so writes whose callers are gone pile up in the audit writer's queue (by design: a write survives
+//! its caller). The writer must keep committing at the database's pace.
+//!
+//! FAILS today (found by this suite): the writer takes up to `store.max_batch` (256) jobs into one
+//! transaction bounded by `transaction_timeout` (5 x `commit_timeout` = 2.5 s). Once a full batch takes
+//! longer than that (here 12 ms per audit insert, as on a slow or distant database; also seen without the
+//! slow trigger on a loaded machine running a debug build), every batch times out and rolls back, the next
+//! one is as large, and nothing commits while the backlog lasts: zero goodput, the chain lock held 2.5 s
+//! per failed batch (stalling every other broker on the database), kill-switch refreshes (which write)
+//! time out, and the broker answers UNAVAILABLE or DENY KILL_SWITCH to everyone until the queue drains.
+
+use std::time::{Duration, Instant};
+
+use crate::load::{by_label, ms, Cancel, Load, LoadSpec, AGENT, USER};
+use crate::reconcile::{assert_nothing_lost, reconcile};
+use crate::world::{World, WorldOptions, DATABASE};
+
+/// What each audit insert costs on the slowed database.
+const SLOW_INSERT: &str = "0.012";
+const CLIENTS: usize = 32;
+/// Clients cut calls short at random up to this and call again at once.
+const IMPATIENCE: Duration = Duration::from_millis(50);
+/// The backlog builds for this long, then the writer's progress is measured for [`WINDOW`].
+const FILL: Duration = Duration::from_secs(3);
+const WINDOW: Duration = Duration::from_secs(5);
+/// How long the backlog may take to drain once the storm ends, before the test stops waiting.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+
+async fn committed_decisions(world: &World) -> i64 {
+    let mut db = world.pg.superuser(DATABASE).await;
+    sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE kind = 'TOOL_CALL_DECIDED'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// Every audit insert now takes [`SLOW_INSERT`] seconds (a trigger sleeping), as on a slow database.
+async fn slow_down_audit_inserts(world: &World) {
+    let mut db = world.pg.superuser(DATABASE).await;
+    for sql in [
+        format!(
+            "CREATE FUNCTION faults_slow_insert() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep({SLOW_INSERT}); RETURN NEW; END $$"
+        ),
+        "CREATE TRIGGER faults_slow_insert BEFORE INSERT ON audit_events \
+         FOR EACH ROW EXECUTE FUNCTION faults_slow_insert()"
+            .to_owned(),
+    ] {
+        sqlx::query(&sql).execute(&mut db).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_abandoned_writes_still_commits() {
+    let world = World::start(WorldOptions::default()).await;
+    let load = Load::start(
+        || world.agent(AGENT, USER),
+        LoadSpec {
+            clients: CLIENTS,
+            refund_every: 0,
+            cancel: Cancel::Randomly { up_to: IMPATIENCE },
+            pause_after_error: Duration::ZERO,
+        },
+    )
+    .await;
+    slow_down_audit_inserts(&world).await;
+    tokio::time::sleep(FILL).await;
+    let from = committed_decisions(&world).await;
+    tokio::time::sleep(WINDOW).await;
+    let to = committed_decisions(&world).await;
+    let observations = load.stop().await;
+
+    let reconciled = reconcile(&world.pg, &observations).await;
+    println!(
+        "faults [writer backlog] {CLIENTS} clients cutting calls short (up to {}) on a database taking \
+         {SLOW_INSERT} s per audit insert: requests sent {}, answers {:?}; decisions committed in the \
+         {WINDOW:?} after a {FILL:?} fill: {}; unaudited ALLOWs {}",
+        ms(IMPATIENCE),
+        observations.len(),
+        by_label(&observations),
+        to - from,
+        reconciled.unaudited.len(),
+    );
+    assert_nothing_lost(&reconciled);
+    assert!(
+        to > from,
+        "the audit writer committed nothing in {WINDOW:?} while a backlog waited: every batch took longer \
+         than the transaction bound and was rolled back"
+    );
+    // Once the storm is over, the broker decides again.
+    let stopped = Instant::now();
+    let agent = world.agent(AGENT, USER);
+    let opened = crate::load::open_session_within(&agent, DRAIN_DEADLINE).await;
+    println!(
+        "faults [writer backlog] storm over -> a session opens again after {}",
+        ms(stopped.elapsed())
+    );
+    assert!(
+        opened.is_ok(),
+        "no session within {DRAIN_DEADLINE:?}: {opened:?}"
+    );
+}
