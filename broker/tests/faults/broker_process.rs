@@ -32,6 +32,15 @@ pub struct BrokerProcess {
     log: PathBuf,
 }
 
+/// The broker binary: this package's (a debug build under `cargo nextest run`), or `FAULTS_BROKER_BIN`
+/// (e.g. `target/release/broker`, for figures from an optimised build).
+pub fn broker_bin() -> PathBuf {
+    std::env::var_os("FAULTS_BROKER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_broker")),
+        PathBuf::from,
+    )
+}
+
 pub fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
@@ -83,7 +92,7 @@ impl BrokerProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        let child = tokio::process::Command::new(broker_bin())
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
@@ -181,9 +190,37 @@ impl BrokerProcess {
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
+    /// CPU time the broker used so far (user + system), from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid())
+    }
+
+    /// How many lines of the broker's log contain `needle` (its warnings say why calls failed).
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// CPU time (user + system) process `pid` used so far, from `/proc/<pid>/stat` (in clock ticks of 10 ms).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name: state is field 3; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
 }

@@ -38,7 +38,7 @@ pub struct OutageFigures {
 }
 
 impl OutageFigures {
-    pub fn new(observations: &[Observation], t: Timeline, first_allow: Option<Duration>) -> Self {
+    pub fn new(observations: &[Observation], t: Timeline) -> Self {
         let during: Vec<&Observation> = observations
             .iter()
             .filter(|o| o.sent >= t.injecting && o.sent <= t.lifted)
@@ -54,7 +54,11 @@ impl OutageFigures {
             all_answers: by_label(observations),
             answers: by_label(during.iter().copied()),
             longest_during: during.iter().map(|o| o.latency()).max().unwrap_or_default(),
-            back_to_first_allow: first_allow,
+            back_to_first_allow: observations
+                .iter()
+                .filter(|o| o.seen.is_allow() && o.answered >= t.lifted)
+                .map(|o| o.answered - t.lifted)
+                .min(),
         }
     }
 }

@@ -13,6 +13,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::world::CLIENT_TIMEOUT;
+
 /// The agent the load runs as, for user [`USER`].
 pub const AGENT: &str = "load-agent";
 pub const USER: &str = "alice";
@@ -219,7 +221,11 @@ impl Load {
         let _ = self.stop.send(true);
         let mut all = Vec::new();
         for worker in self.workers {
-            all.extend(worker.await.unwrap());
+            // A call in flight ends within the client's deadline; this is a backstop.
+            let seen = tokio::time::timeout(CLIENT_TIMEOUT * 3, worker)
+                .await
+                .expect("a client stops within its deadline");
+            all.extend(seen.unwrap());
         }
         all
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use broker_sdk::Code;
 
+use crate::broker_process::cpu_time;
 use crate::load::{by_label, ms, quantile, Load, LoadSpec, Observation, Seen, AGENT, USER};
 use crate::mode;
 use crate::reconcile::{assert_nothing_lost, reconcile};
@@ -83,8 +84,11 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
     let rss_before = world.broker.memory_kib("VmRSS");
 
     let started = Instant::now();
+    let (broker_cpu, suite_cpu) = (world.broker.cpu_time(), cpu_time(std::process::id()));
     let overloaded = run(&world, MAX_IN_FLIGHT * OVERLOAD_FACTOR, sizes.overload_for).await;
     let offered_for = started.elapsed();
+    let broker_cpu = world.broker.cpu_time() - broker_cpu;
+    let suite_cpu = cpu_time(std::process::id()) - suite_cpu;
     let peak = world.broker.memory_kib("VmHWM");
     let rss_after = world.broker.memory_kib("VmRSS");
 
@@ -109,6 +113,11 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
                 if *code != Code::ResourceExhausted && *code != Code::Unavailable)
         })
         .collect();
+    // Why admitted calls failed, from the broker's warnings.
+    let commit_waits = world
+        .broker
+        .log_count("the audit write was not committed within");
+    let read_waits = world.broker.log_count("no answer from the database within");
     let all: Vec<Observation> =
         [unloaded.clone(), at_capacity.clone(), overloaded.clone()].concat();
     let reconciled = reconcile(&world.pg, &all).await;
@@ -121,7 +130,9 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
         "faults [{}] overload: max_in_flight {MAX_IN_FLIGHT}, {} clients back to back ({OVERLOAD_FACTOR}x) \
          for {:.1} s: requests sent {}, answers {:?}; shed {} (RESOURCE_EXHAUSTED) in p50 {} p99 {} max {}; \
          admitted: {} vs unloaded (1 client) {} and at capacity ({MAX_IN_FLIGHT} clients) {}; broker memory \
-         VmRSS {} -> {} MiB, VmHWM {} MiB; unaudited ALLOWs {} of {}",
+         VmRSS {} -> {} MiB, VmHWM {} MiB; admitted calls UNAVAILABLE waiting for the commit {commit_waits}, \
+         for a read {read_waits}; CPU used during the overload: broker {:.2} s, clients {:.2} s; \
+         unaudited ALLOWs {} of {}",
         sizes.name,
         MAX_IN_FLIGHT * OVERLOAD_FACTOR,
         offered_for.as_secs_f64(),
@@ -137,6 +148,8 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
         rss_before / 1024,
         rss_after / 1024,
         peak / 1024,
+        broker_cpu.as_secs_f64(),
+        suite_cpu.as_secs_f64(),
         reconciled.unaudited.len(),
         reconciled.allows_seen,
     );

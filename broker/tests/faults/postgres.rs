@@ -216,13 +216,19 @@ impl Postgres {
         format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// A superuser connection to `database`, opened within 10 s.
+    /// A superuser connection to `database`, opened within 10 s; each statement on it bounded to 30 s.
     pub async fn superuser(&self, database: &str) -> sqlx::PgConnection {
         let url = self.url("postgres", database);
-        tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&url))
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&url))
+                .await
+                .expect("superuser connection within 10 s")
+                .unwrap();
+        sqlx::query("SET statement_timeout = '30s'")
+            .execute(&mut conn)
             .await
-            .expect("superuser connection within 10 s")
-            .unwrap()
+            .unwrap();
+        conn
     }
 
     async fn try_start(&mut self) -> Result<(), String> {

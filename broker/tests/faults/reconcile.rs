@@ -106,7 +106,7 @@ pub fn assert_nothing_lost(r: &Reconciled) {
 pub async fn verify_chain(pg: &Postgres) -> u64 {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        tokio::process::Command::new(crate::broker_process::broker_bin())
             .arg("--database-url")
             .arg(pg.url("postgres", DATABASE))
             .args(["audit", "verify"])

@@ -9,7 +9,7 @@ use broker_sdk::Client;
 use crate::broker_process::{BrokerProcess, BrokerSettings};
 use crate::postgres::Postgres;
 
-/// The broker's database role: not a superuser, owner of its database.
+/// The broker's database role: not a superuser, not the owner of the tables.
 pub const BROKER_ROLE: &str = "broker_app";
 pub const DATABASE: &str = "faults";
 /// The production default of `store.commit_timeout`, the audit bound.
@@ -30,17 +30,62 @@ pub struct World {
     _data_dir: tempfile::TempDir,
 }
 
-/// A fresh cluster with the broker's role and database on it.
+/// A fresh cluster with the broker's database on it, migrated by the superuser, and the broker's role:
+/// no superuser, not the owner, and on `audit_events` only SELECT and INSERT (as in production), so a
+/// REVOKE bites. CREATE on the schema only because the broker's start runs sqlx's migrator, whose
+/// `CREATE TABLE IF NOT EXISTS _sqlx_migrations` needs it even when the table exists.
 pub async fn database() -> Postgres {
     let pg = Postgres::start_new().await;
     let mut admin = pg.superuser("postgres").await;
     for sql in [
         format!("CREATE ROLE {BROKER_ROLE} LOGIN"),
-        format!("CREATE DATABASE {DATABASE} OWNER {BROKER_ROLE}"),
+        format!("CREATE DATABASE {DATABASE}"),
     ] {
         sqlx::query(&sql).execute(&mut admin).await.unwrap();
     }
+    migrate(&pg).await;
+    let mut db = pg.superuser(DATABASE).await;
+    for sql in [
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {BROKER_ROLE}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {BROKER_ROLE}"),
+        format!("REVOKE UPDATE ON audit_events FROM {BROKER_ROLE}"),
+    ] {
+        sqlx::query(&sql).execute(&mut db).await.unwrap();
+    }
+    let rewrite: bool = sqlx::query_scalar(&format!(
+        "SELECT has_table_privilege('{BROKER_ROLE}', 'audit_events', 'UPDATE') \
+             OR has_table_privilege('{BROKER_ROLE}', 'audit_events', 'DELETE')"
+    ))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        !rewrite,
+        "the broker's role may only SELECT and INSERT audit rows"
+    );
     pg
+}
+
+/// `broker migrate` as the superuser.
+async fn migrate(pg: &Postgres) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(crate::broker_process::broker_bin())
+            .arg("--database-url")
+            .arg(pg.url("postgres", DATABASE))
+            .arg("migrate")
+            .env_remove("BROKER_CONFIG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("`broker migrate` within 60 s")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "`broker migrate`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl World {
