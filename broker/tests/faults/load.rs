@@ -200,7 +200,7 @@ impl Load {
     }
 
     /// Waits (at most `deadline`) until some client is answered ALLOW after `after`; returns how long
-    /// after `after` that answer came.
+    /// after `after` the latest ALLOW came when it was noticed (polled every 5 ms, so about the first).
     pub async fn first_allow_after(&self, after: Instant, deadline: Duration) -> Option<Duration> {
         let start = Instant::now();
         loop {
