@@ -9,7 +9,9 @@ use crate::database_faults::SETTLE;
 use crate::load::{by_label, ms, Cancel, Load, LoadSpec, Observation, Seen, AGENT, USER};
 use crate::mode;
 use crate::preserved::Preserved;
-use crate::reconcile::{assert_nothing_lost, no_transaction_left_open, reconcile};
+use crate::reconcile::{
+    assert_nothing_lost, database_sessions, no_transaction_left_open, reconcile,
+};
 use crate::world::{World, WorldOptions, DATABASE};
 
 const CLIENTS: usize = 8;
@@ -62,6 +64,7 @@ async fn calls_cancelled_at_random_moments() {
     // now), so the cuts land before, during and after the commit, and some calls are not cut.
     let usual = usual_answer_time(&world).await;
     let up_to = usual.max(Duration::from_millis(2));
+    let sessions_before = database_sessions(&world.pg).await;
     let started = Instant::now();
     let load = Load::start(
         || world.agent(AGENT, USER),
@@ -78,6 +81,7 @@ async fn calls_cancelled_at_random_moments() {
     }
     let mut observations = load.stop().await;
     let ran_for = started.elapsed();
+    let new_connections = database_sessions(&world.pg).await - sessions_before;
     let settled = no_transaction_left_open(&world.pg, SETTLE).await;
 
     // Retry calls cut short with their own call ids: one whose write committed is replayed as committed.
@@ -117,14 +121,14 @@ async fn calls_cancelled_at_random_moments() {
         .filter(|o| o.seen.is_cancelled())
         .count();
     println!(
-        "faults [{}] calls cut short at random (deadlines up to the usual p90 answer {} {}; half as \
+        "faults [{}] calls cut short at random (deadlines up to {}, the usual p90 answer; half as \
          grpc-timeout, half by dropping the call) by {} \
          clients for {:.1} s: requests sent {}, cut short {cancelled}, ALLOWs seen {}, unaudited ALLOWs {}, \
-         answers {:?}; of {} cut short and retried, {committed_anyway} had committed anyway and were replayed; \
+         answers {:?}; the broker opened {new_connections} database connections meanwhile; of {} cut short \
+         and retried, {committed_anyway} had committed anyway and were replayed; \
          chain verified ({} events); no transaction open {} after the load stopped",
         sizes.name,
         ms(up_to),
-        ms(usual),
         CLIENTS,
         ran_for.as_secs_f64(),
         observations.len() - cut.len(),

@@ -165,3 +165,13 @@ pub async fn no_transaction_left_open(pg: &Postgres, within: Duration) -> Durati
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Connections ever opened to the broker's database (`pg_stat_database.sessions`).
+pub async fn database_sessions(pg: &Postgres) -> i64 {
+    let mut db = pg.superuser(DATABASE).await;
+    sqlx::query_scalar("SELECT sessions FROM pg_stat_database WHERE datname = $1")
+        .bind(DATABASE)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
