@@ -407,7 +407,17 @@ async fn transact(
             rest = tail;
         }
     }
+    // Test-only fault injection (feature `failpoints`): a failure just before the commit, and one after it
+    // (committed, yet the callers hear an error). The names are part of the faults suite's contract.
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("audit.before_commit", |_| Err(Error::unavailable(
+        "fail point `audit.before_commit`"
+    )));
     tx.commit().await.map_err(db)?;
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("audit.after_commit", |_| Err(Error::unavailable(
+        "fail point `audit.after_commit`"
+    )));
     Ok(answers)
 }
 
