@@ -20,6 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -304,11 +305,19 @@ pub(crate) struct WriterConfig {
 }
 
 /// Runs until every sender (every `Store` handle) is gone.
+///
+/// Two things keep a slow database from starving the writer. Batches shrink when one times out (halved,
+/// down to one job) and grow back by a quarter after each full batch that commits, so a batch that cannot
+/// finish within `transaction_timeout` is not retried at the same size forever (nothing would commit, and
+/// the chain lock would be held for the whole bound each time). And the writer keeps its own connection
+/// between batches instead of queueing for the pool behind the request path's reads.
 pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
+    let mut limit = cfg.max_batch.max(1);
+    let mut held: Option<PoolConnection<Any>> = None;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
-        while batch.len() < cfg.max_batch {
+        while batch.len() < limit {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
@@ -316,7 +325,7 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
         }
         let (work, replies): (Vec<Work>, Vec<ReplyTo>) = batch.drain(..).map(Job::split).unzip();
         let size = work.len();
-        let outcome = AssertUnwindSafe(commit_batch(&pool, cfg, work))
+        let outcome = AssertUnwindSafe(commit_batch(&pool, &mut held, cfg, work))
             .catch_unwind()
             .await;
         let answers = match outcome {
@@ -328,12 +337,22 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
         match answers {
             Ok(answers) => {
                 tracing::trace!(batch = size, "audit batch committed");
+                if size >= limit {
+                    limit = limit
+                        .saturating_add(limit / 4 + 1)
+                        .min(cfg.max_batch.max(1));
+                }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(Ok(answer));
                 }
             }
             Err(e) => {
-                tracing::warn!(batch = size, error = %e, "audit batch failed; every write in it is refused");
+                if e.kind() == super::ErrorKind::Timeout {
+                    limit = (size / 2).max(1);
+                }
+                // A connection that failed is not kept: the pool rolls back or discards it.
+                held = None;
+                tracing::warn!(batch = size, next_limit = limit, error = %e, "audit batch failed; every write in it is refused");
                 for reply in replies {
                     reply.send(Err(e.clone()));
                 }
@@ -343,20 +362,29 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
     tracing::debug!("audit writer stopped: every store handle is gone");
 }
 
-/// One transaction for the whole batch, bounded in time. On timeout the connection is discarded (the
-/// database rolls the transaction back when the connection goes away) rather than returned to the pool.
+/// One transaction for the whole batch, bounded in time, on the writer's own connection (taken from the
+/// pool when it has none). On timeout the connection is discarded (the database rolls the transaction back
+/// when the connection goes away) rather than returned to the pool.
 async fn commit_batch(
     pool: &AnyPool,
+    held: &mut Option<PoolConnection<Any>>,
     cfg: WriterConfig,
     work: Vec<Work>,
 ) -> Result<Vec<Answer>, Error> {
     let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
-    let mut conn = tokio::time::timeout_at(deadline, pool.acquire())
-        .await
-        .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
-        .map_err(db)?;
+    let mut conn = match held.take() {
+        Some(conn) => conn,
+        None => tokio::time::timeout_at(deadline, pool.acquire())
+            .await
+            .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
+            .map_err(db)?,
+    };
     match tokio::time::timeout_at(deadline, transact(&mut conn, cfg.backend, &work)).await {
-        Ok(result) => result,
+        Ok(Ok(answers)) => {
+            *held = Some(conn);
+            Ok(answers)
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => {
             drop(conn.detach());
             Err(Error::timeout(format!(

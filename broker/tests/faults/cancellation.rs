@@ -115,7 +115,7 @@ async fn calls_cancelled_at_random_moments() {
         });
     }
 
-    let reconciled = reconcile(&world.pg, &observations).await;
+    let reconciled = reconcile(&world.pg, world.data_dir(), &observations).await;
     let cancelled = observations
         .iter()
         .filter(|o| o.seen.is_cancelled())

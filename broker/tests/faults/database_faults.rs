@@ -130,7 +130,7 @@ async fn survive(fault: Fault) {
             lifted,
         },
     );
-    let reconciled = reconcile(&world.pg, &observations).await;
+    let reconciled = reconcile(&world.pg, world.data_dir(), &observations).await;
     let settled = no_transaction_left_open(&world.pg, SETTLE).await;
     println!(
         "faults [{}] {} for {:?} under {} clients: {figures}; unaudited ALLOWs {}; chain verified ({} \

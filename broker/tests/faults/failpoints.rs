@@ -146,7 +146,7 @@ async fn allow_only_if_the_commit_happened() {
     fail::remove(AFTER);
 
     let settled = no_transaction_left_open(&broker.pg, Duration::from_secs(2)).await;
-    let reconciled = reconcile(&broker.pg, &observations).await;
+    let reconciled = reconcile(&broker.pg, broker._data_dir.path(), &observations).await;
     let audit = Audit::read(&broker.pg).await;
     let failed: Vec<_> = observations
         .iter()

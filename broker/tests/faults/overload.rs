@@ -120,7 +120,7 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
     let read_waits = world.broker.log_count("no answer from the database within");
     let all: Vec<Observation> =
         [unloaded.clone(), at_capacity.clone(), overloaded.clone()].concat();
-    let reconciled = reconcile(&world.pg, &all).await;
+    let reconciled = reconcile(&world.pg, world.data_dir(), &all).await;
     let (shed_p50, shed_p99, shed_max) = (
         quantile(&mut shed, 0.5),
         quantile(&mut shed, 0.99),

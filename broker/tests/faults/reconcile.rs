@@ -59,13 +59,18 @@ impl Audit {
 }
 
 /// Checks every observation against the database and walks the chain.
-pub async fn reconcile(pg: &Postgres, observations: &[Observation]) -> Reconciled {
+/// `data_dir` is the brokers' data directory: its signed checkpoints are checked against the chain too.
+pub async fn reconcile(
+    pg: &Postgres,
+    data_dir: &std::path::Path,
+    observations: &[Observation],
+) -> Reconciled {
     let audit = Audit::read(pg).await;
     let mut reconciled = Reconciled {
         allows_seen: 0,
         unaudited: Vec::new(),
         lost_approvals: Vec::new(),
-        chain_events: verify_chain(pg).await,
+        chain_events: verify_chain(pg, data_dir).await,
     };
     for o in observations {
         match &o.seen {
@@ -103,12 +108,14 @@ pub fn assert_nothing_lost(r: &Reconciled) {
 
 /// Runs `broker audit verify` against the database; panics unless the chain is whole. Returns how many
 /// events it verified.
-pub async fn verify_chain(pg: &Postgres) -> u64 {
+pub async fn verify_chain(pg: &Postgres, data_dir: &std::path::Path) -> u64 {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(crate::broker_process::broker_bin())
             .arg("--database-url")
             .arg(pg.url("postgres", DATABASE))
+            .arg("--data-dir")
+            .arg(data_dir)
             .args(["audit", "verify"])
             .env_remove("BROKER_CONFIG")
             .kill_on_drop(true)

@@ -48,7 +48,7 @@ async fn broker_sigkilled_under_load() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let observations = load.stop().await;
 
-    let reconciled = reconcile(&world.pg, &observations).await;
+    let reconciled = reconcile(&world.pg, world.data_dir(), &observations).await;
     let settled = no_transaction_left_open(&world.pg, SETTLE).await;
     println!(
         "faults [{}] broker SIGKILLed {} times under {} clients: requests sent {}, ALLOWs seen {}, \

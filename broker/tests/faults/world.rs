@@ -112,6 +112,11 @@ impl World {
         }
     }
 
+    /// The brokers' data directory (dev issuer key, checkpoint key and checkpoints).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
     pub fn token(&self, sub: &str, role: Role, user: Option<&str>, groups: &[&str]) -> String {
         let auth = AuthConfig::default();
         let req = dev::TokenRequest {

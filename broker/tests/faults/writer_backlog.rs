@@ -2,19 +2,11 @@
 //! again, so writes whose callers are gone pile up in the audit writer's queue (by design: a write survives
 //! its caller). The writer must keep committing at the database's pace.
 //!
-//! FAILS today (found by this suite; the writer is being rewritten, so it is not fixed here). With every
-//! audit insert taking 25 ms (a trigger sleeping: a slow or distant database), the writer commits nothing
-//! in 5 s, debug or release build:
-//! - it takes up to `store.max_batch` (256) jobs into one transaction bounded by `transaction_timeout`
-//!   (5 x `commit_timeout` = 2.5 s); a full batch takes longer, times out and rolls back whole, and the
-//!   next batch is as large: nothing commits while the backlog lasts, the chain lock is held 2.5 s per
-//!   failed batch (stalling every other broker on the database), and kill-switch refreshes (which write
-//!   through the same queue) time out, so the broker soon denies everything as "switches unknown";
-//! - with smaller batches (`BROKER_STORE__MAX_BATCH=32`) it still commits almost nothing: the writer takes
-//!   its connection from the pool the request path reads from, and the storm of reads (each call cut short
-//!   mid-read makes sqlx close that connection and open another) leaves it waiting ("timed out waiting
-//!   for a database connection");
-//! - in a debug build on a busy machine the same collapse happens with no slow trigger at all.
+//! Found by this suite: with every audit insert taking 25 ms (a trigger sleeping: a slow or distant
+//! database), the writer used to commit nothing. A full batch (256 jobs) outlasted the transaction bound
+//! (2.5 s) and rolled back whole, and the next batch was as large; the writer also queued for the pool
+//! behind the storm of reads. It now halves its batch after a timeout (growing back after full batches that
+//! commit) and keeps its own connection (`store::writer::run`).
 
 use std::time::{Duration, Instant};
 
@@ -87,7 +79,7 @@ async fn a_backlog_of_abandoned_writes_still_commits() {
     );
     let observations = load.stop().await;
 
-    let reconciled = reconcile(&world.pg, &observations).await;
+    let reconciled = reconcile(&world.pg, world.data_dir(), &observations).await;
     println!(
         "faults [writer backlog] {CLIENTS} clients cutting calls short (up to {}) on a database taking \
          {SLOW_INSERT} s per audit insert: requests sent {}, answers {:?}; decisions committed in the \
