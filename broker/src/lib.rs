@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod ids;
+pub mod json;
 pub mod notify;
 pub mod policy;
 pub mod store;

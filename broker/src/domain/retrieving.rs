@@ -137,8 +137,9 @@ impl Broker {
                         c.id, limits.max_arguments_bytes
                     ));
                 }
-                serde_json::from_str::<Value>(&c.attributes_json)
-                    .map_err(|e| format!("document `{}`: attributes are not valid JSON: {e}", c.id))
+                // Strict: a key named twice is refused, never resolved to one of its values.
+                crate::json::from_str(&c.attributes_json)
+                    .map_err(|e| format!("document `{}`: attributes: {e}", c.id))
             })
             .collect();
 
