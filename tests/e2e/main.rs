@@ -12,6 +12,7 @@
 mod approvals;
 mod audit_trail;
 mod decisions;
+mod hostile_input;
 mod identity;
 mod kill_switches;
 mod outage;

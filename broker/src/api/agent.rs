@@ -24,6 +24,9 @@ impl AgentService for AgentApi {
         let caller = authn::principal(&req)?;
         tracing::Span::current().record("agent", caller.subject.as_str());
         let r = req.into_inner();
+        convert::no_nul("tools", &r.tools)?;
+        convert::no_nul("purpose", [&r.purpose])?;
+        convert::no_nul("collections", &r.collections)?;
         let ttl = r
             .ttl
             .map(|d| {
@@ -88,6 +91,7 @@ impl AgentService for AgentApi {
         span.record("agent", caller.subject.as_str())
             .record("session_id", r.session_id.as_str())
             .record("tool", r.tool.as_str());
+        convert::no_nul("tool", [&r.tool])?;
         refuse_duplicate_keys(&r.arguments_json)?;
         let call = ToolCallRequest {
             session_id: r.session_id,
