@@ -31,27 +31,27 @@ pub fn from_str(text: &str) -> Result<Value, Error> {
 }
 
 /// Like [`from_str`], from bytes (which must be UTF-8).
+///
+/// A duplicate is reported only for text that is otherwise valid JSON (then the first duplicate in
+/// document order); anything else is a syntax error, as `serde_json` would report it.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, Error> {
-    let duplicate = RefCell::new(None);
+    let state = RefCell::new(State::default());
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = StrictValue {
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut de)
-    .and_then(|v| de.end().map(|()| v));
-    match (parsed, duplicate.into_inner()) {
-        (Ok(v), _) => Ok(v),
-        (Err(_), Some(path)) => Err(Error::DuplicateKey {
-            path: path.render(),
-        }),
-        (Err(e), None) => Err(Error::Syntax(e.to_string())),
+    let parsed = StrictValue { state: &state }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match (parsed, state.into_inner().duplicate) {
+        (Err(e), _) => Err(Error::Syntax(e.to_string())),
+        (Ok(_), Some(path)) => Err(Error::DuplicateKey { path }),
+        (Ok(v), None) => Ok(v),
     }
 }
 
-/// Where the duplicate is, innermost segment first (segments are pushed as the error unwinds).
+/// Where the parser is, and the first duplicate seen.
 #[derive(Debug, Default)]
-struct DuplicatePath {
-    segments: Vec<Segment>,
+struct State {
+    path: Vec<Segment>,
+    duplicate: Option<String>,
 }
 
 #[derive(Debug)]
@@ -60,22 +60,21 @@ enum Segment {
     Index(usize),
 }
 
-impl DuplicatePath {
-    fn render(&self) -> String {
-        let mut out = String::new();
-        for segment in self.segments.iter().rev() {
-            match segment {
-                Segment::Key(k) => {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(&sanitize(k));
+/// `segments` as a path: `items[2].id`, keys sanitized.
+fn render(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
                 }
-                Segment::Index(i) => out.push_str(&format!("[{i}]")),
+                out.push_str(&sanitize(k));
             }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
         }
-        out
     }
+    out
 }
 
 /// Makes untrusted key text safe to echo: bounded, no control characters or backticks.
@@ -91,19 +90,10 @@ fn sanitize(s: &str) -> String {
     out
 }
 
-/// Builds a [`Value`] like `serde_json` does, but records a duplicate key instead of overwriting.
+/// Builds a [`Value`] like `serde_json` does, noting the first duplicate key instead of overwriting.
 #[derive(Clone, Copy)]
 struct StrictValue<'a> {
-    duplicate: &'a RefCell<Option<DuplicatePath>>,
-}
-
-impl StrictValue<'_> {
-    /// Adds where we are to the duplicate's path, if this error is a duplicate.
-    fn note(&self, segment: Segment) {
-        if let Some(path) = self.duplicate.borrow_mut().as_mut() {
-            path.segments.push(segment);
-        }
-    }
+    state: &'a RefCell<State>,
 }
 
 impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
@@ -159,13 +149,15 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
         loop {
-            match seq.next_element_seed(self) {
-                Ok(Some(v)) => items.push(v),
-                Ok(None) => return Ok(Value::Array(items)),
-                Err(e) => {
-                    self.note(Segment::Index(items.len()));
-                    return Err(e);
-                }
+            self.state
+                .borrow_mut()
+                .path
+                .push(Segment::Index(items.len()));
+            let next = seq.next_element_seed(self)?;
+            self.state.borrow_mut().path.pop();
+            match next {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
             }
         }
     }
@@ -173,21 +165,17 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(DuplicatePath {
-                    segments: vec![Segment::Key(key)],
-                });
-                return Err(de::Error::custom("duplicate key"));
+            let mut state = self.state.borrow_mut();
+            state.path.push(Segment::Key(key.clone()));
+            if state.duplicate.is_none() && out.contains_key(&key) {
+                state.duplicate = Some(render(&state.path));
             }
-            match map.next_value_seed(self) {
-                Ok(v) => {
-                    out.insert(key, v);
-                }
-                Err(e) => {
-                    self.note(Segment::Key(key));
-                    return Err(e);
-                }
-            }
+            drop(state);
+            let value = map.next_value_seed(self)?;
+            self.state.borrow_mut().path.pop();
+            // The parse goes on to the end, so that bad JSON after a duplicate is a syntax error;
+            // the value is never used (the duplicate fails the whole document).
+            out.entry(key).or_insert(value);
         }
         Ok(Value::Object(out))
     }
@@ -252,6 +240,25 @@ mod tests {
             panic!("expected a duplicate")
         };
         assert_eq!(path, "a??b");
+    }
+
+    #[test]
+    fn a_duplicate_in_text_that_is_not_json_is_a_syntax_error() {
+        // Found by the `args` fuzz target: the duplicate was reported before the missing `:`.
+        let text = "{\"query\": \"q\", \"max_results\": 500, \"max_results\"\u{1a} 5}";
+        assert!(serde_json::from_str::<Value>(text).is_err());
+        assert!(
+            matches!(from_str(text), Err(Error::Syntax(_))),
+            "{:?}",
+            from_str(text)
+        );
+        // The first duplicate in document order is the one named.
+        assert_eq!(
+            from_str(r#"{"a": {"x": 1, "x": 2}, "b": 1, "b": 2}"#),
+            Err(Error::DuplicateKey {
+                path: "a.x".to_owned()
+            })
+        );
     }
 
     #[test]

@@ -254,6 +254,29 @@ async fn hostile_arguments_are_refused_or_denied(backend: DbBackend) {
             d.reasons[0].message
         );
     }
+    // Paths the file system reads as a forbidden file, written so that text rules would miss them.
+    for path in [
+        "//etc/shadow",
+        "/srv/../etc/shadow",
+        "/srv/./../etc/shadow",
+        "etc/shadow",
+        "/home/dev/..",
+        "",
+    ] {
+        let session = open_session(&agent, &["*"]).await;
+        let args = json!({ "path": path }).to_string();
+        let d = authorize_raw(&h, &session, "file.read", &args)
+            .await
+            .unwrap();
+        assert_eq!(d.outcome(), proto::Outcome::Deny, "{path}");
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.policy_id == "file-read-canonical-paths-only"),
+            "{path}: {:?}",
+            d.reasons
+        );
+    }
     assert_eq!(allow_events(&h).await, 0);
 }
 both!(hostile_arguments_are_refused_or_denied);
