@@ -452,6 +452,42 @@ async fn huge_metadata_is_refused_and_the_server_stays_up() {
         let err = grpc(&h).await.authorize_tool_call(req).await.unwrap_err();
         assert_ne!(err.code(), tonic::Code::Ok, "{err:?}");
     }
+    // Raw, so no client library stops it first: the server itself refuses the header list (431, a
+    // refused stream, or GOAWAY for a list far over the limit), and new connections are served.
+    for headers in [
+        vec![("x-padding", "p".repeat(17 * 1024))],
+        vec![("x-padding", "p".repeat(64 * 1024))],
+        (0..2000)
+            .map(|_| ("x-pad", "0123456789".to_owned()))
+            .collect(),
+    ] {
+        let (send, _connection) = h2_connect(&h).await;
+        let mut send = send.ready().await.unwrap();
+        let (response, mut body) = send
+            .send_request(grpc_request(HEALTH_CHECK, &headers), false)
+            .unwrap();
+        let _ = body.send_data(grpc_frame(&[]), true);
+        match response.await {
+            Ok(r) => assert_eq!(
+                r.status(),
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ),
+            Err(e) => assert!(
+                matches!(
+                    e.reason(),
+                    Some(h2::Reason::REFUSED_STREAM | h2::Reason::ENHANCE_YOUR_CALM)
+                ),
+                "{e:?}"
+            ),
+        }
+        let (mut fresh, _connection) = h2_connect(&h).await;
+        assert_eq!(
+            raw_unary(&mut fresh, HEALTH_CHECK, &[], &[])
+                .await
+                .as_deref(),
+            Some("0")
+        );
+    }
     // A bearer token past the token limit but within the header limit: refused by the verifier.
     let mut long_token = tonic::Request::new(call());
     long_token.metadata_mut().insert(
