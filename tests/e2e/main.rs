@@ -12,6 +12,8 @@
 mod approvals;
 mod audit_trail;
 mod decisions;
+mod fuzz_seeds;
+mod hostile_input;
 mod identity;
 mod kill_switches;
 mod least_privilege;

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authn, convert, status};
 use crate::clock::SharedClock;
-use crate::domain::broker::{Broker, OpenSession, ToolCallRequest};
+use crate::domain::broker::{Broker, Error as DomainError, OpenSession, ToolCallRequest};
 use crate::domain::retrieving::Candidate;
 
 pub struct AgentApi {
@@ -24,6 +24,9 @@ impl AgentService for AgentApi {
         let caller = authn::principal(&req)?;
         tracing::Span::current().record("agent", caller.subject.as_str());
         let r = req.into_inner();
+        convert::no_nul("tools", &r.tools)?;
+        convert::no_nul("purpose", [&r.purpose])?;
+        convert::no_nul("collections", &r.collections)?;
         let ttl = r
             .ttl
             .map(|d| {
@@ -88,6 +91,8 @@ impl AgentService for AgentApi {
         span.record("agent", caller.subject.as_str())
             .record("session_id", r.session_id.as_str())
             .record("tool", r.tool.as_str());
+        convert::no_nul("tool", [&r.tool])?;
+        refuse_duplicate_keys(&r.arguments_json)?;
         let call = ToolCallRequest {
             session_id: r.session_id,
             tool: r.tool,
@@ -205,5 +210,20 @@ impl AgentService for AgentApi {
             .await
             .map_err(status::from_domain)?;
         Ok(Response::new(convert::session(&s, self.clock.now_micros())))
+    }
+}
+
+/// Arguments that name a key twice are refused here, at the boundary: the domain's parser keeps the
+/// later value, and a tool that keeps the earlier one would then run a call the policies never saw
+/// (`{"amount": 5000000, "amount": 5}`). Other JSON errors are the domain's to report.
+fn refuse_duplicate_keys(arguments_json: &str) -> Result<(), Status> {
+    match crate::json::from_str(arguments_json) {
+        Err(e @ crate::json::Error::DuplicateKey { .. }) => {
+            Err(status::from_domain(DomainError::InvalidArgument {
+                field: "arguments_json",
+                message: e.to_string(),
+            }))
+        }
+        _ => Ok(()),
     }
 }

@@ -84,6 +84,7 @@ impl ApprovalService for ApprovalApi {
         tracing::Span::current()
             .record("approver", caller.subject.as_str())
             .record("approval_id", r.approval_id.as_str());
+        convert::no_nul("comment", [&r.comment])?;
         let a = self
             .broker
             .vote(&caller, &r.approval_id, Vote::Approve, &r.comment)
@@ -100,6 +101,7 @@ impl ApprovalService for ApprovalApi {
         tracing::Span::current()
             .record("approver", caller.subject.as_str())
             .record("approval_id", r.approval_id.as_str());
+        convert::no_nul("comment", [&r.comment])?;
         let a = self
             .broker
             .vote(&caller, &r.approval_id, Vote::Deny, &r.comment)

@@ -109,6 +109,18 @@ pub fn event(e: &AuditEvent) -> pb::AuditEvent {
     }
 }
 
+/// Text must not hold a NUL character: no database column can store one, and the store would refuse
+/// it only once queued, as an internal error. Refused here instead, naming the field.
+pub fn no_nul<'a>(
+    field: &'static str,
+    values: impl IntoIterator<Item = &'a String>,
+) -> Result<(), Status> {
+    if values.into_iter().any(|v| v.contains('\0')) {
+        return Err(invalid(field, "must not contain a NUL character"));
+    }
+    Ok(())
+}
+
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }

@@ -55,6 +55,8 @@ impl KillSwitchService for KillSwitchApi {
         let caller = authn::principal(&req)?;
         tracing::Span::current().record("admin", caller.subject.as_str());
         let r = req.into_inner();
+        convert::no_nul("target", [&r.target])?;
+        convert::no_nul("reason", [&r.reason])?;
         let expires_at = r
             .expires_at
             .as_ref()
@@ -89,6 +91,7 @@ impl KillSwitchService for KillSwitchApi {
         tracing::Span::current()
             .record("admin", caller.subject.as_str())
             .record("kill_switch", r.id.as_str());
+        convert::no_nul("reason", [&r.reason])?;
         let k = self
             .broker
             .release(&caller, &r.id, &r.reason)

@@ -6,6 +6,7 @@ mod approval;
 mod audit;
 mod authn;
 mod convert;
+mod http2;
 mod killswitch;
 mod status;
 
@@ -113,16 +114,8 @@ pub async fn serve(
             .tls_config(tls_config(tls)?)
             .map_err(|e| Error::Tls(e.to_string()))?;
     }
-    let mut server = server
-        // HTTP/2 limits, explicit: a client cannot hold unbounded streams, headers or reset storms.
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_header_list_size(limits.max_header_list_bytes)
-        .http2_max_pending_accept_reset_streams(Some(64))
-        .http2_max_local_error_reset_streams(Some(256))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // Upper bound on any RPC, whatever deadline the client sent.
-        .timeout(limits.request_timeout)
+    // HTTP/2 limits, explicit: a client cannot hold unbounded streams, headers or reset storms.
+    let mut server = http2::limit(server, limits)
         // Outermost: past `max_in_flight` requests, shed at once with RESOURCE_EXHAUSTED rather than queue.
         .layer(
             tower::ServiceBuilder::new()

@@ -8,9 +8,14 @@
 //! - a key is only ever used with the algorithm family it was loaded for (an HMAC secret never
 //!   verifies an RS256 token, a public key never serves as an HMAC secret);
 //! - a token's `kid` selects a key from the map the broker built; `jku`, `x5u`, `jwk` and `x5c`
-//!   header fields are ignored, a `crit` header is refused;
+//!   header fields are ignored, a `crit` header is refused, and so is a `typ` other than `JWT` or
+//!   `at+jwt` (RFC 9068), so that other kinds of signed tokens are not taken for access tokens;
+//! - header and claims are strict JSON ([`crate::json`]): a field named twice is refused, never
+//!   resolved to one of its values (`{"sub": "a", "sub": "admin"}`);
 //! - `iss`, `aud`, `exp` and `sub` are required, `nbf` is checked when present, the clock leeway
-//!   is explicit; a token larger than [`AuthConfig::max_token_bytes`] is refused before parsing.
+//!   is explicit; time claims are NumericDates (integer or fractional seconds, RFC 7519) between
+//!   1970 and the year 9999, anything else is refused; a token larger than
+//!   [`AuthConfig::max_token_bytes`] is refused before parsing.
 //!
 //! Failures are split in two: [`Error::Unauthenticated`] (a bad token, client-safe message and a
 //! stable [`TokenError::reason`]) and every other variant (bad configuration, unreadable keys).
@@ -25,6 +30,8 @@ mod verifier;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_corpus;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -125,6 +132,11 @@ pub enum TokenError {
     AlgorithmNotAccepted(String),
     #[error("token header has critical extensions (`crit`), which are not supported")]
     CriticalHeader,
+    #[error("token type (`typ`) `{0}` is not accepted")]
+    TypeNotAccepted(String),
+    /// A JSON object of the token names a key twice (`part` is `header` or `claims`).
+    #[error("`{name}` appears more than once in the token {part}")]
+    DuplicateField { part: &'static str, name: String },
     #[error("token key id `{0}` is not known")]
     UnknownKeyId(String),
     #[error("token has no key id (`kid`) and several keys could verify it")]
@@ -160,6 +172,8 @@ impl TokenError {
                 "TOKEN_ALGORITHM_NOT_ACCEPTED"
             }
             TokenError::CriticalHeader => "TOKEN_CRITICAL_HEADER",
+            TokenError::TypeNotAccepted(_) => "TOKEN_TYPE_NOT_ACCEPTED",
+            TokenError::DuplicateField { .. } => "TOKEN_DUPLICATE_FIELD",
             TokenError::UnknownKeyId(_) => "TOKEN_UNKNOWN_KEY_ID",
             TokenError::AmbiguousKey => "TOKEN_AMBIGUOUS_KEY",
             TokenError::NoKey(_) => "TOKEN_NO_KEY",

@@ -16,22 +16,22 @@ use super::dev::{self, TokenRequest};
 use super::*;
 
 /// Not hex, so a secret file holding it is read as raw text.
-const SECRET: &[u8] = b"test-hmac-secret-for-unit-tests-only";
-const RSA1_KEY: &[u8] = include_bytes!("testdata/rsa1.key.pem");
-const RSA1_PUB: &[u8] = include_bytes!("testdata/rsa1.pub.pem");
-const RSA2_KEY: &[u8] = include_bytes!("testdata/rsa2.key.pem");
+pub(super) const SECRET: &[u8] = b"test-hmac-secret-for-unit-tests-only";
+pub(super) const RSA1_KEY: &[u8] = include_bytes!("testdata/rsa1.key.pem");
+pub(super) const RSA1_PUB: &[u8] = include_bytes!("testdata/rsa1.pub.pem");
+pub(super) const RSA2_KEY: &[u8] = include_bytes!("testdata/rsa2.key.pem");
 const RSA2_PUB: &[u8] = include_bytes!("testdata/rsa2.pub.pem");
 const RSA1024_PUB: &[u8] = include_bytes!("testdata/rsa1024.pub.pem");
-const EC256_KEY: &[u8] = include_bytes!("testdata/ec256.key.pem");
-const EC256_PUB: &[u8] = include_bytes!("testdata/ec256.pub.pem");
+pub(super) const EC256_KEY: &[u8] = include_bytes!("testdata/ec256.key.pem");
+pub(super) const EC256_PUB: &[u8] = include_bytes!("testdata/ec256.pub.pem");
 const ED25519_KEY: &[u8] = include_bytes!("testdata/ed25519.key.pem");
 const ED25519_PUB: &[u8] = include_bytes!("testdata/ed25519.pub.pem");
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap()
 }
 
-fn claims() -> Value {
+pub(super) fn claims() -> Value {
     json!({
         "iss": "broker-dev",
         "aud": "agent-broker",
@@ -41,17 +41,17 @@ fn claims() -> Value {
     })
 }
 
-fn with(mut claims: Value, key: &str, value: Value) -> Value {
+pub(super) fn with(mut claims: Value, key: &str, value: Value) -> Value {
     claims[key] = value;
     claims
 }
 
-fn without(mut claims: Value, key: &str) -> Value {
+pub(super) fn without(mut claims: Value, key: &str) -> Value {
     claims.as_object_mut().unwrap().remove(key);
     claims
 }
 
-fn sign(header: &Header, claims: &Value, key: &EncodingKey) -> String {
+pub(super) fn sign(header: &Header, claims: &Value, key: &EncodingKey) -> String {
     jsonwebtoken::encode(header, claims, key).unwrap()
 }
 
@@ -73,17 +73,22 @@ fn rs256(claims: &Value, kid: Option<&str>, private_pem: &[u8]) -> String {
     )
 }
 
-fn b64(value: &Value) -> String {
+pub(super) fn b64(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
 }
 
 /// A token assembled by hand, signature given verbatim.
-fn craft(header: &Value, claims: &Value, signature: &str) -> String {
+pub(super) fn craft(header: &Value, claims: &Value, signature: &str) -> String {
     format!("{}.{}.{signature}", b64(header), b64(claims))
 }
 
 /// A token assembled by hand, HMAC-signed with `secret` over exactly the given parts.
-fn craft_hmac(header_part: &str, payload_part: &str, secret: &[u8], alg: Algorithm) -> String {
+pub(super) fn craft_hmac(
+    header_part: &str,
+    payload_part: &str,
+    secret: &[u8],
+    alg: Algorithm,
+) -> String {
     let message = format!("{header_part}.{payload_part}");
     let signature =
         jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(secret), alg)
@@ -91,7 +96,7 @@ fn craft_hmac(header_part: &str, payload_part: &str, secret: &[u8], alg: Algorit
     format!("{message}.{signature}")
 }
 
-fn token_error(result: Result<Principal, Error>) -> TokenError {
+pub(super) fn token_error(result: Result<Principal, Error>) -> TokenError {
     match result {
         Err(Error::Unauthenticated(e)) => e,
         other => panic!("expected a token error, got {other:?}"),
@@ -104,7 +109,7 @@ async fn dev_verifier() -> Verifier {
         .unwrap()
 }
 
-fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+pub(super) fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
@@ -121,7 +126,7 @@ fn rs256_config(dir: &Path, kid: Option<&str>) -> AuthConfig {
     }
 }
 
-fn jwk(private_pem: &[u8], alg: Algorithm, kid: &str) -> Jwk {
+pub(super) fn jwk(private_pem: &[u8], alg: Algorithm, kid: &str) -> Jwk {
     let key = match alg.family() {
         jsonwebtoken::AlgorithmFamily::Ec => EncodingKey::from_ec_pem(private_pem),
         jsonwebtoken::AlgorithmFamily::Ed => EncodingKey::from_ed_pem(private_pem),

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
@@ -329,9 +330,11 @@ impl Verifier {
             }
             Err(e) => return Err(e),
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+        // jsonwebtoken checks the signature, then the registered claims; the claims themselves are
+        // read once more below, strictly (its own parse would keep the last of two equal keys).
+        jsonwebtoken::decode::<IgnoredAny>(token, key, validation)
             .map_err(|e| map_jwt_error(&e, token))?;
-        self.principal(data.claims)
+        self.principal(strict_claims(token)?)
     }
 
     fn principal(&self, mut claims: Map<String, Value>) -> Result<Principal, TokenError> {
@@ -349,9 +352,12 @@ impl Verifier {
             .get("exp")
             .and_then(numeric_date)
             .ok_or_else(|| TokenError::InvalidClaim("exp".to_owned()))?;
-        if let Some(iat) = claims.get("iat") {
-            if numeric_date(iat).is_none() {
-                return Err(TokenError::InvalidClaim("iat".to_owned()));
+        for optional in ["iat", "nbf"] {
+            if claims
+                .get(optional)
+                .is_some_and(|v| !v.is_null() && numeric_date(v).is_none())
+            {
+                return Err(TokenError::InvalidClaim(optional.to_owned()));
             }
         }
         let token_id = optional_string(&mut claims, "jti")?;
@@ -377,8 +383,13 @@ struct Header {
     kid: Option<String>,
 }
 
-/// Reads `alg`, `crit` and `kid`; every other header field (`jku`, `x5u`, `jwk`, `x5c`...) is
-/// ignored.
+/// `typ` values accepted (compared ignoring ASCII case, RFC 7515 4.1.9): a JWT, or an OAuth access
+/// token (RFC 9068). Other signed tokens (`dpop+jwt`, `secevent+jwt`, `logout+jwt`, ...) are not
+/// access tokens, even when the same key signed them.
+const ACCEPTED_TYPES: [&str; 3] = ["JWT", "at+jwt", "application/at+jwt"];
+
+/// Reads `alg`, `crit`, `typ` and `kid`; every other header field (`jku`, `x5u`, `jwk`, `x5c`...)
+/// is ignored.
 fn parse_header(token: &str) -> Result<Header, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_payload), Some(_signature), None) =
@@ -386,11 +397,7 @@ fn parse_header(token: &str) -> Result<Header, TokenError> {
     else {
         return Err(TokenError::Malformed);
     };
-    let raw = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| TokenError::Malformed)?;
-    let fields: Map<String, Value> =
-        serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)?;
+    let fields = strict_object(header, "header")?;
     let alg = match fields.get("alg") {
         Some(Value::String(alg)) => alg,
         _ => return Err(TokenError::Malformed),
@@ -402,6 +409,12 @@ fn parse_header(token: &str) -> Result<Header, TokenError> {
         Algorithm::from_str(alg).map_err(|_| TokenError::AlgorithmNotAccepted(sanitize(alg)))?;
     if fields.contains_key("crit") {
         return Err(TokenError::CriticalHeader);
+    }
+    match fields.get("typ") {
+        None => {}
+        Some(Value::String(typ)) if ACCEPTED_TYPES.iter().any(|t| t.eq_ignore_ascii_case(typ)) => {}
+        Some(Value::String(typ)) => return Err(TokenError::TypeNotAccepted(sanitize(typ))),
+        Some(other) => return Err(TokenError::TypeNotAccepted(sanitize(&other.to_string()))),
     }
     let kid = match fields.get("kid") {
         None => None,
@@ -446,19 +459,42 @@ fn select_key<'k>(
     }
 }
 
-/// A NumericDate (integer or fractional seconds), as unix seconds.
+/// One base64url part of the token as a strict JSON object (`part` names it in errors).
+fn strict_object(encoded: &str, part: &'static str) -> Result<Map<String, Value>, TokenError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenError::Malformed)?;
+    match crate::json::from_slice(&raw) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) | Err(crate::json::Error::Syntax(_)) => Err(TokenError::Malformed),
+        Err(crate::json::Error::DuplicateKey { path }) => {
+            Err(TokenError::DuplicateField { part, name: path })
+        }
+    }
+}
+
+/// The claims, strictly parsed. Called once the signature has been verified.
+fn strict_claims(token: &str) -> Result<Map<String, Value>, TokenError> {
+    let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
+    strict_object(payload, "claims")
+}
+
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Later (or negative) dates are not
+/// dates any issuer means; refusing them keeps arithmetic on them far from overflow.
+const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
+/// A NumericDate (integer or fractional seconds, RFC 7519), as unix seconds, within
+/// `0..=MAX_NUMERIC_DATE`.
 fn numeric_date(value: &Value) -> Option<i64> {
-    if let Some(i) = value.as_i64() {
-        return Some(i);
-    }
-    if let Some(u) = value.as_u64() {
-        return Some(i64::try_from(u).unwrap_or(i64::MAX));
-    }
-    // `as` saturates; non-finite values are refused.
-    value
-        .as_f64()
-        .filter(|f| f.is_finite())
-        .map(|f| f.floor() as i64)
+    let seconds = match value.as_i64() {
+        Some(i) => i,
+        // Integers beyond i64 and fractions: `as` saturates, non-finite values are refused.
+        None => value
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(|f| f.floor() as i64)?,
+    };
+    (0..=MAX_NUMERIC_DATE).contains(&seconds).then_some(seconds)
 }
 
 /// A claim that is absent (or null), or a non-empty string.
@@ -535,8 +571,40 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error, token: &str) -> TokenError {
         }
         JwtErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
         JwtErrorKind::InvalidClaimFormat(claim) => TokenError::InvalidClaim(claim.clone()),
+        // jsonwebtoken fails on a registered claim named twice, or shaped as an array or object;
+        // say which rather than "malformed".
+        JwtErrorKind::Json(_) => match strict_claims(token) {
+            Err(e @ TokenError::DuplicateField { .. }) => e,
+            Ok(claims) => mistyped_claim(&claims).map_or(TokenError::Malformed, |name| {
+                TokenError::InvalidClaim(name.to_owned())
+            }),
+            Err(_) => TokenError::Malformed,
+        },
         _ => TokenError::Malformed,
     }
+}
+
+/// The first registered claim whose JSON type is wrong: time claims are numbers, `iss` and `sub`
+/// strings, `aud` a string or an array of strings.
+fn mistyped_claim(claims: &Map<String, Value>) -> Option<&'static str> {
+    fn aud_shaped(v: &Value) -> bool {
+        v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+    }
+    type Check = (&'static str, fn(&Value) -> bool);
+    let checks: [Check; 6] = [
+        ("exp", Value::is_number),
+        ("nbf", Value::is_number),
+        ("iat", Value::is_number),
+        ("iss", Value::is_string),
+        ("sub", Value::is_string),
+        ("aud", aud_shaped),
+    ];
+    checks.into_iter().find_map(|(name, ok)| {
+        claims
+            .get(name)
+            .is_some_and(|v| !v.is_null() && !ok(v))
+            .then_some(name)
+    })
 }
 
 /// Whether the payload has `claim` with a non-null value. Only called once the signature has

@@ -137,8 +137,27 @@ impl Broker {
                         c.id, limits.max_arguments_bytes
                     ));
                 }
-                serde_json::from_str::<Value>(&c.attributes_json)
-                    .map_err(|e| format!("document `{}`: attributes are not valid JSON: {e}", c.id))
+                // Strict: a key named twice is refused, never resolved to one of its values.
+                let attributes = crate::json::from_str(&c.attributes_json)
+                    .map_err(|e| format!("document `{}`: attributes: {e}", c.id))?;
+                // Labels become session labels that policies match exactly: the same rule as for
+                // reported tool results, so `Untrusted` or `untrusted\u{200b}` cannot pass for another.
+                let bad_label = attributes
+                    .get("labels")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .find(|l| !is_label(l));
+                match bad_label {
+                    Some(l) => Err(format!(
+                        "document `{}`: `labels`: `{}` is not a label (lowercase letters, digits and \
+                         `_-:.`, 1 to {MAX_LABEL_LEN} characters)",
+                        c.id,
+                        crate::domain::session::visible(l)
+                    )),
+                    None => Ok(attributes),
+                }
             })
             .collect();
 

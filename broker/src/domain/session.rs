@@ -31,8 +31,28 @@ pub enum ToolScope {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("tool scope `{0}` is not a tool name, a prefix pattern like `email.*`, or `*`")]
+#[error("tool scope `{}` is not a tool name, a prefix pattern like `email.*`, or `*`", visible(.0))]
 pub struct InvalidScope(pub String);
+
+/// Longest untrusted name [`visible`] shows.
+const MAX_VISIBLE_CHARS: usize = 64;
+
+/// An untrusted name as a person should see it in an error: printable ASCII as it is, anything else
+/// escaped (`\u{435}` for a Cyrillic е, `\u{200b}` for a zero-width space), at most 64 characters.
+pub fn visible(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(MAX_VISIBLE_CHARS) {
+        if (c.is_ascii_graphic() && c != '`' && c != '\\') || c == ' ' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    if s.chars().nth(MAX_VISIBLE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
 
 impl TryFrom<String> for ToolScope {
     type Error = InvalidScope;
@@ -188,6 +208,21 @@ mod tests {
         assert!(!is_tool_name("emaіl.send"), "Cyrillic i");
         assert!(!is_tool_name(&"a".repeat(MAX_TOOL_NAME_LEN + 1)));
         assert!(is_tool_name("payments.refund"));
+    }
+
+    #[test]
+    fn invalid_scopes_show_hidden_characters_escaped() {
+        let err = ToolScope::parse("\u{435}mail.\u{200b}send\u{202e}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tool scope `\\u{435}mail.\\u{200b}send\\u{202e}` is not a tool name, a prefix pattern like `email.*`, or `*`"
+        );
+        assert_eq!(visible("a`b\\c\n"), "a\\u{60}b\\u{5c}c\\u{a}");
+        assert_eq!(
+            visible(&"x".repeat(100)).chars().count(),
+            MAX_VISIBLE_CHARS + 1
+        );
+        assert_eq!(visible("Email.Send *"), "Email.Send *");
     }
 
     #[test]

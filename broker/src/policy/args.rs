@@ -51,10 +51,21 @@ impl ArgError {
     }
 }
 
+/// 2^63: integral JSON numbers at least this large (in magnitude) do not fit a Cedar `Long`.
+const LONG_LIMIT: f64 = 9_223_372_036_854_775_808.0;
+
+/// An integer written in JSON that does not fit 64 bits (serde_json reads it as a float).
+fn beyond_64_bits(n: &serde_json::Number) -> bool {
+    (n.is_u64() && n.as_i64().is_none())
+        || n.as_f64()
+            .is_some_and(|f| n.is_f64() && f.fract() == 0.0 && f.abs() >= LONG_LIMIT)
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
+        Value::Number(n) if beyond_64_bits(n) => "an integer beyond 64 bits",
         Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
         Value::Number(_) => "a fractional number",
         Value::String(_) => "a string",
@@ -90,7 +101,7 @@ impl ArgType {
             (ArgType::String, Value::String(s)) => Ok(RestrictedExpression::new_string(s.clone())),
             (ArgType::Long, Value::Number(n)) => match n.as_i64() {
                 Some(i) => Ok(RestrictedExpression::new_long(i)),
-                None if n.is_u64() => Err(ArgError::new(
+                None if beyond_64_bits(n) => Err(ArgError::new(
                     path,
                     "integer is out of range (beyond 64-bit signed)",
                 )),
@@ -162,6 +173,10 @@ impl RecordType {
         Ok(fields)
     }
 }
+
+#[cfg(test)]
+#[path = "args_tests.rs"]
+mod hostile_tests;
 
 #[cfg(test)]
 mod tests {
