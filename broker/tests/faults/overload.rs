@@ -16,9 +16,8 @@ use crate::world::{World, WorldOptions};
 const MAX_IN_FLIGHT: usize = 16;
 /// Offered load: this many times capacity, each client calling back to back.
 const OVERLOAD_FACTOR: usize = 8;
-/// A shed call is answered without waiting for the audit path; this bound (on the p99) only catches
-/// queueing, with a wide margin for a loaded machine running a debug build.
-const SHED_BOUND: Duration = Duration::from_secs(1);
+/// No call, shed or not, may hang: a shed call is answered without waiting for anything.
+const NO_HANG: Duration = Duration::from_secs(10);
 /// The broker's peak resident memory, far above what it needs: catches unbounded growth only.
 const MEMORY_BOUND_KIB: u64 = 1024 * 1024;
 
@@ -165,10 +164,13 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
         "overload is answered RESOURCE_EXHAUSTED (or UNAVAILABLE), nothing else: {:?}",
         by_label(other_errors.iter().copied())
     );
+    // Relative, so a slow machine slows both alike: shedding does not wait behind the audit path.
+    let admitted_p50 = admitted(&overloaded).p50;
     assert!(
-        shed_p99 <= SHED_BOUND,
-        "shed at once, not queued: p99 of shed calls {shed_p99:?}"
+        shed_p50 < admitted_p50,
+        "shed at once, not queued: shed p50 {shed_p50:?}, admitted p50 {admitted_p50:?}"
     );
+    assert!(shed_max <= NO_HANG, "slowest shed call {shed_max:?}");
     assert!(
         peak <= MEMORY_BOUND_KIB,
         "broker memory bounded: VmHWM {peak} KiB"
