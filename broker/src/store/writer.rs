@@ -306,14 +306,16 @@ pub(crate) struct WriterConfig {
 
 /// Runs until every sender (every `Store` handle) is gone.
 ///
-/// Two things keep a slow database from starving the writer. Batches shrink when one times out (halved,
-/// down to one job) and grow back by a quarter after each full batch that commits, so a batch that cannot
+/// Two things keep a slow database from starving the writer. Batches shrink when one times out (to a
+/// quarter, down to one job) and grow by a quarter after each full batch that commits, so a batch that cannot
 /// finish within `transaction_timeout` is not retried at the same size forever (nothing would commit, and
 /// the chain lock would be held for the whole bound each time). And the writer keeps its own connection
 /// between batches instead of queueing for the pool behind the request path's reads.
 pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
-    let mut limit = cfg.max_batch.max(1);
+    // Starts modest and grows with every full batch that commits, so a database that is slow from the
+    // start is not first handed the largest batch.
+    let mut limit = cfg.max_batch.clamp(1, 32);
     let mut held: Option<PoolConnection<Any>> = None;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
@@ -348,7 +350,7 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
             }
             Err(e) => {
                 if e.kind() == super::ErrorKind::Timeout {
-                    limit = (size / 2).max(1);
+                    limit = (size / 4).max(1);
                 }
                 // A connection that failed is not kept: the pool rolls back or discards it.
                 held = None;

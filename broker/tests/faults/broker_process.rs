@@ -23,6 +23,8 @@ pub struct BrokerSettings {
     pub commit_timeout: Duration,
     /// `limits.max_in_flight`, when not the default.
     pub max_in_flight: Option<usize>,
+    /// `store.queue_capacity`, when not the default.
+    pub queue_capacity: Option<usize>,
 }
 
 pub struct BrokerProcess {
@@ -55,6 +57,7 @@ fn config_toml(settings: &BrokerSettings, port: u16) -> String {
          \n\
          [store]\n\
          commit_timeout = \"{}ms\"\n\
+         {}\
          \n\
          [kill_switch]\n\
          quarantine = []\n",
@@ -62,6 +65,9 @@ fn config_toml(settings: &BrokerSettings, port: u16) -> String {
         policies_dir().display(),
         settings.data_dir.display(),
         settings.commit_timeout.as_millis(),
+        settings
+            .queue_capacity
+            .map_or_else(String::new, |n| format!("queue_capacity = {n}\n")),
     );
     if let Some(n) = settings.max_in_flight {
         toml.push_str(&format!("\n[limits]\nmax_in_flight = {n}\n"));

@@ -75,6 +75,7 @@ async fn overload_is_shed_and_admitted_calls_keep_their_latency() {
     let sizes = mode::sizes();
     let world = World::start(WorldOptions {
         max_in_flight: Some(MAX_IN_FLIGHT),
+        ..WorldOptions::default()
     })
     .await;
     let baseline_for = Duration::from_secs(2);

@@ -20,6 +20,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default)]
 pub struct WorldOptions {
     pub max_in_flight: Option<usize>,
+    pub queue_capacity: Option<usize>,
 }
 
 pub struct World {
@@ -102,6 +103,7 @@ impl World {
             data_dir: data_dir.path().to_path_buf(),
             commit_timeout: COMMIT_TIMEOUT,
             max_in_flight: options.max_in_flight,
+            queue_capacity: options.queue_capacity,
         })
         .await;
         World {
