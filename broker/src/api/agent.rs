@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authn, convert, status};
 use crate::clock::SharedClock;
-use crate::domain::broker::{Broker, Error as DomainError, OpenSession, ToolCallRequest};
+use crate::domain::broker::{Broker, OpenSession, ToolCallRequest};
 use crate::domain::retrieving::Candidate;
 
 pub struct AgentApi {
@@ -92,7 +92,6 @@ impl AgentService for AgentApi {
             .record("session_id", r.session_id.as_str())
             .record("tool", r.tool.as_str());
         convert::no_nul("tool", [&r.tool])?;
-        refuse_duplicate_keys(&r.arguments_json)?;
         let call = ToolCallRequest {
             session_id: r.session_id,
             tool: r.tool,
@@ -210,20 +209,5 @@ impl AgentService for AgentApi {
             .await
             .map_err(status::from_domain)?;
         Ok(Response::new(convert::session(&s, self.clock.now_micros())))
-    }
-}
-
-/// Arguments that name a key twice are refused here, at the boundary: the domain's parser keeps the
-/// later value, and a tool that keeps the earlier one would then run a call the policies never saw
-/// (`{"amount": 5000000, "amount": 5}`). Other JSON errors are the domain's to report.
-fn refuse_duplicate_keys(arguments_json: &str) -> Result<(), Status> {
-    match crate::json::from_str(arguments_json) {
-        Err(e @ crate::json::Error::DuplicateKey { .. }) => {
-            Err(status::from_domain(DomainError::InvalidArgument {
-                field: "arguments_json",
-                message: e.to_string(),
-            }))
-        }
-        _ => Ok(()),
     }
 }

@@ -403,8 +403,10 @@ impl Broker {
         let args: Value = if req.arguments_json.trim().is_empty() {
             Value::Object(serde_json::Map::new())
         } else {
-            serde_json::from_str(&req.arguments_json)
-                .map_err(|e| invalid("arguments_json", format!("not valid JSON: {e}")))?
+            // Strict: a key named twice is refused, so the policies and the tool cannot read different
+            // values (`serde_json` alone keeps the last).
+            crate::json::from_str(&req.arguments_json)
+                .map_err(|e| invalid("arguments_json", e.to_string()))?
         };
         if json_depth(&args) > limits.max_arguments_depth {
             return Err(invalid(
