@@ -195,7 +195,7 @@ struct Tool {
     resource: EntityUid,
     /// The tool's entity and its action entities (with their groups), built once per load.
     entities: Vec<Entity>,
-    /// The policies that can apply to this tool's calls (`None`: the set has templates; evaluate it whole).
+    /// The policies that can apply to this tool's calls (`None` only in tests: evaluate the whole set).
     slice: Option<slice::Slice>,
 }
 
@@ -275,14 +275,11 @@ impl PolicyEngine {
                 .cloned()
                 .ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
             let entities = vec![tool_entity, action_entity, call_tool_entity.clone()];
-            let slice = if loaded.policies.templates().next().is_some() {
-                None
-            } else {
-                Some(
-                    slice::Slice::of(&loaded.policies, &action, &resource, &actions)
-                        .map_err(catalogue_err)?,
-                )
-            };
+            // `load` refuses templates, so every policy is static and can be sliced.
+            let slice = Some(
+                slice::Slice::of(&loaded.policies, &action, &resource, &actions)
+                    .map_err(catalogue_err)?,
+            );
             tools.insert(
                 name,
                 Tool {

@@ -40,10 +40,6 @@ fn rows_from_json(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> St
     }
 }
 
-fn encode<T: Serialize>(what: &str, rows: &T) -> Result<String, Error> {
-    json_text(what, rows)
-}
-
 /// The idempotency key of a remembered tool call.
 pub(crate) type CallKey = (String, String, String);
 
@@ -73,7 +69,7 @@ pub(crate) async fn recorded_calls(
         rows_from_json(backend, "k", &[("s", "text"), ("a", "text"), ("c", "text")])
     );
     let rows = sqlx::query::<Any>(&sql)
-        .bind(encode("call keys", &rows)?)
+        .bind(json_text("call keys", &rows)?)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -116,7 +112,7 @@ pub(crate) async fn taken_event_ids(
         rows_from_json(backend, "k", &[("id", "text")])
     );
     let rows = sqlx::query::<Any>(&sql)
-        .bind(encode("event ids", &rows)?)
+        .bind(json_text("event ids", &rows)?)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -142,7 +138,7 @@ pub(crate) async fn sessions(
         rows_from_json(backend, "k", &[("id", "text")])
     );
     let rows = sqlx::query::<Any>(&sql)
-        .bind(encode("session ids", &rows)?)
+        .bind(json_text("session ids", &rows)?)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -180,7 +176,7 @@ pub(crate) async fn set_tool_calls_used(
         rows_from_json(backend, "u", &[("id", "text"), ("n", "bigint")])
     );
     let done = sqlx::query::<Any>(&sql)
-        .bind(encode("session budgets", &rows)?)
+        .bind(json_text("session budgets", &rows)?)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -250,7 +246,7 @@ pub(crate) async fn insert_tool_calls(
         cols = names.join(", ")
     );
     sqlx::query::<Any>(&sql)
-        .bind(encode("tool calls", &rows)?)
+        .bind(json_text("tool calls", &rows)?)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -341,7 +337,7 @@ pub(crate) async fn insert_events(
         rows_from_json(backend, "r", &EVENT_TYPES)
     );
     sqlx::query::<Any>(&sql)
-        .bind(encode("audit events", &rows)?)
+        .bind(json_text("audit events", &rows)?)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
