@@ -164,6 +164,11 @@ pub struct SessionConfig {
     pub default_max_tool_calls: u32,
     /// A larger requested budget is refused.
     pub max_tool_calls: u32,
+    /// How long the decision path trusts a session it read (`0s`: read it for every call). The writer
+    /// re-checks closure, budget and taint labels of every ALLOW at commit; what may lag by this much is
+    /// `context.session.calls` as spent through other brokers, and the reason given for a DENY.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
 }
 
 impl Default for SessionConfig {
@@ -173,6 +178,7 @@ impl Default for SessionConfig {
             max_ttl: Duration::from_secs(24 * 3600),
             default_max_tool_calls: 100,
             max_tool_calls: 100_000,
+            cache_ttl: Duration::from_secs(5),
         }
     }
 }

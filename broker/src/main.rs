@@ -16,6 +16,9 @@ use broker::domain::decision::Outcome;
 use broker::policy::{fixtures, PolicyEngine};
 use broker::store::{EventFilter, Page, Store};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Authorization broker for AI agents: every tool call is checked against sessions and Cedar policies,
 /// and recorded in a tamper-evident audit trail, before it happens.
 #[derive(Parser)]

@@ -160,6 +160,7 @@ impl Broker {
             approval_id: Some(id.clone()),
         };
         let mut write = None;
+        let mut labels_seen = None;
         if let Some(r) = final_refusal {
             decision.reasons.push(r);
         } else if let Some(killed) = self.kill_check(
@@ -186,6 +187,7 @@ impl Broker {
                     ))
                 }
                 Some(s) => {
+                    labels_seen = Some(s.labels.len());
                     if let Some(refusal) = s.refusal(now) {
                         decision.reasons.push(refusal);
                     } else if !s.allows_tool(&approval.tool) {
@@ -258,10 +260,21 @@ impl Broker {
             remember: false,
             now,
             approval: write,
+            labels_seen,
         };
         match self.store.record_decision(record).await? {
-            Recorded::Committed(d) => Ok(d),
+            Recorded::Committed(d) => {
+                if d.is_allow() {
+                    self.sessions.spent(&d.session_id);
+                }
+                Ok(d)
+            }
             Recorded::Replayed(prior) => Ok(prior.decision),
+            // Nothing was used: the approval still waits for this call, decided again on the next await.
+            Recorded::Stale => Err(Error::Unavailable(format!(
+                "session `{}` gained labels while the approved call was decided; nothing was used, call again",
+                approval.session_id
+            ))),
         }
     }
 

@@ -13,6 +13,7 @@ use super::decision::{Decision, Outcome, Reason, ReasonCode};
 use super::killswitch::{Check, KillSwitch, Release, Scope, Subject, MAX_REASON_LEN};
 use super::quarantine::Quarantine;
 use super::session::{is_tool_name, Session, ToolScope, MAX_TOOL_NAME_LEN};
+use super::session_cache::SessionCache;
 use super::switchboard::{Change, Switchboard};
 use crate::auth::{Principal, Role};
 use crate::clock::{micros_of, Micros, SharedClock};
@@ -27,6 +28,8 @@ use crate::store::{
 pub const MAX_CALL_ID_LEN: usize = 128;
 pub const MAX_PURPOSE_LEN: usize = 1024;
 pub const MAX_SCOPES: usize = 256;
+/// Decisions of one call made before giving up when the session keeps gaining labels under it.
+const MAX_DECIDE_ATTEMPTS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -122,6 +125,8 @@ pub struct Broker {
     pub(super) settings: Arc<Settings>,
     switchboard: Switchboard,
     quarantine: Arc<Quarantine>,
+    /// Sessions as last read, for the decision path (`session_cache`: what the writer re-checks).
+    pub(super) sessions: Arc<SessionCache>,
     /// Approval changes made through this broker or seen in the store: wakes waiting agents, feeds watchers.
     pub(super) approval_changes: broadcast::Sender<Approval>,
     pub(super) announced: Arc<super::approving::Announced>,
@@ -175,6 +180,7 @@ impl Broker {
         webhook: Option<Webhook>,
     ) -> Self {
         let quarantine = Arc::new(Quarantine::new(settings.quarantine.clone()));
+        let sessions = Arc::new(SessionCache::new(settings.session.cache_ttl));
         let (approval_changes, _) = broadcast::channel(1024);
         Self {
             store,
@@ -183,6 +189,7 @@ impl Broker {
             settings: Arc::new(settings),
             switchboard,
             quarantine,
+            sessions,
             approval_changes,
             announced: Arc::default(),
             webhook,
@@ -340,7 +347,9 @@ impl Broker {
         }
         let now = self.now();
         let event = EventBody::for_session(EventKind::SessionClosed, &session, now);
-        match self.store.close_session(&session.id, now, event).await {
+        let closing = self.store.close_session(&session.id, now, event).await;
+        self.sessions.forget(&session.id);
+        match closing {
             // Another close won the race: the session is closed either way.
             Err(e) if e.kind() == store::ErrorKind::Conflict => {}
             other => {
@@ -416,7 +425,51 @@ impl Broker {
         }
         let digest =
             audit::arguments_digest(&args).map_err(|e| invalid("arguments_json", e.to_string()))?;
+        // The first attempt may decide on the cached session; the writer refuses an ALLOW made on fewer
+        // labels than the session has (`Recorded::Stale`), and then the call is decided on a fresh read.
+        for attempt in 0..MAX_DECIDE_ATTEMPTS {
+            let fresh = attempt > 0;
+            if let Some(d) = self
+                .decide_and_record(caller, &req, &args, &digest, fresh)
+                .await?
+            {
+                return Ok(d);
+            }
+            self.sessions.forget(&req.session_id);
+        }
+        Err(Error::Unavailable(format!(
+            "session `{}` kept gaining labels while this call was decided; nothing was recorded, try again",
+            req.session_id
+        )))
+    }
 
+    /// The session as the decision path sees it: cached, unless `fresh` or not cached.
+    async fn session_to_decide(
+        &self,
+        id: &str,
+        fresh: bool,
+    ) -> Result<Option<Arc<Session>>, Error> {
+        if !fresh {
+            if let Some(s) = self.sessions.get(id) {
+                return Ok(Some(s));
+            }
+        }
+        let read = self.bounded(self.store.session(id)).await?.map(Arc::new);
+        if let Some(s) = &read {
+            self.sessions.put(Arc::clone(s));
+        }
+        Ok(read)
+    }
+
+    /// One decision and its record. `None`: the writer found it stale (nothing was recorded).
+    async fn decide_and_record(
+        &self,
+        caller: &Principal,
+        req: &ToolCallRequest,
+        args: &Value,
+        digest: &str,
+        fresh: bool,
+    ) -> Result<Option<Decision>, Error> {
         let now = self.now();
         let engine = self.policies();
         let mut decision = Decision {
@@ -432,13 +485,14 @@ impl Broker {
         };
         // Calls outside the caller's own session are not remembered, so they cannot poison its call ids.
         let mut remember = true;
+        let mut labels_seen = None;
         let mut pending: Option<(Vec<Requirement>, Option<Duration>)> = None;
         if let Some(killed) = self.kill_check(caller, Some(&req.tool), Some(&req.session_id), now) {
             // Not remembered: once the switch is released, a retry of this call is decided afresh.
             remember = false;
             decision.reasons.push(killed);
         } else {
-            match self.bounded(self.store.session(&req.session_id)).await? {
+            match self.session_to_decide(&req.session_id, fresh).await? {
                 None => {
                     remember = false;
                     decision.reasons.push(Reason::new(
@@ -460,6 +514,7 @@ impl Broker {
                     // A retry of a call already decided gets the same answer and spends nothing: the writer
                     // finds its key under the chain lock and answers `Replayed` (one read fewer here). Only
                     // calls in the caller's own session are remembered, so nobody else replays its decisions.
+                    labels_seen = Some(s.labels.len());
                     if let Some(refusal) = s.refusal(now) {
                         decision.reasons.push(refusal);
                     } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {
@@ -480,7 +535,7 @@ impl Broker {
                             tenant: caller.tenant.as_deref(),
                             roles,
                             tool: &req.tool,
-                            args: &args,
+                            args,
                             session: session_facts(&s),
                             approval: None,
                         });
@@ -494,12 +549,12 @@ impl Broker {
             }
         }
 
-        let redacted = audit::redact(&args, &self.settings.audit.redact_fields);
+        let redacted = audit::redact(args, &self.settings.audit.redact_fields);
         let call = CallFacts {
             event_id: ids::event_id(),
             agent: caller.subject.clone(),
             user: caller.user.clone(),
-            arguments_digest: digest.clone(),
+            arguments_digest: digest.to_owned(),
             arguments_redacted: serde_json::to_string(&redacted)
                 .map_err(|e| Error::Internal(e.to_string()))?,
         };
@@ -511,7 +566,7 @@ impl Broker {
                 decision.approval_id = Some(a.id.clone());
                 a.decision_id = decision.decision_id.clone();
                 let arguments =
-                    serde_jcs::to_string(&args).map_err(|e| Error::Internal(e.to_string()))?;
+                    serde_jcs::to_string(args).map_err(|e| Error::Internal(e.to_string()))?;
                 Some(ApprovalWrite::Request {
                     approval: a,
                     arguments,
@@ -532,22 +587,24 @@ impl Broker {
                 remember,
                 now,
                 approval,
+                labels_seen,
             })
             .await?
         {
             Recorded::Committed(d) => {
+                if d.is_allow() {
+                    self.sessions.spent(&d.session_id);
+                }
                 if let Some(a) = asked.filter(|_| d.outcome == Outcome::PendingApproval) {
                     self.announce_approval(&a);
                 }
                 self.quarantine_after(&d, caller, now).await;
-                Ok(d)
+                Ok(Some(d))
             }
-            Recorded::Replayed(prior) => replay(
-                prior.arguments_digest,
-                prior.decision,
-                &digest,
-                &req.call_id,
-            ),
+            Recorded::Replayed(prior) => {
+                replay(prior.arguments_digest, prior.decision, digest, &req.call_id).map(Some)
+            }
+            Recorded::Stale => Ok(None),
         }
     }
 

@@ -9,4 +9,5 @@ pub mod killswitch;
 pub mod quarantine;
 pub mod retrieving;
 pub mod session;
+mod session_cache;
 pub mod switchboard;

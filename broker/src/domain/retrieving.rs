@@ -260,11 +260,12 @@ impl Broker {
             )
         };
         // The batch is recorded (and the labels stick) before any document id leaves the broker.
-        let session_labels = match self
+        let labelled = self
             .store
             .add_session_labels(session_id, &labels, event, now)
-            .await?
-        {
+            .await;
+        self.sessions.forget(session_id);
+        let session_labels = match labelled? {
             Some(s) => s.labels,
             None => Vec::new(),
         };
@@ -328,10 +329,12 @@ impl Broker {
                 now,
             )
         };
-        self.store
+        let labelled = self
+            .store
             .add_session_labels(&session.id, &labels, event, now)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no session `{session_id}`")))
+            .await;
+        self.sessions.forget(&session.id);
+        labelled?.ok_or_else(|| Error::NotFound(format!("no session `{session_id}`")))
     }
 
     /// The pre-filter: when a document would be allowed in this session.

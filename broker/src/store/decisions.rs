@@ -6,7 +6,8 @@
 //! 2. an event id already in the chain is that decision's own conflict;
 //! 3. an ALLOW spends one tool call of an open, unexpired session with budget left, or is overruled to a
 //!    DENY saying why (the sessions are read here, under the chain lock that every session write takes,
-//!    so counting in memory is counting in the database);
+//!    so counting in memory is counting in the database); an ALLOW decided on fewer labels than its
+//!    session has is answered `Stale`, with nothing written;
 //! 4. the final decision is remembered (when asked) and its event placed in the chain.
 //!
 //! Then the writes: the sessions' new counts, the remembered calls, the events. All inside the batch's
@@ -75,6 +76,13 @@ pub(super) async fn record(
             let session_id = &decision.session_id;
             let refusal = match sessions.get_mut(session_id) {
                 Some(s) => match s.refusal(rec.now) {
+                    // Decided without some of the session's labels: nothing written, decided again.
+                    None if decision.is_allow()
+                        && rec.labels_seen.is_some_and(|n| n != s.labels.len()) =>
+                    {
+                        answers.push(Ok(Recorded::Stale));
+                        continue;
+                    }
                     None => {
                         s.tool_calls_used += 1;
                         spent.insert(session_id.clone());

@@ -105,6 +105,10 @@ pub struct DecisionRecord {
     pub remember: bool,
     /// The approval this decision asks for or uses, written in the same transaction.
     pub approval: Option<ApprovalWrite>,
+    /// How many taint labels the session had when the decision was made. Labels only accumulate, so when
+    /// an ALLOW's session has more at commit, the policies decided without some of them: nothing is
+    /// written and the answer is [`Recorded::Stale`]. `None`: not checked.
+    pub labels_seen: Option<usize>,
     pub now: Micros,
 }
 
@@ -143,6 +147,9 @@ pub enum Recorded {
     /// A call with this (session, agent, call_id) was already committed: this is its record. Nothing new was
     /// written and no budget was spent. The caller compares `arguments_digest` with its own.
     Replayed(RecordedCall),
+    /// An ALLOW decided on fewer taint labels than its session has now (`labels_seen`): nothing was
+    /// written. The caller decides again on a fresh read of the session.
+    Stale,
 }
 
 /// Which approvals [`Store::list_approvals`] returns; every field set narrows the result.

@@ -73,6 +73,7 @@ contract_tests!(
     labels_accumulate_and_every_call_is_audited,
     labels_for_a_missing_session_or_a_bad_event_write_nothing,
     concurrent_labels_on_two_brokers_all_land,
+    allows_decided_on_fewer_labels_are_stale_and_write_nothing,
 );
 
 // -------------------------------------------------------------------------------------------------
@@ -143,6 +144,7 @@ fn allow(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
         spend_budget: true,
         remember: true,
         approval: None,
+        labels_seen: None,
         now: at,
     }
 }
@@ -163,6 +165,7 @@ fn committed(r: Recorded) -> Result<Decision, String> {
     match r {
         Recorded::Committed(d) => Ok(d),
         Recorded::Replayed(c) => Err(format!("expected a commit, got a replay of {c:?}")),
+        Recorded::Stale => Err("expected a commit, got Stale".to_owned()),
     }
 }
 
@@ -2609,5 +2612,72 @@ async fn postgres_listener_reports_a_lost_connection_and_listens_again() -> Test
     }
     assert!(engaged_ok, "the writer did not recover");
     assert_eq!(next_change(&mut listener).await?, Some(k.id.clone()));
+    Ok(())
+}
+
+/// An ALLOW made on fewer labels than its session has (another broker, or a retrieval in between, added
+/// some) is answered `Stale` with nothing written, on both writer paths; a DENY is recorded as it is.
+async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(10);
+    let a = open_and_request(store, &s, "c1", 1, T0 + 10).await?;
+    approve(store, &a, "bob", T0 + 20).await?;
+    store
+        .add_session_labels(
+            &s.id,
+            &strings(&["pii"]),
+            labelled(
+                &s,
+                EventKind::RetrievalDecided,
+                &serde_json::json!({}),
+                T0 + 25,
+            ),
+            T0 + 25,
+        )
+        .await?
+        .ok_or("session not found")?;
+    let before = last_seq(store).await?;
+    let used_before = store.session(&s.id).await?.map(|s| s.tool_calls_used);
+
+    let stale = |mut rec: DecisionRecord, seen: usize| {
+        rec.labels_seen = Some(seen);
+        rec
+    };
+    let plain = store
+        .record_decision(stale(allow(&s, "web.search", "c2", T0 + 30), 0))
+        .await?;
+    assert_eq!(plain, Recorded::Stale, "set-wise path");
+    let approved = store
+        .record_decision(stale(consume(&s, &a, "c1-approved", T0 + 30), 0))
+        .await?;
+    assert_eq!(approved, Recorded::Stale, "one-by-one path");
+    assert_eq!(last_seq(store).await?, before, "no event was appended");
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        used_before,
+        "no budget was spent"
+    );
+    let unused = store.approval(&a.id).await?.ok_or("approval gone")?;
+    assert_eq!(unused.consumed_at, None, "the approval was not used");
+
+    // Decided again with the labels it has now: committed. A DENY is never stale.
+    let again = committed(
+        store
+            .record_decision(stale(allow(&s, "web.search", "c2", T0 + 31), 1))
+            .await?,
+    )?;
+    assert_eq!(again.outcome, Outcome::Allow);
+    let denied = committed(
+        store
+            .record_decision(stale(deny(&s, "web.search", "c3", T0 + 32), 0))
+            .await?,
+    )?;
+    assert_eq!(denied.outcome, Outcome::Deny);
+    let used = committed(
+        store
+            .record_decision(stale(consume(&s, &a, "c1-approved", T0 + 33), 1))
+            .await?,
+    )?;
+    assert_eq!(used.outcome, Outcome::Allow);
     Ok(())
 }
