@@ -279,3 +279,54 @@ async fn the_pre_filter_agrees_with_the_post_filter(backend: DbBackend) {
     assert_eq!(post, ["d0", "d1", "d5"]);
 }
 both!(the_pre_filter_agrees_with_the_post_filter);
+
+/// A broker decides on the session as it last read it (`session.cache_ttl`), but never ALLOWs on that
+/// alone: labels added and a close made through another broker hold on the very next call.
+async fn changes_made_through_another_broker_hold_at_once(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let other = h.another_broker().await;
+    let token = h.token_in_tenant("rag-agent", &[Role::Agent], Some("alice"), Some("acme"));
+    let (here, s) = reader(&h).await;
+    let there = Client::connect(format!("http://{}", other.addr), token)
+        .await
+        .unwrap();
+    let search = |q: &str| json!({"query": q});
+    let first = here
+        .authorize(&s, "web.search", &search("q1"))
+        .await
+        .unwrap();
+    assert!(first.is_allowed(), "{first:?}");
+
+    let labelled = there
+        .report_tool_result(&s, &first.decision_id, true, &["confidential"])
+        .await
+        .unwrap();
+    assert_eq!(labelled.labels, ["confidential"]);
+    let d = here
+        .authorize(&s, "web.search", &search("q2"))
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    assert_eq!(
+        d.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
+        Some("confidential-data-stays-inside"),
+        "decided again on the labels the session has now"
+    );
+
+    let (_, s2) = reader(&h).await;
+    assert!(here
+        .authorize(&s2, "web.search", &search("q3"))
+        .await
+        .unwrap()
+        .is_allowed());
+    there.close_session(&s2).await.unwrap();
+    let d = here
+        .authorize(&s2, "web.search", &search("q4"))
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    assert!(d.reason("SESSION_CLOSED").is_some(), "{d:?}");
+
+    assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
+}
+both!(changes_made_through_another_broker_hold_at_once);

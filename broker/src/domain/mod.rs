@@ -4,6 +4,9 @@ pub mod approval;
 pub mod approving;
 pub mod audit;
 pub mod broker;
+mod canonical;
+#[cfg(test)]
+mod canonical_tests;
 pub mod decision;
 pub mod killswitch;
 pub mod quarantine;

@@ -2639,16 +2639,17 @@ async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb)
     let before = last_seq(store).await?;
     let used_before = store.session(&s.id).await?.map(|s| s.tool_calls_used);
 
+    let (before_label, now_labelled) = (s.labels.len(), s.labels.len() + 1);
     let stale = |mut rec: DecisionRecord, seen: usize| {
         rec.labels_seen = Some(seen);
         rec
     };
     let plain = store
-        .record_decision(stale(allow(&s, "web.search", "c2", T0 + 30), 0))
+        .record_decision(stale(allow(&s, "web.search", "c2", T0 + 30), before_label))
         .await?;
     assert_eq!(plain, Recorded::Stale, "set-wise path");
     let approved = store
-        .record_decision(stale(consume(&s, &a, "c1-approved", T0 + 30), 0))
+        .record_decision(stale(consume(&s, &a, "c1-approved", T0 + 30), before_label))
         .await?;
     assert_eq!(approved, Recorded::Stale, "one-by-one path");
     assert_eq!(last_seq(store).await?, before, "no event was appended");
@@ -2663,19 +2664,19 @@ async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb)
     // Decided again with the labels it has now: committed. A DENY is never stale.
     let again = committed(
         store
-            .record_decision(stale(allow(&s, "web.search", "c2", T0 + 31), 1))
+            .record_decision(stale(allow(&s, "web.search", "c2", T0 + 31), now_labelled))
             .await?,
     )?;
     assert_eq!(again.outcome, Outcome::Allow);
     let denied = committed(
         store
-            .record_decision(stale(deny(&s, "web.search", "c3", T0 + 32), 0))
+            .record_decision(stale(deny(&s, "web.search", "c3", T0 + 32), before_label))
             .await?,
     )?;
     assert_eq!(denied.outcome, Outcome::Deny);
     let used = committed(
         store
-            .record_decision(stale(consume(&s, &a, "c1-approved", T0 + 33), 1))
+            .record_decision(stale(consume(&s, &a, "c1-approved", T0 + 33), now_labelled))
             .await?,
     )?;
     assert_eq!(used.outcome, Outcome::Allow);

@@ -1,0 +1,121 @@
+//! `canonical::to_vec` against `serde_jcs`, which every stored hash was computed with: random events, with
+//! strings full of what JSON escapes (quotes, backslashes, control characters) and what it does not
+//! (non-ASCII, U+2028, lone high code points), must give the same bytes, hence the same chain hashes.
+
+use proptest::prelude::*;
+
+use super::audit::{EventBody, EventKind, Hashed};
+use super::decision::{Outcome, Reason, ReasonCode};
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z_]{0,12}",
+        any::<String>(),
+        "[\"\\\\/\u{0}-\u{1f}\u{7f}\u{2028}\u{2029}é€𝄞 a-z]{0,24}",
+    ]
+}
+
+fn reason() -> impl Strategy<Value = Reason> {
+    (
+        prop::sample::select(vec![
+            ReasonCode::PolicyAllow,
+            ReasonCode::PolicyDeny,
+            ReasonCode::KillSwitch,
+            ReasonCode::ApprovalRequired,
+            ReasonCode::SessionClosed,
+        ]),
+        prop::option::of(text()),
+        text(),
+        prop::option::of(text()),
+    )
+        .prop_map(|(code, policy_id, message, kill_switch_id)| Reason {
+            code,
+            policy_id,
+            message,
+            kill_switch_id,
+        })
+}
+
+fn body() -> impl Strategy<Value = EventBody> {
+    (
+        (
+            text(),
+            any::<i64>(),
+            prop::sample::select(vec![
+                EventKind::ToolCallDecided,
+                EventKind::SessionOpened,
+                EventKind::KillSwitchEngaged,
+                EventKind::RetrievalDecided,
+            ]),
+            text(),
+            prop::option::of(text()),
+            prop::option::of(text()),
+            prop::option::of(text()),
+        ),
+        (
+            prop::option::of(text()),
+            prop::option::of(text()),
+            prop::option::of(prop::sample::select(vec![
+                Outcome::Allow,
+                Outcome::Deny,
+                Outcome::PendingApproval,
+            ])),
+            prop::collection::vec(reason(), 0..4),
+            prop::option::of(text()),
+            prop::option::of(text()),
+            prop::option::of(text()),
+            prop::option::of(text()),
+        ),
+    )
+        .prop_map(
+            |(
+                (event_id, time, kind, agent, user, session_id, decision_id),
+                (tool, call_id, outcome, reasons, policy_version, digest, redacted, detail),
+            )| EventBody {
+                event_id,
+                time,
+                kind,
+                agent,
+                user,
+                session_id,
+                decision_id,
+                tool,
+                call_id,
+                outcome,
+                reasons,
+                policy_version,
+                arguments_digest: digest,
+                arguments_redacted: redacted,
+                detail,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn same_bytes_as_serde_jcs(seq in any::<i64>(), prev_hash in text(), body in body()) {
+        let hashed = Hashed { seq, prev_hash: &prev_hash, body: &body };
+        let ours = super::canonical::to_vec(&hashed);
+        prop_assert!(ours.is_some(), "audit events never need the fallback");
+        prop_assert_eq!(ours, serde_jcs::to_vec(&hashed).ok());
+    }
+}
+
+#[test]
+fn floats_and_deep_values_are_left_to_serde_jcs() {
+    assert_eq!(
+        super::canonical::to_vec(&serde_json::json!({"x": 1.5})),
+        None
+    );
+    let mut deep = serde_json::json!(1);
+    for _ in 0..40 {
+        deep = serde_json::json!([deep]);
+    }
+    assert_eq!(super::canonical::to_vec(&deep), None);
+    assert_eq!(
+        super::canonical::to_vec(&serde_json::json!({"b": [1, "x\n"], "a b": null, "a": -2})),
+        serde_jcs::to_vec(&serde_json::json!({"b": [1, "x\n"], "a b": null, "a": -2})).ok()
+    );
+}
