@@ -306,7 +306,10 @@ impl AuditEvent {
 
 /// SHA-256 (hex) of the RFC 8785 canonical form of `args`: key order and spacing do not change it.
 pub fn arguments_digest(args: &serde_json::Value) -> Result<String, Error> {
-    let canonical = serde_jcs::to_vec(args).map_err(|e| Error::Canonical(e.to_string()))?;
+    let canonical = match super::canonical::value_to_vec(args) {
+        Some(bytes) => bytes,
+        None => serde_jcs::to_vec(args).map_err(|e| Error::Canonical(e.to_string()))?,
+    };
     Ok(hex::encode(Sha256::digest(canonical)))
 }
 

@@ -1,10 +1,11 @@
-//! The canonical JSON the hash chain is computed over, written without `serde_jcs`'s per-member buffers.
+//! The canonical JSON the hash chain and the arguments digest are computed over, written without
+//! `serde_jcs`'s per-member buffers.
 //!
 //! The chain has always hashed `serde_jcs` 0.1 output, so this must stay byte for byte the same: members
 //! sorted by their key as serialized (quotes and escapes included), strings escaped as `serde_json` does,
 //! integers in decimal. Floats (written by `serde_jcs` in ECMAScript form) and deep nesting are not
 //! handled here: [`to_vec`] then returns `None` and the caller uses `serde_jcs`. `canonical_tests` checks
-//! the two agree on random events.
+//! the two agree on random events and random tool arguments.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -14,9 +15,13 @@ const MAX_DEPTH: usize = 16;
 
 /// `value` as `serde_jcs` 0.1 would write it, or `None` where this writer does not apply.
 pub fn to_vec<T: Serialize>(value: &T) -> Option<Vec<u8>> {
-    let value = serde_json::to_value(value).ok()?;
+    value_to_vec(&serde_json::to_value(value).ok()?)
+}
+
+/// A JSON value as `serde_jcs` 0.1 would write it, or `None` where this writer does not apply.
+pub fn value_to_vec(value: &Value) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(1024);
-    write(&value, &mut out, 0).then_some(out)
+    write(value, &mut out, 0).then_some(out)
 }
 
 fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {

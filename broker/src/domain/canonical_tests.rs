@@ -103,6 +103,33 @@ proptest! {
     }
 }
 
+/// Tool arguments: any JSON without floats, keys included (sorted by their escaped bytes, as serde_jcs does).
+fn json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        text().prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(text(), inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn arguments_same_bytes_as_serde_jcs(args in json()) {
+        prop_assert_eq!(super::canonical::value_to_vec(&args), serde_jcs::to_vec(&args).ok());
+    }
+}
+
 #[test]
 fn floats_and_deep_values_are_left_to_serde_jcs() {
     assert_eq!(
