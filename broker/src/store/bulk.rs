@@ -19,11 +19,21 @@ use crate::domain::session::Session;
 
 /// `FROM <rows> AS <alias>` exposing `columns` (name, Postgres type) read from the JSON objects in `$1`.
 fn rows_from_json(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> String {
+    rows_from_json_at(backend, 1, alias, columns)
+}
+
+/// [`rows_from_json`] reading parameter `$param`.
+fn rows_from_json_at(
+    backend: Backend,
+    param: usize,
+    alias: &str,
+    columns: &[(&str, &str)],
+) -> String {
     match backend {
         Backend::Postgres => {
             let typed: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
             format!(
-                "json_to_recordset($1::json) AS {alias}({})",
+                "json_to_recordset(${param}::json) AS {alias}({})",
                 typed.join(", ")
             )
         }
@@ -33,7 +43,7 @@ fn rows_from_json(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> St
                 .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
                 .collect();
             format!(
-                "(SELECT {} FROM json_each($1)) AS {alias}",
+                "(SELECT {} FROM json_each(${param})) AS {alias}",
                 picked.join(", ")
             )
         }
@@ -164,19 +174,8 @@ pub(crate) async fn set_tool_calls_used(
     if used.is_empty() {
         return Ok(());
     }
-    let rows: Vec<UsedRow<'_>> = used
-        .iter()
-        .map(|(id, n)| UsedRow {
-            id,
-            n: i64::from(*n),
-        })
-        .collect();
-    let sql = format!(
-        "UPDATE sessions SET tool_calls_used = u.n FROM {} WHERE sessions.id = u.id",
-        rows_from_json(backend, "u", &[("id", "text"), ("n", "bigint")])
-    );
-    let done = sqlx::query::<Any>(&sql)
-        .bind(json_text("session budgets", &rows)?)
+    let done = sqlx::query::<Any>(&set_used_sql(backend, 1))
+        .bind(json_text("session budgets", &used_rows(used))?)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -186,6 +185,22 @@ pub(crate) async fn set_tool_calls_used(
         ));
     }
     Ok(())
+}
+
+fn used_rows<'a>(used: &[(&'a str, u32)]) -> Vec<UsedRow<'a>> {
+    used.iter()
+        .map(|(id, n)| UsedRow {
+            id,
+            n: i64::from(*n),
+        })
+        .collect()
+}
+
+fn set_used_sql(backend: Backend, param: usize) -> String {
+    format!(
+        "UPDATE sessions SET tool_calls_used = u.n FROM {} WHERE sessions.id = u.id",
+        rows_from_json_at(backend, param, "u", &[("id", "text"), ("n", "bigint")])
+    )
 }
 
 /// A tool call to remember under its idempotency key.
@@ -224,7 +239,16 @@ pub(crate) async fn insert_tool_calls(
     if calls.is_empty() {
         return Ok(());
     }
-    let rows = calls
+    sqlx::query::<Any>(&insert_tool_calls_sql(backend, 1))
+        .bind(json_text("tool calls", &tool_call_rows(calls)?)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+fn tool_call_rows<'a>(calls: &'a [CallRow<'_>]) -> Result<Vec<ToolCallRow<'a>>, Error> {
+    calls
         .iter()
         .map(|r| {
             Ok(ToolCallRow {
@@ -236,21 +260,18 @@ pub(crate) async fn insert_tool_calls(
                 recorded_at: r.at,
             })
         })
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect()
+}
+
+fn insert_tool_calls_sql(backend: Backend, param: usize) -> String {
     let names: Vec<&str> = TOOL_CALL_COLUMNS.iter().map(|(c, _)| *c).collect();
-    let sql = format!(
+    format!(
         // `WHERE true`: SQLite needs it to tell the upsert's ON from a join's.
         "INSERT INTO tool_calls ({cols}) SELECT {cols} FROM {} WHERE true \
          ON CONFLICT (session_id, agent, call_id) DO NOTHING",
-        rows_from_json(backend, "r", &TOOL_CALL_COLUMNS),
+        rows_from_json_at(backend, param, "r", &TOOL_CALL_COLUMNS),
         cols = names.join(", ")
-    );
-    sqlx::query::<Any>(&sql)
-        .bind(json_text("tool calls", &rows)?)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    Ok(())
+    )
 }
 
 #[derive(Serialize)]
@@ -306,7 +327,16 @@ pub(crate) async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let rows = events
+    sqlx::query::<Any>(&insert_events_sql(backend, 1))
+        .bind(json_text("audit events", &event_rows(events)?)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+fn event_rows(events: &[AuditEvent]) -> Result<Vec<EventRow<'_>>, Error> {
+    events
         .iter()
         .map(|event| {
             let b = &event.body;
@@ -331,16 +361,54 @@ pub(crate) async fn insert_events(
                 hash: &event.hash,
             })
         })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let sql = format!(
+        .collect()
+}
+
+fn insert_events_sql(backend: Backend, param: usize) -> String {
+    format!(
         "INSERT INTO audit_events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM {}",
-        rows_from_json(backend, "r", &EVENT_TYPES)
+        rows_from_json_at(backend, param, "r", &EVENT_TYPES)
+    )
+}
+
+/// A batch's decision writes: the sessions' new counts (every session must exist), the calls to
+/// remember, the events. On Postgres one statement (data-modifying CTEs), so one round trip instead of
+/// three while the chain lock is held; SQLite runs in process and takes them one by one.
+pub(crate) async fn write_decisions(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    used: &[(&str, u32)],
+    calls: &[CallRow<'_>],
+    events: &[AuditEvent],
+) -> Result<(), Error> {
+    if backend == Backend::Sqlite {
+        set_tool_calls_used(conn, backend, used).await?;
+        insert_tool_calls(conn, backend, calls).await?;
+        return insert_events(conn, backend, events).await;
+    }
+    let sql = format!(
+        "WITH used AS ({} RETURNING 1), calls AS ({} RETURNING 1), events AS ({} RETURNING 1) \
+         SELECT (SELECT COUNT(*) FROM used) AS used, (SELECT COUNT(*) FROM events) AS events",
+        set_used_sql(backend, 1),
+        insert_tool_calls_sql(backend, 2),
+        insert_events_sql(backend, 3),
     );
-    sqlx::query::<Any>(&sql)
-        .bind(json_text("audit events", &rows)?)
-        .execute(&mut *conn)
+    let row = sqlx::query::<Any>(&sql)
+        .bind(json_text("session budgets", &used_rows(used))?)
+        .bind(json_text("tool calls", &tool_call_rows(calls)?)?)
+        .bind(json_text("audit events", &event_rows(events)?)?)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
+    let (updated, inserted): (i64, i64) = (column(&row, "used")?, column(&row, "events")?);
+    if usize::try_from(updated).ok() != Some(used.len()) {
+        return Err(Error::internal(
+            "a session disappeared while its budget was spent",
+        ));
+    }
+    if usize::try_from(inserted).ok() != Some(events.len()) {
+        return Err(Error::internal("the batch's events were not all stored"));
+    }
     Ok(())
 }
 

@@ -123,8 +123,6 @@ pub(super) async fn record(
         .filter_map(|id| sessions.get(id).map(|s| (id.as_str(), s.tool_calls_used)))
         .collect();
     used.sort_unstable();
-    bulk::set_tool_calls_used(conn, chain.backend(), &used).await?;
-    bulk::insert_tool_calls(conn, chain.backend(), &calls).await?;
-    bulk::insert_events(conn, chain.backend(), &events).await?;
+    bulk::write_decisions(conn, chain.backend(), &used, &calls, &events).await?;
     Ok(answers)
 }
