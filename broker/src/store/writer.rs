@@ -307,9 +307,9 @@ pub(crate) struct WriterConfig {
 /// Runs until every sender (every `Store` handle) is gone.
 ///
 /// Two things keep a slow database from starving the writer. Batches shrink when one times out (to a
-/// quarter, down to one job) and grow by a quarter after each full batch that commits, so a batch that cannot
-/// finish within `transaction_timeout` is not retried at the same size forever (nothing would commit, and
-/// the chain lock would be held for the whole bound each time). And the writer keeps its own connection
+/// quarter, down to one job) and grow by a quarter after each full batch that commits within half the
+/// bound, so a batch that cannot finish within `transaction_timeout` is not retried at the same size
+/// forever (nothing would commit, and the chain lock would be held for the whole bound each time). And the writer keeps its own connection
 /// between batches instead of queueing for the pool behind the request path's reads.
 pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
@@ -327,6 +327,7 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
         }
         let (work, replies): (Vec<Work>, Vec<ReplyTo>) = batch.drain(..).map(Job::split).unzip();
         let size = work.len();
+        let started = tokio::time::Instant::now();
         let outcome = AssertUnwindSafe(commit_batch(&pool, &mut held, cfg, work))
             .catch_unwind()
             .await;
@@ -339,7 +340,9 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
         match answers {
             Ok(answers) => {
                 tracing::trace!(batch = size, "audit batch committed");
-                if size >= limit {
+                // Grows only while a full batch leaves room: one that took half the bound would time out
+                // at twice the size, and a timed-out batch commits nothing.
+                if size >= limit && started.elapsed() < cfg.transaction_timeout / 2 {
                     limit = limit
                         .saturating_add(limit / 4 + 1)
                         .min(cfg.max_batch.max(1));
