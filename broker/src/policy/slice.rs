@@ -7,32 +7,50 @@
 //! A policy is left out of a tool's slice only when its scope can never match that tool's requests:
 //! its action scope excludes the tool's action (and every group the action is in), or its resource scope
 //! is `==` another entity. Everything else (conditions, `in`, `is`) stays and is evaluated by Cedar.
-//! `tests::sliced_decisions_equal_whole_set_decisions` checks the equivalence on random policy sets.
+//! Each part is then split by condition guards (`index`, `guard`): a policy whose guard is false on a
+//! call is not evaluated for it.
+//! `slice_tests` and `guard_tests` check the equivalence on random policy sets.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
-    PrincipalConstraint, ResourceConstraint, Response,
+    ActionConstraint, Decision as CedarDecision, Entities, Entity, EntityUid, Policy, PolicyId,
+    PolicySet, PrincipalConstraint, ResourceConstraint, Response,
 };
+use serde_json::Value;
+
+use super::args::RecordType;
+use super::guard::Cond;
+use super::index::GuardedSet;
 
 /// What one tool's calls are evaluated against.
 pub(super) struct Slice {
     /// Policies not tied to one agent.
-    pub(super) shared: PolicySet,
+    pub(super) shared: GuardedSet,
     /// Policies with `principal == <uid>`, by that uid.
-    pub(super) by_principal: HashMap<EntityUid, PolicySet>,
+    pub(super) by_principal: HashMap<EntityUid, GuardedSet>,
+}
+
+/// What slicing needs to know about one tool.
+pub(super) struct ToolScope<'a> {
+    /// The action and resource every request for the tool carries.
+    pub(super) action: &'a EntityUid,
+    pub(super) resource: &'a EntityUid,
+    /// The tool's entity (its attributes fold into guards) and argument type.
+    pub(super) entity: &'a Entity,
+    pub(super) args: &'a RecordType,
 }
 
 impl Slice {
-    /// The tool's slice of `policies`; `action` and `resource` are what every request for the tool
-    /// carries, `actions` the schema's action entities (for the groups `action` is in).
+    /// The tool's slice of `policies`; `actions` are the schema's action entities (for the groups
+    /// `action` is in), `ests` the policies' EST as JSON (where it could be produced).
     pub(super) fn of(
         policies: &PolicySet,
-        action: &EntityUid,
-        resource: &EntityUid,
+        tool: &ToolScope<'_>,
         actions: &Entities,
+        ests: &HashMap<PolicyId, Value>,
     ) -> Result<Self, String> {
+        let (action, resource) = (tool.action, tool.resource);
         let mut groups: HashSet<&EntityUid> = actions
             .ancestors(action)
             .map(Iterator::collect)
@@ -51,16 +69,19 @@ impl Slice {
             action_ok && resource_ok
         };
         let mut shared = Vec::new();
-        let mut by_principal: HashMap<EntityUid, Vec<Policy>> = HashMap::new();
+        let mut by_principal: HashMap<EntityUid, Vec<(Policy, Cond)>> = HashMap::new();
         for p in policies.policies().filter(|p| can_apply(p)) {
+            let cond = ests.get(p.id()).map_or(Cond::Opaque, |est| {
+                Cond::of_policy(est, tool.args, tool.entity)
+            });
             match p.principal_constraint() {
                 PrincipalConstraint::Eq(uid) => {
-                    by_principal.entry(uid).or_default().push(p.clone())
+                    by_principal.entry(uid).or_default().push((p.clone(), cond))
                 }
-                _ => shared.push(p.clone()),
+                _ => shared.push((p.clone(), cond)),
             }
         }
-        let set = |ps: Vec<Policy>| PolicySet::from_policies(ps).map_err(|e| e.to_string());
+        let set = |ps: Vec<(Policy, Cond)>| GuardedSet::new(ps, tool.args);
         Ok(Self {
             shared: set(shared)?,
             by_principal: by_principal
@@ -102,6 +123,15 @@ impl From<&Response> for Answer {
 }
 
 impl Answer {
+    /// The answer of an empty set: deny, nothing decided, no error.
+    pub(super) fn none() -> Self {
+        Self {
+            allow: false,
+            deciding: Vec::new(),
+            errored: Vec::new(),
+        }
+    }
+
     /// The answer of evaluating both policy sets as one. An answer that denies with reasons names every
     /// satisfied `forbid` of its set; an answer without a satisfied `forbid` names every satisfied `permit`.
     pub(super) fn and(self, other: Self) -> Self {
