@@ -231,13 +231,16 @@ impl PolicyEngine {
             .cloned()
             .ok_or_else(|| catalogue_err("no call_tool action".into()))?;
 
-        // Each policy's EST once (the guards read it per tool); a policy without one is not guarded.
-        let ests: HashMap<PolicyId, serde_json::Value> = loaded
-            .policies
-            .policies()
-            .filter_map(|p| Some((p.id().clone(), p.to_json().ok()?)))
-            .collect();
-        let mut tools = HashMap::new();
+        // Each tool's action, resource and entities, then every tool's slice in one pass over the policies.
+        struct Parts {
+            name: String,
+            spec: catalogue::ToolSpec,
+            action: EntityUid,
+            resource: EntityUid,
+            tool_entity: Entity,
+            action_entity: Entity,
+        }
+        let mut parts = Vec::with_capacity(specs.len());
         for (name, spec) in specs {
             let action = uid("Action", &name).map_err(catalogue_err)?;
             let resource = uid("Tool", &name).map_err(catalogue_err)?;
@@ -256,31 +259,43 @@ impl PolicyEngine {
                 .get(&action)
                 .cloned()
                 .ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
-            // `load` refuses templates, so every policy is static and can be sliced.
-            let scope = slice::ToolScope {
-                action: &action,
-                resource: &resource,
-                entity: &tool_entity,
-                args: &spec.args,
-            };
-            let slice = Some(
-                slice::Slice::of(&loaded.policies, &scope, &actions, &ests)
-                    .map_err(catalogue_err)?,
-            );
+            parts.push(Parts {
+                name,
+                spec,
+                action,
+                resource,
+                tool_entity,
+                action_entity,
+            });
+        }
+        // `load` refuses templates, so every policy is static and can be sliced.
+        let scopes: Vec<slice::ToolScope<'_>> = parts
+            .iter()
+            .map(|p| slice::ToolScope {
+                action: &p.action,
+                resource: &p.resource,
+                entity: &p.tool_entity,
+                args: &p.spec.args,
+            })
+            .collect();
+        let slices =
+            slice::Slice::of_tools(&loaded.policies, &scopes, &actions).map_err(catalogue_err)?;
+        let mut tools = HashMap::new();
+        for (p, slice) in parts.into_iter().zip(slices) {
             let entities = Entities::from_entities(
-                [tool_entity, action_entity, call_tool_entity.clone()],
+                [p.tool_entity, p.action_entity, call_tool_entity.clone()],
                 None,
             )
             .map_err(|e| catalogue_err(e.to_string()))?;
             tools.insert(
-                name,
+                p.name,
                 Tool {
-                    check_context: !request::context_conforms(&spec.context),
-                    args: spec.args,
-                    action,
-                    resource,
+                    check_context: !request::context_conforms(&p.spec.context),
+                    args: p.spec.args,
+                    action: p.action,
+                    resource: p.resource,
                     entities,
-                    slice,
+                    slice: Some(slice),
                 },
             );
         }

@@ -41,52 +41,83 @@ pub(super) struct ToolScope<'a> {
     pub(super) args: &'a RecordType,
 }
 
-impl Slice {
-    /// The tool's slice of `policies`; `actions` are the schema's action entities (for the groups
-    /// `action` is in), `ests` the policies' EST as JSON (where it could be produced).
-    pub(super) fn of(
-        policies: &PolicySet,
-        tool: &ToolScope<'_>,
-        actions: &Entities,
-        ests: &HashMap<PolicyId, Value>,
-    ) -> Result<Self, String> {
-        let (action, resource) = (tool.action, tool.resource);
-        let mut groups: HashSet<&EntityUid> = actions
-            .ancestors(action)
-            .map(Iterator::collect)
-            .unwrap_or_default();
-        groups.insert(action);
-        let can_apply = |p: &Policy| {
-            let action_ok = match p.action_constraint() {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(a) => &a == action,
-                ActionConstraint::In(ids) => ids.iter().any(|id| groups.contains(id)),
-            };
-            let resource_ok = match p.resource_constraint() {
-                ResourceConstraint::Eq(r) => &r == resource,
-                _ => true,
-            };
-            action_ok && resource_ok
+impl ToolScope<'_> {
+    /// Whether a policy's scope can match this tool's requests; `groups` are the tool's action and
+    /// every group it is in.
+    fn can_apply(&self, p: &Policy, groups: &HashSet<&EntityUid>) -> bool {
+        let action_ok = match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == self.action,
+            ActionConstraint::In(ids) => ids.iter().any(|id| groups.contains(id)),
         };
-        let mut shared = Vec::new();
-        let mut by_principal: HashMap<EntityUid, Vec<(Policy, Cond)>> = HashMap::new();
-        for p in policies.policies().filter(|p| can_apply(p)) {
-            let cond = ests.get(p.id()).map_or(Cond::Opaque, |est| {
-                Cond::of_policy(est, tool.args, tool.entity)
-            });
-            match p.principal_constraint() {
-                PrincipalConstraint::Eq(uid) => {
-                    by_principal.entry(uid).or_default().push((p.clone(), cond))
+        let resource_ok = match p.resource_constraint() {
+            ResourceConstraint::Eq(r) => &r == self.resource,
+            _ => true,
+        };
+        action_ok && resource_ok
+    }
+}
+
+impl Slice {
+    /// Every tool's slice of `policies`, in the order of `tools`; `actions` are the schema's action
+    /// entities (for the groups each action is in). A policy's EST is produced once, when some tool's
+    /// calls can match it, and dropped as soon as its guards are built (10,000 of them held at once
+    /// would dominate the broker's memory).
+    pub(super) fn of_tools(
+        policies: &PolicySet,
+        tools: &[ToolScope<'_>],
+        actions: &Entities,
+    ) -> Result<Vec<Self>, String> {
+        let groups: Vec<HashSet<&EntityUid>> = tools
+            .iter()
+            .map(|t| {
+                let mut g: HashSet<&EntityUid> = actions
+                    .ancestors(t.action)
+                    .map(Iterator::collect)
+                    .unwrap_or_default();
+                g.insert(t.action);
+                g
+            })
+            .collect();
+        let mut parts: Vec<Vec<(Policy, Cond)>> = tools.iter().map(|_| Vec::new()).collect();
+        for p in policies.policies() {
+            // `None` until needed; then the EST, if Cedar could produce one (else no guard).
+            let mut est: Option<Option<Value>> = None;
+            for ((tool, groups), part) in tools.iter().zip(&groups).zip(parts.iter_mut()) {
+                if !tool.can_apply(p, groups) {
+                    continue;
                 }
-                _ => shared.push((p.clone(), cond)),
+                let cond = est
+                    .get_or_insert_with(|| p.to_json().ok())
+                    .as_ref()
+                    .map_or(Cond::Opaque, |e| Cond::of_policy(e, tool.args, tool.entity));
+                part.push((p.clone(), cond));
             }
         }
-        let set = |ps: Vec<(Policy, Cond)>| GuardedSet::new(ps, tool.args);
+        parts
+            .into_iter()
+            .zip(tools)
+            .map(|(part, tool)| Self::split(part, tool.args))
+            .collect()
+    }
+
+    /// One tool's policies, split by principal and by guards.
+    fn split(policies: Vec<(Policy, Cond)>, args: &RecordType) -> Result<Self, String> {
+        let mut shared = Vec::new();
+        let mut by_principal: HashMap<EntityUid, Vec<(Policy, Cond)>> = HashMap::new();
+        for (p, cond) in policies {
+            match p.principal_constraint() {
+                PrincipalConstraint::Eq(uid) => {
+                    by_principal.entry(uid).or_default().push((p, cond))
+                }
+                _ => shared.push((p, cond)),
+            }
+        }
         Ok(Self {
-            shared: set(shared)?,
+            shared: GuardedSet::new(shared, args)?,
             by_principal: by_principal
                 .into_iter()
-                .map(|(uid, ps)| Ok((uid, set(ps)?)))
+                .map(|(uid, ps)| Ok((uid, GuardedSet::new(ps, args)?)))
                 .collect::<Result<_, String>>()?,
         })
     }
