@@ -40,6 +40,10 @@ pub struct Cli {
     /// A short run, to check that everything works (figures are noisier).
     #[arg(long)]
     pub quick: bool,
+    /// Only the in-process figures (decision time against policy count, retrieval batch): seconds, no
+    /// servers or databases.
+    #[arg(long)]
+    pub in_process_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,6 +95,7 @@ pub struct Plan {
     /// Time spent deciding in process per policy set.
     pub in_process_budget: Duration,
     pub quick: bool,
+    pub in_process_only: bool,
 }
 
 impl Plan {
@@ -134,6 +139,7 @@ impl Plan {
                 Duration::from_secs(2)
             },
             quick,
+            in_process_only: cli.in_process_only,
         };
         plan.validate()?;
         Ok(plan)
@@ -208,6 +214,12 @@ mod tests {
         .unwrap();
         assert_eq!(p.served, vec![SetSpec::Generated(1000)]);
         assert_eq!((p.in_flight, p.connections), (16, 2));
+    }
+
+    #[test]
+    fn in_process_only_is_a_flag() {
+        assert!(!plan(&[]).unwrap().in_process_only);
+        assert!(plan(&["--in-process-only"]).unwrap().in_process_only);
     }
 
     #[test]

@@ -73,9 +73,9 @@ fn generated_set(examples: &Path, root: &Path, count: usize) -> anyhow::Result<P
 /// which).
 async fn run() -> anyhow::Result<bool> {
     let plan = Plan::from_cli(Cli::parse())?;
-    let binary = server::broker_binary()?;
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let machine = machine::describe(plan.backends.contains(&Backend::Postgres));
+    let machine =
+        machine::describe(!plan.in_process_only && plan.backends.contains(&Backend::Postgres));
     progress(&format!("{machine}"));
 
     let work = tempfile::tempdir().context("creating a work directory")?;
@@ -90,6 +90,14 @@ async fn run() -> anyhow::Result<bool> {
     timed.extend(generated.iter().cloned());
     let decisions = inprocess::decision_times(&timed, plan.in_process_budget)?;
     let retrieval = inprocess::retrieval(&plan.examples, plan.in_process_budget)?;
+    if plan.in_process_only {
+        println!(
+            "{}",
+            report::render_in_process(&started, &machine, &decisions, &retrieval)
+        );
+        return Ok(true);
+    }
+    let binary = server::broker_binary()?;
 
     let load_plan = LoadPlan {
         warmup: plan.warmup,

@@ -169,39 +169,7 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(out, "Unexpected errors:\n\n{errors}");
     }
 
-    let _ = writeln!(
-        out,
-        "#### In process: `PolicyEngine::decide` on the load's call mix, one thread\n"
-    );
-    let _ = writeln!(out, "| policies | load + strict validation | decisions timed | median ms | p99 ms | allow / deny |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for d in &r.decisions {
-        let _ = writeln!(
-            out,
-            "| {} | {} ms | {} | {} | {} | {} / {} |",
-            d.name,
-            ms(d.load),
-            d.latencies.len(),
-            ms_or_dash(d.latencies.percentile(0.5)),
-            ms_or_dash(d.latencies.percentile(0.99)),
-            d.allow,
-            d.deny
-        );
-    }
-    let _ = writeln!(out);
-    if let Some(t) = &r.retrieval {
-        let _ = writeln!(
-            out,
-            "Retrieval, in process, example policies ({}): batch of {} documents median {} ms, p99 {} ms ({} runs, {} allowed); pre-filter median {} ms.\n",
-            t.policies,
-            t.documents,
-            ms_or_dash(t.batch.percentile(0.5)),
-            ms_or_dash(t.batch.percentile(0.99)),
-            t.batch.len(),
-            t.allowed,
-            ms_or_dash(t.filter.percentile(0.5)),
-        );
-    }
+    in_process(&mut out, &r.decisions, r.retrieval.as_ref());
     for (backend, l) in &r.propagation {
         let _ = writeln!(
             out,
@@ -251,6 +219,69 @@ pub fn render(r: &Results) -> String {
             let _ = writeln!(out, "- {f}");
         }
         let _ = writeln!(out);
+    }
+    out
+}
+
+/// The in-process tables: decision time against policy count, and the retrieval batch.
+fn in_process(out: &mut String, decisions: &[DecisionTiming], retrieval: Option<&RetrievalTiming>) {
+    let _ = writeln!(
+        out,
+        "#### In process: `PolicyEngine::decide` on the load's call mix, one thread\n"
+    );
+    let _ = writeln!(out, "| policies | load + strict validation | decisions timed | median ms | p99 ms | allow / deny |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for d in decisions {
+        let _ = writeln!(
+            out,
+            "| {} | {} ms | {} | {} | {} | {} / {} |",
+            d.name,
+            ms(d.load),
+            d.latencies.len(),
+            ms_or_dash(d.latencies.percentile(0.5)),
+            ms_or_dash(d.latencies.percentile(0.99)),
+            d.allow,
+            d.deny
+        );
+    }
+    let _ = writeln!(out);
+    if let Some(t) = retrieval {
+        let _ = writeln!(
+            out,
+            "Retrieval, in process, example policies ({}): batch of {} documents median {} ms, p99 {} ms ({} runs, {} allowed); pre-filter median {} ms.\n",
+            t.policies,
+            t.documents,
+            ms_or_dash(t.batch.percentile(0.5)),
+            ms_or_dash(t.batch.percentile(0.99)),
+            t.batch.len(),
+            t.allowed,
+            ms_or_dash(t.filter.percentile(0.5)),
+        );
+    }
+}
+
+/// The report of `--in-process-only`: the in-process tables and the target they bear on.
+pub fn render_in_process(
+    started: &str,
+    machine: &Machine,
+    decisions: &[DecisionTiming],
+    retrieval: &RetrievalTiming,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### In-process run of {started}\n");
+    let _ = writeln!(out, "Machine: {machine}.\n");
+    in_process(&mut out, decisions, Some(retrieval));
+    for t in targets::check(0, &[], decisions)
+        .into_iter()
+        .filter(|t| t.target.contains("in process"))
+    {
+        let _ = writeln!(
+            out,
+            "Target: {}: {} ({}).",
+            t.target,
+            t.measured,
+            t.status.as_str()
+        );
     }
     out
 }

@@ -14,6 +14,8 @@ pub const CALL_TOOL: &str = "call_tool";
 #[derive(Debug, Clone)]
 pub struct ToolSpec {
     pub args: RecordType,
+    /// The whole declared `context` (`args`, `session`, ...).
+    pub context: RecordType,
 }
 
 /// Reads the catalogue from the schema in Cedar's JSON form (types resolved). Errors are messages for
@@ -88,7 +90,7 @@ pub fn from_schema_json(schema: &Value) -> Result<HashMap<String, ToolSpec>, Str
         ) {
             return Err(at("context must have a required `session` of type Session"));
         }
-        tools.insert(name.clone(), ToolSpec { args });
+        tools.insert(name.clone(), ToolSpec { args, context });
     }
     Ok(tools)
 }

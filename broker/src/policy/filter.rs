@@ -108,7 +108,7 @@ impl PolicyEngine {
         let partial = (|| -> Result<_, String> {
             let context = Context::from_pairs([("session".to_owned(), session_record(session)?)])
                 .map_err(|e| e.to_string())?;
-            let (principal, mut entities) = self.principal_entities(caller)?;
+            let (principal, mut entities) = self.types.principal_entities(&self.users, caller)?;
             entities.push(retrieval.action_entity.clone());
             let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
             let document = EntityTypeName::from_str("Document").map_err(|e| e.to_string())?;

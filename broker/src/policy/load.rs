@@ -152,27 +152,31 @@ pub fn load(dir: &Path) -> Result<Loaded, Error> {
                 });
             };
             // Cedar keeps no public location for a policy; its `@id` annotation is where authors look.
-            let at = text
-                .rfind(&format!("\"{id}\""))
-                .map_or((1, 1), |o| line_col(&text, o));
+            // Found only for an error: searching every policy's file for it is quadratic in its size.
+            let at = || {
+                text.rfind(&format!("\"{id}\""))
+                    .map_or((1, 1), |o| line_col(&text, o))
+            };
             let id = PolicyId::new(id);
             if let Some(&first) = origin.get(&id) {
                 let first = sources.get(first).map_or(path, |(p, _)| p);
+                let (line, column) = at();
                 return Err(Error::Source {
                     path: path.clone(),
-                    line: at.0,
-                    column: at.1,
+                    line,
+                    column,
                     message: format!("policy id `{id}` is already used in {}", first.display()),
                 });
             }
-            policies
-                .add(policy.new_id(id.clone()))
-                .map_err(|e| Error::Source {
+            policies.add(policy.new_id(id.clone())).map_err(|e| {
+                let (line, column) = at();
+                Error::Source {
                     path: path.clone(),
-                    line: at.0,
-                    column: at.1,
+                    line,
+                    column,
                     message: e.to_string(),
-                })?;
+                }
+            })?;
             origin.insert(id, sources.len());
         }
         sources.push((path.clone(), text));

@@ -5,7 +5,10 @@ mod args;
 mod catalogue;
 mod filter;
 pub mod fixtures;
+mod guard;
+mod index;
 mod load;
+mod request;
 mod slice;
 
 use std::collections::{HashMap, HashSet};
@@ -16,6 +19,7 @@ use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
     PolicySet, Request, RestrictedExpression, Schema,
 };
+use request::session_record;
 
 pub use args::{ArgError, ArgType, RecordType};
 pub use filter::{filter_admits, RetrievalFilter};
@@ -74,39 +78,6 @@ impl<'a> ToolCall<'a> {
             roles: self.roles.clone(),
         }
     }
-}
-
-/// `context.session` as a Cedar record.
-fn session_record(s: &SessionFacts<'_>) -> Result<RestrictedExpression, String> {
-    let strings = |v: &[&str]| {
-        RestrictedExpression::new_set(
-            v.iter()
-                .map(|x| RestrictedExpression::new_string((*x).to_owned()))
-                .collect::<Vec<_>>(),
-        )
-    };
-    RestrictedExpression::new_record([
-        (
-            "id".to_owned(),
-            RestrictedExpression::new_string(s.id.to_owned()),
-        ),
-        (
-            "purpose".to_owned(),
-            RestrictedExpression::new_string(s.purpose.to_owned()),
-        ),
-        ("calls".to_owned(), RestrictedExpression::new_long(s.calls)),
-        (
-            "max_calls".to_owned(),
-            RestrictedExpression::new_long(s.max_calls),
-        ),
-        (
-            "user".to_owned(),
-            RestrictedExpression::new_string(s.user.to_owned()),
-        ),
-        ("collections".to_owned(), strings(&s.collections)),
-        ("labels".to_owned(), strings(&s.labels)),
-    ])
-    .map_err(|e| e.to_string())
 }
 
 /// What the engine holds for `Action::"retrieve"`.
@@ -193,8 +164,12 @@ struct Tool {
     args: RecordType,
     action: EntityUid,
     resource: EntityUid,
-    /// The tool's entity and its action entities (with their groups), built once per load.
-    entities: Vec<Entity>,
+    /// The tool's entity and its action entities (with their groups), their hierarchy computed once per
+    /// load; each request adds the principal's.
+    entities: Entities,
+    /// Whether each request's context must be checked against the schema (it need not when every
+    /// context the engine builds conforms: `request::context_conforms`).
+    check_context: bool,
     /// The policies that can apply to this tool's calls (`None` only in tests: evaluate the whole set).
     slice: Option<slice::Slice>,
 }
@@ -210,6 +185,7 @@ pub struct PolicyEngine {
     retrieval: Option<Retrieval>,
     version: String,
     authorizer: Authorizer,
+    types: request::Types,
     dir: PathBuf,
 }
 
@@ -255,7 +231,16 @@ impl PolicyEngine {
             .cloned()
             .ok_or_else(|| catalogue_err("no call_tool action".into()))?;
 
-        let mut tools = HashMap::new();
+        // Each tool's action, resource and entities, then every tool's slice in one pass over the policies.
+        struct Parts {
+            name: String,
+            spec: catalogue::ToolSpec,
+            action: EntityUid,
+            resource: EntityUid,
+            tool_entity: Entity,
+            action_entity: Entity,
+        }
+        let mut parts = Vec::with_capacity(specs.len());
         for (name, spec) in specs {
             let action = uid("Action", &name).map_err(catalogue_err)?;
             let resource = uid("Tool", &name).map_err(catalogue_err)?;
@@ -274,20 +259,43 @@ impl PolicyEngine {
                 .get(&action)
                 .cloned()
                 .ok_or_else(|| catalogue_err(format!("no action entity for `{name}`")))?;
-            let entities = vec![tool_entity, action_entity, call_tool_entity.clone()];
-            // `load` refuses templates, so every policy is static and can be sliced.
-            let slice = Some(
-                slice::Slice::of(&loaded.policies, &action, &resource, &actions)
-                    .map_err(catalogue_err)?,
-            );
-            tools.insert(
+            parts.push(Parts {
                 name,
+                spec,
+                action,
+                resource,
+                tool_entity,
+                action_entity,
+            });
+        }
+        // `load` refuses templates, so every policy is static and can be sliced.
+        let scopes: Vec<slice::ToolScope<'_>> = parts
+            .iter()
+            .map(|p| slice::ToolScope {
+                action: &p.action,
+                resource: &p.resource,
+                entity: &p.tool_entity,
+                args: &p.spec.args,
+            })
+            .collect();
+        let slices =
+            slice::Slice::of_tools(&loaded.policies, &scopes, &actions).map_err(catalogue_err)?;
+        let mut tools = HashMap::new();
+        for (p, slice) in parts.into_iter().zip(slices) {
+            let entities = Entities::from_entities(
+                [p.tool_entity, p.action_entity, call_tool_entity.clone()],
+                None,
+            )
+            .map_err(|e| catalogue_err(e.to_string()))?;
+            tools.insert(
+                p.name,
                 Tool {
-                    args: spec.args,
-                    action,
-                    resource,
+                    check_context: !request::context_conforms(&p.spec.context),
+                    args: p.spec.args,
+                    action: p.action,
+                    resource: p.resource,
                     entities,
-                    slice,
+                    slice: Some(slice),
                 },
             );
         }
@@ -303,11 +311,11 @@ impl PolicyEngine {
             })
             .collect();
         let approvals = approval_policies(&loaded.policies, dir)?;
-        let user_type = type_name("User").map_err(catalogue_err)?;
+        let types = request::Types::new().map_err(catalogue_err)?;
         let users = loaded
             .entities
             .iter()
-            .filter(|e| e.uid().type_name() == &user_type)
+            .filter(|e| e.uid().type_name() == types.user())
             .map(|e| (e.uid().id().unescaped().to_owned(), e.clone()))
             .collect();
         let retrieval = match catalogue::document_type(&loaded.schema_json)
@@ -356,15 +364,18 @@ impl PolicyEngine {
             retrieval,
             version: loaded.version,
             authorizer: Authorizer::new(),
+            types,
             dir: dir.to_path_buf(),
         })
     }
 
-    /// The same engine evaluating the whole policy set for every call (the reference for slicing).
+    /// The same engine evaluating the whole policy set for every call, each request checked against
+    /// the schema: the reference for slicing, guards and unchecked contexts.
     #[cfg(test)]
     fn without_slices(mut self) -> Self {
         for tool in self.tools.values_mut() {
             tool.slice = None;
+            tool.check_context = true;
         }
         self
     }
@@ -470,92 +481,40 @@ impl PolicyEngine {
         call: &ToolCall<'_>,
         args: RestrictedExpression,
     ) -> Result<Verdict, String> {
-        let mut pairs = vec![
-            ("args".to_owned(), args),
-            ("session".to_owned(), session_record(&call.session)?),
-        ];
-        if let Some(approval) = &call.approval {
-            let approvers = approval
-                .approvers
-                .iter()
-                .map(|a| RestrictedExpression::new_string((*a).to_owned()));
-            let record = RestrictedExpression::new_record([
-                (
-                    "id".to_owned(),
-                    RestrictedExpression::new_string(approval.id.to_owned()),
-                ),
-                (
-                    "approvers".to_owned(),
-                    RestrictedExpression::new_set(approvers),
-                ),
-            ])
+        let context = request::tool_context(args, &call.session, call.approval.as_ref())?;
+        let (principal, principal_entities) =
+            self.types.principal_entities(&self.users, &call.caller())?;
+        let entities = tool
+            .entities
+            .clone()
+            .add_entities(principal_entities, None)
             .map_err(|e| e.to_string())?;
-            pairs.push(("approval".to_owned(), record));
-        }
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        let (principal, mut request_entities) = self.principal_entities(&call.caller())?;
-        request_entities.extend(tool.entities.iter().cloned());
-        let entities =
-            Entities::from_entities(request_entities, None).map_err(|e| e.to_string())?;
-        // The schema check here is a second line of defence: `args` was already typed against it.
+        // Checking the request against the schema would refuse nothing when the context conforms by
+        // construction; otherwise it is checked, and a context that does not match is a DENY.
+        let schema = tool.check_context.then_some(&self.schema);
         let request = Request::new(
             principal.clone(),
             tool.action.clone(),
             tool.resource.clone(),
             context,
-            Some(&self.schema),
+            schema,
         )
         .map_err(|e| format!("request does not match the schema: {e}"))?;
         let answer = |set: &PolicySet| {
             slice::Answer::from(&self.authorizer.is_authorized(&request, set, &entities))
         };
+        let facts = guard::Facts::new(call.args, &call.session, call.approval.is_some());
         let answer = match &tool.slice {
-            Some(slice) => match slice.by_principal.get(&principal) {
-                Some(own) => answer(&slice.shared).and(answer(own)),
-                None => answer(&slice.shared),
-            },
+            Some(slice) => {
+                let shared = slice.shared.answer(&facts, &answer);
+                match slice.by_principal.get(&principal) {
+                    Some(own) => shared.and(own.answer(&facts, &answer)),
+                    None => shared,
+                }
+            }
             None => answer(&self.policies),
         };
         Ok(self.verdict(&answer, call.tool))
-    }
-
-    /// The agent entity (with its user and tenant) and the user entity, built from typed parts. A user
-    /// known from `entities.json` keeps its attributes (clearance); any other user has clearance 0.
-    fn principal_entities(&self, p: &Caller<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
-        let principal = uid("Agent", p.agent)?;
-        let roles: HashSet<EntityUid> = p
-            .roles
-            .iter()
-            .map(|r| uid("Role", r))
-            .collect::<Result<_, _>>()?;
-        let mut attrs = HashMap::new();
-        let mut entities = Vec::with_capacity(3);
-        if let Some(user) = p.user {
-            let user_uid = uid("User", user)?;
-            attrs.insert(
-                "user".to_owned(),
-                RestrictedExpression::new_entity_uid(user_uid.clone()),
-            );
-            let known = self.users.get(user).cloned();
-            let user_entity = match known {
-                Some(e) => e,
-                None => Entity::new(
-                    user_uid,
-                    HashMap::from([("clearance".to_owned(), RestrictedExpression::new_long(0))]),
-                    HashSet::new(),
-                )
-                .map_err(|e| e.to_string())?,
-            };
-            entities.push(user_entity);
-        }
-        if let Some(tenant) = p.tenant {
-            attrs.insert(
-                "tenant".to_owned(),
-                RestrictedExpression::new_string(tenant.to_owned()),
-            );
-        }
-        entities.push(Entity::new(principal.clone(), attrs, roles).map_err(|e| e.to_string())?);
-        Ok((principal, entities))
     }
 
     /// Cedar's answer as a verdict: deciding policies become reasons; any evaluation error denies.
@@ -630,7 +589,7 @@ impl PolicyEngine {
         let shared = (|| -> Result<_, String> {
             let context = Context::from_pairs([("session".to_owned(), session_record(session)?)])
                 .map_err(|e| e.to_string())?;
-            let (principal, entities) = self.principal_entities(caller)?;
+            let (principal, entities) = self.types.principal_entities(&self.users, caller)?;
             Ok((context, principal, entities))
         })();
         let (context, principal, base) = match shared {
@@ -804,6 +763,8 @@ fn approval_policies(
     Ok(out)
 }
 
+#[cfg(test)]
+mod guard_diff_tests;
 #[cfg(test)]
 mod slice_tests;
 #[cfg(test)]

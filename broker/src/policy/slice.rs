@@ -7,65 +7,117 @@
 //! A policy is left out of a tool's slice only when its scope can never match that tool's requests:
 //! its action scope excludes the tool's action (and every group the action is in), or its resource scope
 //! is `==` another entity. Everything else (conditions, `in`, `is`) stays and is evaluated by Cedar.
-//! `tests::sliced_decisions_equal_whole_set_decisions` checks the equivalence on random policy sets.
+//! Each part is then split by condition guards (`index`, `guard`): a policy whose guard is false on a
+//! call is not evaluated for it.
+//! `slice_tests` and `guard_tests` check the equivalence on random policy sets.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
-    PrincipalConstraint, ResourceConstraint, Response,
+    ActionConstraint, Decision as CedarDecision, Entities, Entity, EntityUid, Policy, PolicyId,
+    PolicySet, PrincipalConstraint, ResourceConstraint, Response,
 };
+use serde_json::Value;
+
+use super::args::RecordType;
+use super::guard::Cond;
+use super::index::GuardedSet;
 
 /// What one tool's calls are evaluated against.
 pub(super) struct Slice {
     /// Policies not tied to one agent.
-    pub(super) shared: PolicySet,
+    pub(super) shared: GuardedSet,
     /// Policies with `principal == <uid>`, by that uid.
-    pub(super) by_principal: HashMap<EntityUid, PolicySet>,
+    pub(super) by_principal: HashMap<EntityUid, GuardedSet>,
+}
+
+/// What slicing needs to know about one tool.
+pub(super) struct ToolScope<'a> {
+    /// The action and resource every request for the tool carries.
+    pub(super) action: &'a EntityUid,
+    pub(super) resource: &'a EntityUid,
+    /// The tool's entity (its attributes fold into guards) and argument type.
+    pub(super) entity: &'a Entity,
+    pub(super) args: &'a RecordType,
+}
+
+impl ToolScope<'_> {
+    /// Whether a policy's scope can match this tool's requests; `groups` are the tool's action and
+    /// every group it is in.
+    fn can_apply(&self, p: &Policy, groups: &HashSet<&EntityUid>) -> bool {
+        let action_ok = match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == self.action,
+            ActionConstraint::In(ids) => ids.iter().any(|id| groups.contains(id)),
+        };
+        let resource_ok = match p.resource_constraint() {
+            ResourceConstraint::Eq(r) => &r == self.resource,
+            _ => true,
+        };
+        action_ok && resource_ok
+    }
 }
 
 impl Slice {
-    /// The tool's slice of `policies`; `action` and `resource` are what every request for the tool
-    /// carries, `actions` the schema's action entities (for the groups `action` is in).
-    pub(super) fn of(
+    /// Every tool's slice of `policies`, in the order of `tools`; `actions` are the schema's action
+    /// entities (for the groups each action is in). A policy's EST is produced once, when some tool's
+    /// calls can match it, and dropped as soon as its guards are built (10,000 of them held at once
+    /// would dominate the broker's memory).
+    pub(super) fn of_tools(
         policies: &PolicySet,
-        action: &EntityUid,
-        resource: &EntityUid,
+        tools: &[ToolScope<'_>],
         actions: &Entities,
-    ) -> Result<Self, String> {
-        let mut groups: HashSet<&EntityUid> = actions
-            .ancestors(action)
-            .map(Iterator::collect)
-            .unwrap_or_default();
-        groups.insert(action);
-        let can_apply = |p: &Policy| {
-            let action_ok = match p.action_constraint() {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(a) => &a == action,
-                ActionConstraint::In(ids) => ids.iter().any(|id| groups.contains(id)),
-            };
-            let resource_ok = match p.resource_constraint() {
-                ResourceConstraint::Eq(r) => &r == resource,
-                _ => true,
-            };
-            action_ok && resource_ok
-        };
-        let mut shared = Vec::new();
-        let mut by_principal: HashMap<EntityUid, Vec<Policy>> = HashMap::new();
-        for p in policies.policies().filter(|p| can_apply(p)) {
-            match p.principal_constraint() {
-                PrincipalConstraint::Eq(uid) => {
-                    by_principal.entry(uid).or_default().push(p.clone())
+    ) -> Result<Vec<Self>, String> {
+        let groups: Vec<HashSet<&EntityUid>> = tools
+            .iter()
+            .map(|t| {
+                let mut g: HashSet<&EntityUid> = actions
+                    .ancestors(t.action)
+                    .map(Iterator::collect)
+                    .unwrap_or_default();
+                g.insert(t.action);
+                g
+            })
+            .collect();
+        let mut parts: Vec<Vec<(Policy, Cond)>> = tools.iter().map(|_| Vec::new()).collect();
+        for p in policies.policies() {
+            // `None` until needed; then the EST, if Cedar could produce one (else no guard).
+            let mut est: Option<Option<Value>> = None;
+            for ((tool, groups), part) in tools.iter().zip(&groups).zip(parts.iter_mut()) {
+                if !tool.can_apply(p, groups) {
+                    continue;
                 }
-                _ => shared.push(p.clone()),
+                let cond = est
+                    .get_or_insert_with(|| p.to_json().ok())
+                    .as_ref()
+                    .map_or(Cond::Opaque, |e| Cond::of_policy(e, tool.args, tool.entity));
+                part.push((p.clone(), cond));
             }
         }
-        let set = |ps: Vec<Policy>| PolicySet::from_policies(ps).map_err(|e| e.to_string());
+        parts
+            .into_iter()
+            .zip(tools)
+            .map(|(part, tool)| Self::split(part, tool.args))
+            .collect()
+    }
+
+    /// One tool's policies, split by principal and by guards.
+    fn split(policies: Vec<(Policy, Cond)>, args: &RecordType) -> Result<Self, String> {
+        let mut shared = Vec::new();
+        let mut by_principal: HashMap<EntityUid, Vec<(Policy, Cond)>> = HashMap::new();
+        for (p, cond) in policies {
+            match p.principal_constraint() {
+                PrincipalConstraint::Eq(uid) => {
+                    by_principal.entry(uid).or_default().push((p, cond))
+                }
+                _ => shared.push((p, cond)),
+            }
+        }
         Ok(Self {
-            shared: set(shared)?,
+            shared: GuardedSet::new(shared, args)?,
             by_principal: by_principal
                 .into_iter()
-                .map(|(uid, ps)| Ok((uid, set(ps)?)))
+                .map(|(uid, ps)| Ok((uid, GuardedSet::new(ps, args)?)))
                 .collect::<Result<_, String>>()?,
         })
     }
@@ -102,6 +154,15 @@ impl From<&Response> for Answer {
 }
 
 impl Answer {
+    /// The answer of an empty set: deny, nothing decided, no error.
+    pub(super) fn none() -> Self {
+        Self {
+            allow: false,
+            deciding: Vec::new(),
+            errored: Vec::new(),
+        }
+    }
+
     /// The answer of evaluating both policy sets as one. An answer that denies with reasons names every
     /// satisfied `forbid` of its set; an answer without a satisfied `forbid` names every satisfied `permit`.
     pub(super) fn and(self, other: Self) -> Self {

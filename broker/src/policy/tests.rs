@@ -359,3 +359,46 @@ fn duplicate_document_ids_in_a_batch_are_refused_not_guessed() {
         v[1]
     );
 }
+
+#[test]
+fn requests_are_checked_against_the_schema_unless_every_context_conforms() {
+    // The example schema declares exactly the context the engine builds: requests are not re-checked.
+    let engine = example();
+    assert!(engine.tools.values().all(|t| !t.check_context));
+
+    let allow_all = [(
+        "p.cedar",
+        "@id(\"allow\")\npermit (principal, action in Action::\"call_tool\", resource);\n",
+    )];
+    let q = json!({"query": "q"});
+    // A session the engine does not build (an extra required field), or an approval every call must
+    // carry: such requests do not match the schema, and a permit-all still gives DENY, not ALLOW.
+    for (from, to) in [
+        (
+            "\"labels\": Set<String>,       // what the session has read",
+            "\"labels\": Set<String>, \"region\": String, // what the session has read",
+        ),
+        ("\"approval\"?: Approval,", "\"approval\": Approval,"),
+    ] {
+        let dir = dir_with(&allow_all);
+        let schema = std::fs::read_to_string(dir.path().join(SCHEMA_FILE)).unwrap();
+        assert!(schema.contains(from), "{from}");
+        std::fs::write(dir.path().join(SCHEMA_FILE), schema.replace(from, to)).unwrap();
+        let engine = PolicyEngine::load(dir.path()).unwrap();
+        assert!(engine.tools["web.search"].check_context, "{to}");
+        let v = engine.decide(&call("web.search", &q));
+        assert_eq!(v.outcome, Outcome::Deny, "{to}: {v:?}");
+        assert_eq!(v.reasons[0].code, ReasonCode::PolicyError, "{to}: {v:?}");
+        assert!(
+            v.reasons[0].message.contains("does not match the schema"),
+            "{v:?}"
+        );
+    }
+    // The same permit-all over the example schema allows.
+    let dir = dir_with(&allow_all);
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(
+        engine.decide(&call("web.search", &q)).outcome,
+        Outcome::Allow
+    );
+}
