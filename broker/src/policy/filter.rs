@@ -200,8 +200,9 @@ impl Scalar {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CmpOp {
+/// `attr OP n` on Longs; also the guards' comparisons (`guard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum CmpOp {
     Lt,
     Le,
     Gt,
@@ -219,7 +220,7 @@ impl CmpOp {
     }
 
     /// `n op attr` as `attr op' n`.
-    fn flipped(self) -> Self {
+    pub(super) fn flipped(self) -> Self {
         match self {
             CmpOp::Lt => CmpOp::Gt,
             CmpOp::Le => CmpOp::Ge,
@@ -238,7 +239,7 @@ impl CmpOp {
         }
     }
 
-    fn holds(self, a: i64, b: i64) -> bool {
+    pub(super) fn holds(self, a: i64, b: i64) -> bool {
         match self {
             CmpOp::Lt => a < b,
             CmpOp::Le => a <= b,

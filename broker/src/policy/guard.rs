@@ -19,6 +19,7 @@ use cedar_policy::{Entity, EvalResult};
 use serde_json::{Map, Value};
 
 use super::args::{ArgType, RecordType};
+use super::filter::CmpOp;
 use super::SessionFacts;
 
 /// The fields of `context.session` as the engine builds them (`session_record`).
@@ -148,36 +149,6 @@ impl Ty {
     }
 }
 
-/// `source OP n` on Longs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Order {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl Order {
-    fn holds(self, a: i64, b: i64) -> bool {
-        match self {
-            Order::Lt => a < b,
-            Order::Le => a <= b,
-            Order::Gt => a > b,
-            Order::Ge => a >= b,
-        }
-    }
-
-    /// `n OP source` as `source OP' n`.
-    fn flipped(self) -> Self {
-        match self {
-            Order::Lt => Order::Gt,
-            Order::Le => Order::Ge,
-            Order::Gt => Order::Lt,
-            Order::Ge => Order::Le,
-        }
-    }
-}
-
 /// A `like` pattern: the literal parts between wildcards (`a*b` is `["a", "b"]`, `*a` is `["", "a"]`);
 /// an escaped `\*` is a literal star inside a part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,7 +228,7 @@ impl Pattern {
 pub(super) enum Cond {
     Const(bool),
     Eq(Source, Lit),
-    Cmp(Source, Order, i64),
+    Cmp(Source, CmpOp, i64),
     Like(Source, Pattern),
     /// `context.args has F`.
     Has(String),
@@ -556,10 +527,10 @@ impl ToolView<'_> {
                 .map_or(Cond::Opaque, |a| not(self.boolean(a))),
             "==" => sides(arg).map_or(Cond::Opaque, |(l, r)| self.equals(l, r)),
             "!=" => sides(arg).map_or(Cond::Opaque, |(l, r)| not(self.equals(l, r))),
-            "<" => self.compare(arg, Order::Lt),
-            "<=" => self.compare(arg, Order::Le),
-            ">" => self.compare(arg, Order::Gt),
-            ">=" => self.compare(arg, Order::Ge),
+            "<" => self.compare(arg, CmpOp::Lt),
+            "<=" => self.compare(arg, CmpOp::Le),
+            ">" => self.compare(arg, CmpOp::Gt),
+            ">=" => self.compare(arg, CmpOp::Ge),
             "like" => self.like(arg),
             "has" => self.has(arg),
             "contains" => self.contains(arg),
@@ -586,7 +557,7 @@ impl ToolView<'_> {
         }
     }
 
-    fn compare(&self, arg: &Value, op: Order) -> Cond {
+    fn compare(&self, arg: &Value, op: CmpOp) -> Cond {
         let Some((l, r)) = sides(arg) else {
             return Cond::Opaque;
         };

@@ -312,7 +312,7 @@ fn the_index_files_a_policy_under_a_conjunct_only_after_decided_ones() {
     // `m` is optional without `has`: a call may not decide it, so nothing after it is used.
     assert_eq!(
         key("context.args.m > 3 && context.args.s == \"x\""),
-        Some(Key::Cmp(Source::Arg("m".into()), Order::Gt, 3))
+        Some(Key::Cmp(Source::Arg("m".into()), CmpOp::Gt, 3))
     );
     assert_eq!(
         key("context.args.s == \"x\" || context.args.n > 3"),

@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 use cedar_policy::{Policy, PolicySet};
 
 use super::args::RecordType;
-use super::guard::{self, Cond, Facts, Got, Lit, Order, Source};
+use super::filter::CmpOp;
+use super::guard::{self, Cond, Facts, Got, Lit, Source};
 use super::slice::Answer;
 
 /// Literal keys of one kind (prefixes or inner parts of `like` patterns), with their byte lengths.
@@ -70,7 +71,7 @@ struct BySource {
     prefix: Affixes,
     part: Affixes,
     /// `source OP n`, by operator, sorted by `n`.
-    cmp: HashMap<Order, Vec<(i64, usize)>>,
+    cmp: HashMap<CmpOp, Vec<(i64, usize)>>,
 }
 
 impl BySource {
@@ -110,10 +111,10 @@ impl BySource {
             for (op, sorted) in &self.cmp {
                 // The thresholds `n` for which `v OP n` holds form a prefix or a suffix of the list.
                 let (from, to) = match op {
-                    Order::Gt => (0, sorted.partition_point(|(n, _)| *n < v)),
-                    Order::Ge => (0, sorted.partition_point(|(n, _)| *n <= v)),
-                    Order::Lt => (sorted.partition_point(|(n, _)| *n <= v), sorted.len()),
-                    Order::Le => (sorted.partition_point(|(n, _)| *n < v), sorted.len()),
+                    CmpOp::Gt => (0, sorted.partition_point(|(n, _)| *n < v)),
+                    CmpOp::Ge => (0, sorted.partition_point(|(n, _)| *n <= v)),
+                    CmpOp::Lt => (sorted.partition_point(|(n, _)| *n <= v), sorted.len()),
+                    CmpOp::Le => (sorted.partition_point(|(n, _)| *n < v), sorted.len()),
                 };
                 out.extend(
                     sorted
@@ -134,7 +135,7 @@ pub(super) enum Key {
     Contains(Source, Lit),
     Prefix(Source, String),
     Part(Source, String),
-    Cmp(Source, Order, i64),
+    Cmp(Source, CmpOp, i64),
     Has(String),
 }
 
