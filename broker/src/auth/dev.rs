@@ -59,8 +59,9 @@ fn load_secret(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(secret)
 }
 
+/// Refuses a key file that group or others can read (also the checkpoint signing key's check).
 #[cfg(unix)]
-fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
+pub(crate) fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -72,7 +73,7 @@ fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
 }
 
 #[cfg(not(unix))]
-fn check_private(_meta: &std::fs::Metadata) -> Result<(), String> {
+pub(crate) fn check_private(_meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 
 use super::{signed_bytes, Checkpoint, Error, VERSION};
+use crate::auth::dev::check_private;
 use crate::clock::Micros;
 
 /// File name of the signing key inside the data directory, unless configured.
@@ -193,21 +194,4 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, Error> {
         });
     }
     Ok(buf)
-}
-
-#[cfg(unix)]
-fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode is {mode:o}: the key must not be accessible to group or others (`chmod 600`)"
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_meta: &std::fs::Metadata) -> Result<(), String> {
-    Ok(())
 }
