@@ -246,7 +246,7 @@ impl Broker {
             }
         }
         let call = CallFacts {
-            event_id: ids::event_id(),
+            event_id: ids::event_id(now),
             agent: caller.subject.clone(),
             user: caller.user.clone(),
             arguments_digest: approval.arguments_digest.clone(),

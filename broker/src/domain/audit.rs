@@ -125,7 +125,7 @@ impl EventBody {
         time: Micros,
     ) -> Self {
         Self {
-            event_id: crate::ids::event_id(),
+            event_id: crate::ids::event_id(time),
             time,
             kind,
             agent: agent.to_owned(),
@@ -159,7 +159,7 @@ impl EventBody {
             ));
         }
         Self {
-            event_id: crate::ids::event_id(),
+            event_id: crate::ids::event_id(time),
             time,
             kind,
             agent: actor.to_owned(),
@@ -216,7 +216,7 @@ impl EventBody {
             map.insert("status".into(), approval.status.as_str().into());
         }
         Self {
-            event_id: crate::ids::event_id(),
+            event_id: crate::ids::event_id(time),
             time,
             kind,
             agent: actor.to_owned(),

@@ -551,7 +551,7 @@ impl Broker {
 
         let redacted = audit::redact(args, &self.settings.audit.redact_fields);
         let call = CallFacts {
-            event_id: ids::event_id(),
+            event_id: ids::event_id(now),
             agent: caller.subject.clone(),
             user: caller.user.clone(),
             arguments_digest: digest.to_owned(),

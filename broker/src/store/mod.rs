@@ -258,6 +258,9 @@ impl ConnectionSettings {
                 "PRAGMA synchronous = FULL".to_owned(),
                 "PRAGMA foreign_keys = ON".to_owned(),
                 format!("PRAGMA busy_timeout = {}", self.busy_timeout_ms),
+                // Statement journals (every multi-row write inside the writer's transaction keeps one) in
+                // memory, not in a temporary file: they were a tenth of the writer's time.
+                "PRAGMA temp_store = MEMORY".to_owned(),
             ],
             Backend::Postgres => vec![
                 // Durable audit: a commit returns only once the WAL is flushed.

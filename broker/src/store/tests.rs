@@ -135,7 +135,7 @@ fn allow(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
             approval_id: None,
         },
         call: CallFacts {
-            event_id: ids::event_id(),
+            event_id: ids::event_id(at),
             agent: s.agent.clone(),
             user: s.user.clone(),
             arguments_digest: format!("digest-of-{call_id}"),
@@ -841,7 +841,7 @@ async fn a_bad_job_fails_alone(db: &TestDb) -> TestResult {
         &"x".repeat(super::MAX_KEY_BYTES + 1),
         T0 + 1,
     );
-    long.call.event_id = ids::event_id();
+    long.call.event_id = ids::event_id(T0 + 1);
     let mut reused_event = allow(&s, "web.search", "c-reused", T0 + 1);
     reused_event.call.event_id = first.body.event_id.clone();
     let other = session(1);
