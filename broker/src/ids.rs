@@ -76,7 +76,14 @@ mod tests {
         assert!(is_well_formed(&early, "evt_"), "{early}");
         assert!(early < late, "{early} !< {late}");
         assert_eq!(&early[4..16], "018bcfe56800", "milliseconds, big-endian");
-        assert_ne!(event_id(0)[16..], event_id(0)[16..], "80 random bits follow");
-        assert!(is_well_formed(&event_id(-5), "evt_"), "before the epoch: zero time");
+        assert_ne!(
+            event_id(0)[16..],
+            event_id(0)[16..],
+            "80 random bits follow"
+        );
+        assert!(
+            is_well_formed(&event_id(-5), "evt_"),
+            "before the epoch: zero time"
+        );
     }
 }
