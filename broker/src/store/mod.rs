@@ -260,6 +260,11 @@ impl ConnectionSettings {
                 // Statement journals (every multi-row write inside the writer's transaction keeps one) in
                 // memory, not in a temporary file: they were a tenth of the writer's time.
                 "PRAGMA temp_store = MEMORY".to_owned(),
+                // A checkpoint every 4,000 WAL pages (16 MiB) instead of 1,000: it runs inside the writer's
+                // commit, and the pages every batch touches (index edges, session rows) are copied once
+                // per checkpoint. Benchmark, SQLite, 64 in flight: broker/floor 7.3% -> 8.7% (4 runs each);
+                // 10,000 pages did no better.
+                "PRAGMA wal_autocheckpoint = 4000".to_owned(),
             ],
             Backend::Postgres => vec![
                 // Durable audit: a commit returns only once the WAL is flushed.
