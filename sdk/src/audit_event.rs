@@ -102,7 +102,7 @@ impl AuditFilter {
 pub struct AuditEvent {
     /// Position in the chain, from 1.
     pub seq: u64,
-    /// `evt_` followed by 128 random bits.
+    /// `evt_` followed by 48 bits of the time in milliseconds and 80 random bits.
     pub event_id: String,
     /// When it happened.
     pub time: SystemTime,

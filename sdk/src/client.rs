@@ -101,7 +101,7 @@ impl Client {
     }
 
     /// Asks whether `tool` may run with `args` in the session, under a fresh `call_id`
-    /// (`call_` + 128 random bits).
+    /// (`call_` + 48 bits of milliseconds + 80 random bits: [`new_call_id`](crate::new_call_id)).
     ///
     /// `Ok` carries ALLOW, DENY or PENDING_APPROVAL (the tool must not run yet: see
     /// [`await_approval`](Self::await_approval)); `Err` means the broker could not decide, and the tool
