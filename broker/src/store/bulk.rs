@@ -165,28 +165,6 @@ struct UsedRow<'a> {
     n: i64,
 }
 
-/// Sets `tool_calls_used` of each session to the count given; every session must exist.
-pub(crate) async fn set_tool_calls_used(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    used: &[(&str, u32)],
-) -> Result<(), Error> {
-    if used.is_empty() {
-        return Ok(());
-    }
-    let done = sqlx::query::<Any>(&set_used_sql(backend, 1))
-        .bind(json_text("session budgets", &used_rows(used))?)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    if done.rows_affected() != used.len() as u64 {
-        return Err(Error::internal(
-            "a session disappeared while its budget was spent",
-        ));
-    }
-    Ok(())
-}
-
 fn used_rows<'a>(used: &[(&'a str, u32)]) -> Vec<UsedRow<'a>> {
     used.iter()
         .map(|(id, n)| UsedRow {
@@ -229,23 +207,6 @@ const TOOL_CALL_COLUMNS: [(&str, &str); 6] = [
     ("decision", "text"),
     ("recorded_at", "bigint"),
 ];
-
-/// Remembers these calls; a key already present keeps its first decision.
-pub(crate) async fn insert_tool_calls(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    calls: &[CallRow<'_>],
-) -> Result<(), Error> {
-    if calls.is_empty() {
-        return Ok(());
-    }
-    sqlx::query::<Any>(&insert_tool_calls_sql(backend, 1))
-        .bind(json_text("tool calls", &tool_call_rows(calls)?)?)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    Ok(())
-}
 
 fn tool_call_rows<'a>(calls: &'a [CallRow<'_>]) -> Result<Vec<ToolCallRow<'a>>, Error> {
     calls
@@ -372,8 +333,11 @@ fn insert_events_sql(backend: Backend, param: usize) -> String {
 }
 
 /// A batch's decision writes: the sessions' new counts (every session must exist), the calls to
-/// remember, the events. On Postgres one statement (data-modifying CTEs), so one round trip instead of
-/// three while the chain lock is held; SQLite runs in process and takes them one by one.
+/// remember, the events. One query either way, so one round trip (Postgres) or one hand-off to sqlx's
+/// SQLite worker thread instead of three while the chain lock is held: on Postgres one statement with
+/// data-modifying CTEs; on SQLite three statements in one query (sqlx binds `$N` by number in each), with
+/// `changes()` read after the update and after the events. Benchmark, SQLite, 64 in flight: 6,354 and
+/// 6,827/s -> 7,666 and 7,239/s (alternated). Merging the reads the same way (one UNION ALL) did no better.
 pub(crate) async fn write_decisions(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -381,26 +345,39 @@ pub(crate) async fn write_decisions(
     calls: &[CallRow<'_>],
     events: &[AuditEvent],
 ) -> Result<(), Error> {
-    if backend == Backend::Sqlite {
-        set_tool_calls_used(conn, backend, used).await?;
-        insert_tool_calls(conn, backend, calls).await?;
-        return insert_events(conn, backend, events).await;
-    }
-    let sql = format!(
-        "WITH used AS ({} RETURNING 1), calls AS ({} RETURNING 1), events AS ({} RETURNING 1) \
-         SELECT (SELECT COUNT(*) FROM used) AS used, (SELECT COUNT(*) FROM events) AS events",
-        set_used_sql(backend, 1),
-        insert_tool_calls_sql(backend, 2),
-        insert_events_sql(backend, 3),
-    );
-    let row = sqlx::query::<Any>(&sql)
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "WITH used AS ({} RETURNING 1), calls AS ({} RETURNING 1), events AS ({} RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM used) AS used, (SELECT COUNT(*) FROM events) AS events",
+            set_used_sql(backend, 1),
+            insert_tool_calls_sql(backend, 2),
+            insert_events_sql(backend, 3),
+        ),
+        Backend::Sqlite => format!(
+            "{}; SELECT changes() AS n; {}; {}; SELECT changes() AS n",
+            set_used_sql(backend, 1),
+            insert_tool_calls_sql(backend, 2),
+            insert_events_sql(backend, 3),
+        ),
+    };
+    let rows = sqlx::query::<Any>(&sql)
         .bind(json_text("session budgets", &used_rows(used))?)
         .bind(json_text("tool calls", &tool_call_rows(calls)?)?)
         .bind(json_text("audit events", &event_rows(events)?)?)
-        .fetch_one(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    let (updated, inserted): (i64, i64) = (column(&row, "used")?, column(&row, "events")?);
+    let (updated, inserted): (i64, i64) = match (backend, rows.as_slice()) {
+        (Backend::Postgres, [row]) => (column(row, "used")?, column(row, "events")?),
+        (Backend::Sqlite, [after_update, after_events]) => {
+            (column(after_update, "n")?, column(after_events, "n")?)
+        }
+        _ => {
+            return Err(Error::internal(
+                "the batch's writes returned an unexpected number of counts",
+            ))
+        }
+    };
     if usize::try_from(updated).ok() != Some(used.len()) {
         return Err(Error::internal(
             "a session disappeared while its budget was spent",
