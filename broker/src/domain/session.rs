@@ -173,6 +173,26 @@ impl Session {
     }
 }
 
+/// A session for tests: agent `a`, every tool, open from 0 until 100, nothing spent.
+#[cfg(test)]
+pub(crate) fn fixture(id: &str, max_tool_calls: u32) -> Session {
+    Session {
+        id: id.into(),
+        agent: "a".into(),
+        user: None,
+        tenant: None,
+        tools: vec![ToolScope::All],
+        purpose: String::new(),
+        created_at: 0,
+        expires_at: 100,
+        max_tool_calls,
+        tool_calls_used: 0,
+        closed_at: None,
+        collections: vec![],
+        labels: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,21 +247,7 @@ mod tests {
 
     #[test]
     fn state_follows_close_and_expiry() {
-        let mut s = Session {
-            id: "ses_x".into(),
-            agent: "a".into(),
-            user: None,
-            tenant: None,
-            tools: vec![ToolScope::All],
-            purpose: String::new(),
-            created_at: 0,
-            expires_at: 100,
-            max_tool_calls: 1,
-            tool_calls_used: 0,
-            closed_at: None,
-            collections: vec![],
-            labels: vec![],
-        };
+        let mut s = fixture("ses_x", 1);
         assert_eq!(s.state(99), SessionState::Open);
         assert_eq!(s.state(100), SessionState::Expired);
         s.closed_at = Some(50);

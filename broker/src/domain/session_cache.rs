@@ -94,24 +94,9 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::session::ToolScope;
 
     fn session(id: &str) -> Arc<Session> {
-        Arc::new(Session {
-            id: id.into(),
-            agent: "a".into(),
-            user: None,
-            tenant: None,
-            tools: vec![ToolScope::All],
-            purpose: String::new(),
-            created_at: 0,
-            expires_at: 100,
-            max_tool_calls: 5,
-            tool_calls_used: 0,
-            closed_at: None,
-            collections: vec![],
-            labels: vec![],
-        })
+        Arc::new(crate::domain::session::fixture(id, 5))
     }
 
     #[test]
