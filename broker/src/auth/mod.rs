@@ -16,6 +16,8 @@
 //!   is explicit; time claims are NumericDates (integer or fractional seconds, RFC 7519) between
 //!   1970 and the year 9999, anything else is refused; a token larger than
 //!   [`AuthConfig::max_token_bytes`] is refused before parsing.
+//! - a token that passed is remembered by its exact text (`token_cache`), and answered from there only
+//!   within its own `nbf`..`exp` window and while the keys that verified it are still the broker's.
 //!
 //! Failures are split in two: [`Error::Unauthenticated`] (a bad token, client-safe message and a
 //! stable [`TokenError::reason`]) and every other variant (bad configuration, unreadable keys).
@@ -26,6 +28,7 @@ mod config;
 pub mod dev;
 mod jwks_http;
 mod keys;
+mod token_cache;
 mod verifier;
 
 #[cfg(test)]

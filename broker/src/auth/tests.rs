@@ -954,6 +954,42 @@ async fn unknown_kid_triggers_one_rate_limited_refresh() {
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
+/// The verified-token cache must not outlive the key: a token the broker verified (and cached) is
+/// refused once a refresh drops its key.
+#[tokio::test]
+async fn a_cached_token_is_refused_once_its_key_is_dropped() {
+    let v1 = jwks_json(vec![jwk(RSA1_KEY, Algorithm::RS256, "old")]);
+    let v2 = jwks_json(vec![jwk(RSA2_KEY, Algorithm::RS256, "new")]);
+    let (url, hits) = serve_jwks(vec![v1, v2]).await;
+    let verifier = Verifier::from_config(&jwks_url_config(url), None)
+        .await
+        .unwrap();
+    let old = rs256(&claims(), Some("old"), RSA1_KEY);
+    let first = verifier.verify(&old).unwrap();
+    assert_eq!(
+        verifier.verify(&old).unwrap(),
+        first,
+        "a second check of the same token"
+    );
+
+    // A token naming the new kid makes the broker fetch the set again, which no longer holds "old".
+    let rotated = rs256(&claims(), Some("new"), RSA2_KEY);
+    let mut rotated_ok = false;
+    for _ in 0..200 {
+        if verifier.verify(&rotated).is_ok() {
+            rotated_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(rotated_ok, "the rotated key should be fetched");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        token_error(verifier.verify(&old)),
+        TokenError::UnknownKeyId("old".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn jwks_url_failures_at_start_are_configuration_errors() {
     let (url, _) = serve_jwks(vec!["<html>".to_owned()]).await;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use super::config::AuthConfig;
 use super::jwks_http::{Fetcher, JwksUrl};
 use super::keys::{self, JwksOrigin, KeyEntry, KeySet, MAX_JWKS_BYTES, MIN_HMAC_SECRET_BYTES};
+use super::token_cache::{TokenCache, MAX_CACHED_TOKEN_BYTES};
 use super::{sanitize, Error, Principal, Role, TokenError};
 
 /// At most one `jwks_url` refresh per this interval is triggered by tokens naming an unknown
@@ -39,6 +40,8 @@ struct Inner {
     remote: Option<Arc<Remote>>,
     refresher: Option<tokio::task::AbortHandle>,
     max_token_bytes: usize,
+    /// Tokens already verified (`token_cache.rs`).
+    verified: TokenCache,
     roles_claim: String,
     user_claim: String,
     tenant_claim: String,
@@ -57,16 +60,28 @@ impl Drop for Inner {
 struct Remote {
     url: JwksUrl,
     fetcher: Fetcher,
-    keys: RwLock<Arc<KeySet>>,
+    keys: RwLock<Generation>,
     /// Kids of the static keys: a remote key may not shadow them.
     static_kids: HashSet<String>,
     wake: Notify,
     last_kid_refresh: Mutex<Option<Instant>>,
 }
 
+/// The keys of one successful fetch, numbered: tokens verified with an older generation are verified
+/// again (the verified-token cache checks it).
+struct Generation {
+    number: u64,
+    keys: Arc<KeySet>,
+}
+
 impl Remote {
     fn snapshot(&self) -> Arc<KeySet> {
-        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+        self.generation().1
+    }
+
+    fn generation(&self) -> (u64, Arc<KeySet>) {
+        let current = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        (current.number, Arc::clone(&current.keys))
     }
 
     /// Asks the refresher for a fetch, at most once per [`UNKNOWN_KID_REFRESH_INTERVAL`].
@@ -112,7 +127,9 @@ impl Remote {
             return Err("the key set holds no usable signature key".to_owned());
         }
         let count = set.len();
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        current.number += 1;
+        current.keys = Arc::new(set);
         Ok(count)
     }
 }
@@ -237,7 +254,10 @@ impl Verifier {
                 let remote = Arc::new(Remote {
                     url: url.clone(),
                     fetcher,
-                    keys: RwLock::new(Arc::new(KeySet::default())),
+                    keys: RwLock::new(Generation {
+                        number: 0,
+                        keys: Arc::new(KeySet::default()),
+                    }),
                     static_kids: static_keys.iter().filter_map(|e| e.kid.clone()).collect(),
                     wake: Notify::new(),
                     last_kid_refresh: Mutex::new(None),
@@ -286,6 +306,7 @@ impl Verifier {
                 remote,
                 refresher,
                 max_token_bytes: cfg.max_token_bytes,
+                verified: TokenCache::new(MAX_CACHED_TOKEN_BYTES),
                 roles_claim: cfg.roles_claim.clone(),
                 user_claim: cfg.user_claim.clone(),
                 tenant_claim: cfg.tenant_claim.clone(),
@@ -314,12 +335,23 @@ impl Verifier {
                 max: inner.max_token_bytes,
             });
         }
+        // Static keys never change: generation 0 when there is no `jwks_url`.
+        let (generation, remote_keys) = match &inner.remote {
+            Some(remote) => {
+                let (number, keys) = remote.generation();
+                (number, Some(keys))
+            }
+            None => (0, None),
+        };
+        let now = unix_now();
+        if let Some(principal) = inner.verified.get(token, generation, now) {
+            return Ok(principal);
+        }
         let header = parse_header(token)?;
         let validation = inner
             .validations
             .get(&header.alg)
             .ok_or_else(|| TokenError::AlgorithmNotAccepted(format!("{:?}", header.alg)))?;
-        let remote_keys = inner.remote.as_ref().map(|r| r.snapshot());
         let key = match select_key(&inner.static_keys, remote_keys.as_deref(), &header) {
             Ok(key) => key,
             Err(e @ TokenError::UnknownKeyId(_)) => {
@@ -334,7 +366,13 @@ impl Verifier {
         // read once more below, strictly (its own parse would keep the last of two equal keys).
         jsonwebtoken::decode::<IgnoredAny>(token, key, validation)
             .map_err(|e| map_jwt_error(&e, token))?;
-        self.principal(strict_claims(token)?)
+        let claims = strict_claims(token)?;
+        let not_before = claims.get("nbf").and_then(numeric_date);
+        let principal = self.principal(claims)?;
+        inner
+            .verified
+            .put(token, generation, not_before, &principal, now);
+        Ok(principal)
     }
 
     fn principal(&self, mut claims: Map<String, Value>) -> Result<Principal, TokenError> {
@@ -477,6 +515,11 @@ fn strict_object(encoded: &str, part: &'static str) -> Result<Map<String, Value>
 fn strict_claims(token: &str) -> Result<Map<String, Value>, TokenError> {
     let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
     strict_object(payload, "claims")
+}
+
+/// The clock jsonwebtoken checks `exp` and `nbf` against, in unix seconds.
+fn unix_now() -> i64 {
+    i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX)
 }
 
 /// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Later (or negative) dates are not
