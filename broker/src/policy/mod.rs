@@ -2,6 +2,7 @@
 //! asked per tool call. A verdict is a value (ALLOW or DENY with reasons); nothing here fails open.
 
 mod args;
+mod caller_entities;
 mod catalogue;
 mod filter;
 pub mod fixtures;
@@ -186,6 +187,8 @@ pub struct PolicyEngine {
     version: String,
     authorizer: Authorizer,
     types: request::Types,
+    /// Each request's principal and entities, by tool and caller (`caller_entities.rs`).
+    caller_entities: caller_entities::CallerEntities,
     dir: PathBuf,
 }
 
@@ -365,6 +368,7 @@ impl PolicyEngine {
             version: loaded.version,
             authorizer: Authorizer::new(),
             types,
+            caller_entities: caller_entities::CallerEntities::default(),
             dir: dir.to_path_buf(),
         })
     }
@@ -482,13 +486,18 @@ impl PolicyEngine {
         args: RestrictedExpression,
     ) -> Result<Verdict, String> {
         let context = request::tool_context(args, &call.session, call.approval.as_ref())?;
-        let (principal, principal_entities) =
-            self.types.principal_entities(&self.users, &call.caller())?;
-        let entities = tool
-            .entities
-            .clone()
-            .add_entities(principal_entities, None)
-            .map_err(|e| e.to_string())?;
+        let caller = call.caller();
+        let built = self.caller_entities.get_or_build(call.tool, &caller, || {
+            let (principal, principal_entities) =
+                self.types.principal_entities(&self.users, &caller)?;
+            let entities = tool
+                .entities
+                .clone()
+                .add_entities(principal_entities, None)
+                .map_err(|e| e.to_string())?;
+            Ok((principal, entities))
+        })?;
+        let (principal, entities) = &*built;
         // Checking the request against the schema would refuse nothing when the context conforms by
         // construction; otherwise it is checked, and a context that does not match is a DENY.
         let schema = tool.check_context.then_some(&self.schema);
@@ -501,13 +510,13 @@ impl PolicyEngine {
         )
         .map_err(|e| format!("request does not match the schema: {e}"))?;
         let answer = |set: &PolicySet| {
-            slice::Answer::from(&self.authorizer.is_authorized(&request, set, &entities))
+            slice::Answer::from(&self.authorizer.is_authorized(&request, set, entities))
         };
         let facts = guard::Facts::new(call.args, &call.session, call.approval.is_some());
         let answer = match &tool.slice {
             Some(slice) => {
                 let shared = slice.shared.answer(&facts, &answer);
-                match slice.by_principal.get(&principal) {
+                match slice.by_principal.get(principal) {
                     Some(own) => shared.and(own.answer(&facts, &answer)),
                     None => shared,
                 }

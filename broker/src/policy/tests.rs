@@ -288,6 +288,25 @@ fn principal_ids_are_data_not_cedar_syntax() {
     assert_eq!(example().decide(&c).outcome, Outcome::Deny);
 }
 
+/// The entities built for one caller are reused for that caller only: one engine, the same agent with
+/// and without its role, in turns.
+#[test]
+fn request_entities_are_reused_per_caller_only() {
+    let engine = example();
+    let args = json!({"query": "x"});
+    let with_role = call("web.search", &args);
+    let mut without_role = call("web.search", &args);
+    without_role.roles = vec![];
+    for _ in 0..2 {
+        assert_eq!(engine.decide(&with_role).outcome, Outcome::Allow);
+        assert_eq!(engine.decide(&without_role).outcome, Outcome::Deny);
+    }
+    let mut other_user = call("web.search", &args);
+    other_user.user = Some("bob");
+    assert_eq!(engine.decide(&other_user).outcome, Outcome::Allow);
+    assert_eq!(engine.caller_entities.len(), 3, "one entry per caller");
+}
+
 #[test]
 fn extension_typed_arguments_are_typed_too() {
     let dir = dir_with(&[(
