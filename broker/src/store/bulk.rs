@@ -37,10 +37,13 @@ fn rows_from_json_at(
                 typed.join(", ")
             )
         }
+        // Each column read from the parameter (parsed once per statement, SQLite caches the parse) at
+        // the row's path, not from `value`: `value` is the row rebuilt as JSON text, once per column read,
+        // then parsed again: most of SQLite's JSON work in the writer's batches.
         Backend::Sqlite => {
             let picked: Vec<String> = columns
                 .iter()
-                .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
+                .map(|(c, _)| format!("json_extract(${param}, fullkey || '.{c}') AS {c}"))
                 .collect();
             format!(
                 "(SELECT {} FROM json_each(${param})) AS {alias}",
@@ -413,7 +416,7 @@ mod tests {
         );
         assert_eq!(
             rows_from_json(Backend::Sqlite, "k", &[("id", "text")]),
-            "(SELECT json_extract(value, '$.id') AS id FROM json_each($1)) AS k"
+            "(SELECT json_extract($1, fullkey || '.id') AS id FROM json_each($1)) AS k"
         );
     }
 }
