@@ -73,11 +73,11 @@ fn only_the_api_knows_tonic_and_proto_types() {
 }
 
 #[test]
-fn only_the_store_knows_sqlx() {
-    let found = offenders(&broker_src(), "store", &["sqlx"]);
+fn only_the_store_knows_the_database_drivers() {
+    let found = offenders(&broker_src(), "store", &["sqlx", "rusqlite"]);
     assert!(
         found.is_empty(),
-        "sqlx outside broker::store:\n{}",
+        "sqlx or rusqlite outside broker::store:\n{}",
         found.join("\n")
     );
 }

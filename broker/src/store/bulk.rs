@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use sqlx::{Any, AnyConnection};
 
+use super::decisions::Writes;
 use super::sql::{self, column, db, from_json, json_text, EVENT_COLUMNS, SESSION_COLUMNS};
 use super::{Backend, Error, RecordedCall};
 use crate::clock::Micros;
@@ -168,10 +169,10 @@ struct UsedRow<'a> {
     n: i64,
 }
 
-fn used_rows<'a>(used: &[(&'a str, u32)]) -> Vec<UsedRow<'a>> {
+fn used_rows(used: &[(String, u32)]) -> Vec<UsedRow<'_>> {
     used.iter()
         .map(|(id, n)| UsedRow {
-            id,
+            id: id.as_str(),
             n: i64::from(*n),
         })
         .collect()
@@ -192,14 +193,15 @@ pub(crate) struct CallRow<'a> {
     pub(crate) at: Micros,
 }
 
+/// A `tool_calls` row as stored.
 #[derive(Serialize)]
-struct ToolCallRow<'a> {
-    session_id: &'a str,
-    agent: &'a str,
-    call_id: &'a str,
-    arguments_digest: &'a str,
-    decision: String,
-    recorded_at: i64,
+pub(super) struct ToolCallRow<'a> {
+    pub(super) session_id: &'a str,
+    pub(super) agent: &'a str,
+    pub(super) call_id: &'a str,
+    pub(super) arguments_digest: &'a str,
+    pub(super) decision: String,
+    pub(super) recorded_at: i64,
 }
 
 const TOOL_CALL_COLUMNS: [(&str, &str); 6] = [
@@ -211,7 +213,7 @@ const TOOL_CALL_COLUMNS: [(&str, &str); 6] = [
     ("recorded_at", "bigint"),
 ];
 
-fn tool_call_rows<'a>(calls: &'a [CallRow<'_>]) -> Result<Vec<ToolCallRow<'a>>, Error> {
+pub(super) fn tool_call_rows<'a>(calls: &'a [CallRow<'_>]) -> Result<Vec<ToolCallRow<'a>>, Error> {
     calls
         .iter()
         .map(|r| {
@@ -238,26 +240,27 @@ fn insert_tool_calls_sql(backend: Backend, param: usize) -> String {
     )
 }
 
+/// An `audit_events` row as stored: what the hash chain covers, as text and integers.
 #[derive(Serialize)]
-struct EventRow<'a> {
-    seq: i64,
-    event_id: &'a str,
-    time: i64,
-    kind: &'a str,
-    agent: &'a str,
-    user_id: Option<&'a str>,
-    session_id: Option<&'a str>,
-    decision_id: Option<&'a str>,
-    tool: Option<&'a str>,
-    call_id: Option<&'a str>,
-    outcome: Option<&'a str>,
-    reasons: String,
-    policy_version: Option<&'a str>,
-    arguments_digest: Option<&'a str>,
-    arguments_redacted: Option<&'a str>,
-    detail: Option<&'a str>,
-    prev_hash: &'a str,
-    hash: &'a str,
+pub(super) struct EventRow<'a> {
+    pub(super) seq: i64,
+    pub(super) event_id: &'a str,
+    pub(super) time: i64,
+    pub(super) kind: &'a str,
+    pub(super) agent: &'a str,
+    pub(super) user_id: Option<&'a str>,
+    pub(super) session_id: Option<&'a str>,
+    pub(super) decision_id: Option<&'a str>,
+    pub(super) tool: Option<&'a str>,
+    pub(super) call_id: Option<&'a str>,
+    pub(super) outcome: Option<&'a str>,
+    pub(super) reasons: String,
+    pub(super) policy_version: Option<&'a str>,
+    pub(super) arguments_digest: Option<&'a str>,
+    pub(super) arguments_redacted: Option<&'a str>,
+    pub(super) detail: Option<&'a str>,
+    pub(super) prev_hash: &'a str,
+    pub(super) hash: &'a str,
 }
 
 /// The columns of `audit_events`, in [`EVENT_COLUMNS`] order, with their Postgres types.
@@ -299,7 +302,7 @@ pub(crate) async fn insert_events(
     Ok(())
 }
 
-fn event_rows(events: &[AuditEvent]) -> Result<Vec<EventRow<'_>>, Error> {
+pub(super) fn event_rows(events: &[AuditEvent]) -> Result<Vec<EventRow<'_>>, Error> {
     events
         .iter()
         .map(|event| {
@@ -341,13 +344,16 @@ fn insert_events_sql(backend: Backend, param: usize) -> String {
 /// data-modifying CTEs; on SQLite three statements in one query (sqlx binds `$N` by number in each), with
 /// `changes()` read after the update and after the events. Benchmark, SQLite, 64 in flight: 6,354 and
 /// 6,827/s -> 7,666 and 7,239/s (alternated). Merging the reads the same way (one UNION ALL) did no better.
-pub(crate) async fn write_decisions(
+pub(super) async fn write_decisions(
     conn: &mut AnyConnection,
     backend: Backend,
-    used: &[(&str, u32)],
-    calls: &[CallRow<'_>],
-    events: &[AuditEvent],
+    writes: &Writes<'_>,
 ) -> Result<(), Error> {
+    let Writes {
+        used,
+        calls,
+        events,
+    } = writes;
     let sql = match backend {
         Backend::Postgres => format!(
             "WITH used AS ({} RETURNING 1), calls AS ({} RETURNING 1), events AS ({} RETURNING 1) \

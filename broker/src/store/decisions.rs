@@ -12,8 +12,11 @@
 //!
 //! Then the writes: the sessions' new counts, the remembered calls, the events. All inside the batch's
 //! transaction, so nothing of it is visible, and no ALLOW is answered, before the commit.
+//!
+//! The rules ([`Wanted`], [`apply`]) know no database: Postgres reads and writes through sqlx here
+//! ([`record`]); SQLite through its own writer thread (`sqlite_writer`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::AnyConnection;
 
@@ -22,6 +25,7 @@ use super::writer::{event_id_conflict, Chain};
 use super::{DecisionRecord, Error, Recorded, RecordedCall};
 use crate::domain::audit::{AuditEvent, EventBody};
 use crate::domain::decision::{Reason, ReasonCode};
+use crate::domain::session::Session;
 
 fn key(rec: &DecisionRecord) -> CallKey {
     (
@@ -31,28 +35,65 @@ fn key(rec: &DecisionRecord) -> CallKey {
     )
 }
 
-/// Records `recs` (none of which carries an approval write). `Err` is a database failure (the batch
-/// fails); a decision's own refusal is its `Ok(Err(..))`.
-pub(super) async fn record(
-    conn: &mut AnyConnection,
-    chain: &mut Chain,
-    recs: &[&DecisionRecord],
-) -> Result<Vec<Result<Recorded, Error>>, Error> {
-    let mut keys: Vec<CallKey> = recs.iter().filter(|r| r.remember).map(|r| key(r)).collect();
-    keys.sort();
-    keys.dedup();
-    let mut remembered = bulk::recorded_calls(conn, chain.backend(), &keys).await?;
-    let event_ids: Vec<&str> = recs.iter().map(|r| r.call.event_id.as_str()).collect();
-    let taken = bulk::taken_event_ids(conn, chain.backend(), &event_ids).await?;
-    let mut spenders: Vec<&str> = recs
-        .iter()
-        .filter(|r| r.spend_budget)
-        .map(|r| r.decision.session_id.as_str())
-        .collect();
-    spenders.sort_unstable();
-    spenders.dedup();
-    let mut sessions = bulk::sessions(conn, chain.backend(), &spenders).await?;
+/// What a run of decisions needs read before it can be applied.
+pub(super) struct Wanted<'a> {
+    /// Idempotency keys of the decisions to remember (sorted, unique).
+    pub(super) keys: Vec<CallKey>,
+    pub(super) event_ids: Vec<&'a str>,
+    /// Sessions that spend budget (sorted, unique).
+    pub(super) spenders: Vec<&'a str>,
+}
 
+impl<'a> Wanted<'a> {
+    pub(super) fn of(recs: &[&'a DecisionRecord]) -> Self {
+        let mut keys: Vec<CallKey> = recs.iter().filter(|r| r.remember).map(|r| key(r)).collect();
+        keys.sort();
+        keys.dedup();
+        let event_ids = recs.iter().map(|r| r.call.event_id.as_str()).collect();
+        let mut spenders: Vec<&str> = recs
+            .iter()
+            .filter(|r| r.spend_budget)
+            .map(|r| r.decision.session_id.as_str())
+            .collect();
+        spenders.sort_unstable();
+        spenders.dedup();
+        Self {
+            keys,
+            event_ids,
+            spenders,
+        }
+    }
+}
+
+/// What was read for [`Wanted`], under the chain lock.
+pub(super) struct Found {
+    /// Remembered calls by key; a stored decision that cannot be read is that key's own error.
+    pub(super) remembered: HashMap<CallKey, Result<RecordedCall, Error>>,
+    /// Event ids already in the chain.
+    pub(super) taken: HashSet<String>,
+    pub(super) sessions: HashMap<String, Session>,
+}
+
+/// What a run of decisions writes.
+pub(super) struct Writes<'a> {
+    /// The sessions' new `tool_calls_used` (sorted by id; every session must exist).
+    pub(super) used: Vec<(String, u32)>,
+    pub(super) calls: Vec<CallRow<'a>>,
+    pub(super) events: Vec<AuditEvent>,
+}
+
+/// The rules above, in queue order: each decision's answer, and the writes that make them true.
+/// `Err` only when an event cannot be placed in the chain.
+pub(super) fn apply<'a>(
+    chain: &mut Chain,
+    recs: &[&'a DecisionRecord],
+    found: Found,
+) -> Result<(Vec<Result<Recorded, Error>>, Writes<'a>), Error> {
+    let Found {
+        mut remembered,
+        taken,
+        mut sessions,
+    } = found;
     let mut spent: HashSet<String> = HashSet::new();
     let mut placed: HashSet<&str> = HashSet::new();
     let mut calls = Vec::new();
@@ -118,11 +159,36 @@ pub(super) async fn record(
         answers.push(Ok(Recorded::Committed(decision)));
     }
 
-    let mut used: Vec<(&str, u32)> = spent
-        .iter()
-        .filter_map(|id| sessions.get(id).map(|s| (id.as_str(), s.tool_calls_used)))
+    let mut used: Vec<(String, u32)> = spent
+        .into_iter()
+        .filter_map(|id| sessions.remove(&id).map(|s| (id, s.tool_calls_used)))
         .collect();
     used.sort_unstable();
-    bulk::write_decisions(conn, chain.backend(), &used, &calls, &events).await?;
+    Ok((
+        answers,
+        Writes {
+            used,
+            calls,
+            events,
+        },
+    ))
+}
+
+/// Records `recs` (none of which carries an approval write) through sqlx. `Err` is a database failure
+/// (the batch fails); a decision's own refusal is its `Ok(Err(..))`.
+pub(super) async fn record(
+    conn: &mut AnyConnection,
+    chain: &mut Chain,
+    recs: &[&DecisionRecord],
+) -> Result<Vec<Result<Recorded, Error>>, Error> {
+    let wanted = Wanted::of(recs);
+    let backend = chain.backend();
+    let found = Found {
+        remembered: bulk::recorded_calls(conn, backend, &wanted.keys).await?,
+        taken: bulk::taken_event_ids(conn, backend, &wanted.event_ids).await?,
+        sessions: bulk::sessions(conn, backend, &wanted.spenders).await?,
+    };
+    let (answers, writes) = apply(chain, recs, found)?;
+    bulk::write_decisions(conn, backend, &writes).await?;
     Ok(answers)
 }

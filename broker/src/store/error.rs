@@ -126,6 +126,22 @@ impl Error {
         Self::new(kind, message)
     }
 
+    /// Classifies an error of the SQLite writer thread's own connection (`sqlite_writer`).
+    pub(crate) fn from_rusqlite(err: rusqlite::Error) -> Self {
+        use rusqlite::Error as E;
+        let kind = match &err {
+            E::SqliteFailure(e, _) => classify_sqlite_code(e.extended_code),
+            E::FromSqlConversionFailure(..)
+            | E::IntegralValueOutOfRange(..)
+            | E::InvalidColumnType(..)
+            | E::InvalidColumnName(_)
+            | E::InvalidColumnIndex(_)
+            | E::Utf8Error(_) => ErrorKind::Corrupt,
+            _ => ErrorKind::Internal,
+        };
+        Self::new(kind, err.to_string().to_lowercase())
+    }
+
     pub(crate) fn from_migrate(err: sqlx::migrate::MigrateError) -> Self {
         match err {
             sqlx::migrate::MigrateError::Execute(e) => {
@@ -175,10 +191,16 @@ fn classify_postgres(sqlstate: &str) -> ErrorKind {
 
 /// Result codes: <https://www.sqlite.org/rescode.html>; the primary code is the low byte.
 fn classify_sqlite(code: &str) -> ErrorKind {
-    let Ok(code) = code.parse::<i32>() else {
-        return ErrorKind::Internal;
-    };
+    match code.parse::<i32>() {
+        Ok(code) => classify_sqlite_code(code),
+        Err(_) => ErrorKind::Internal,
+    }
+}
+
+fn classify_sqlite_code(code: i32) -> ErrorKind {
     match code & 0xff {
+        // INTERRUPT: the writer thread's statement was stopped at its batch's deadline.
+        9 => ErrorKind::Timeout,
         // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL, READONLY, NOLFS
         5 | 6 | 10 | 13 | 14 | 15 | 8 | 22 => ErrorKind::Unavailable,
         // CORRUPT, NOTADB
@@ -204,6 +226,7 @@ mod tests {
         assert_eq!(classify_sqlite("517"), ErrorKind::Unavailable);
         assert_eq!(classify_sqlite("2067"), ErrorKind::Conflict);
         assert_eq!(classify_sqlite("11"), ErrorKind::Corrupt);
+        assert_eq!(classify_sqlite("9"), ErrorKind::Timeout);
         assert!(Error::from_sqlx(sqlx::Error::PoolTimedOut).is_unavailable());
         assert_eq!(
             Error::from_sqlx(sqlx::Error::PoolTimedOut).to_string(),

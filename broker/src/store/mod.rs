@@ -2,7 +2,9 @@
 //! trail, in SQLite or Postgres.
 //!
 //! The only module that knows sqlx. One implementation over sqlx's `Any` driver: SQL is written once with
-//! `$N` placeholders, and the few statements that differ are chosen by [`Backend`]. Times are stored as
+//! `$N` placeholders, and the few statements that differ are chosen by [`Backend`]. One exception, for
+//! speed: SQLite's batches of plain decisions go through rusqlite on a thread of their own
+//! ([`sqlite_writer`]). Times are stored as
 //! microseconds ([`Micros`]) in BIGINT columns, JSON as TEXT.
 //!
 //! Reads go straight to the pool. Every write goes through the group-commit audit writer
@@ -22,6 +24,7 @@ mod hashes;
 mod schema;
 mod selfcheck;
 mod sql;
+mod sqlite_writer;
 pub mod testing;
 mod writer;
 
@@ -253,19 +256,7 @@ struct ConnectionSettings {
 impl ConnectionSettings {
     async fn apply(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         let statements = match self.backend {
-            Backend::Sqlite => vec![
-                "PRAGMA synchronous = FULL".to_owned(),
-                "PRAGMA foreign_keys = ON".to_owned(),
-                format!("PRAGMA busy_timeout = {}", self.busy_timeout_ms),
-                // Statement journals (every multi-row write inside the writer's transaction keeps one) in
-                // memory, not in a temporary file: they were a tenth of the writer's time.
-                "PRAGMA temp_store = MEMORY".to_owned(),
-                // A checkpoint every 4,000 WAL pages (16 MiB) instead of 1,000: it runs inside the writer's
-                // commit, and the pages every batch touches (index edges, session rows) are copied once
-                // per checkpoint. Benchmark, SQLite, 64 in flight: broker/floor 7.3% -> 8.7% (4 runs each);
-                // 10,000 pages did no better.
-                "PRAGMA wal_autocheckpoint = 4000".to_owned(),
-            ],
+            Backend::Sqlite => sqlite_settings(self.busy_timeout_ms),
             Backend::Postgres => vec![
                 // Durable audit: a commit returns only once the WAL is flushed.
                 "SET synchronous_commit = on".to_owned(),
@@ -282,6 +273,23 @@ impl ConnectionSettings {
         }
         Ok(())
     }
+}
+
+/// SQLite's per-connection settings: for the pool's connections and the writer thread's.
+fn sqlite_settings(busy_timeout_ms: u128) -> Vec<String> {
+    vec![
+        "PRAGMA synchronous = FULL".to_owned(),
+        "PRAGMA foreign_keys = ON".to_owned(),
+        format!("PRAGMA busy_timeout = {}", busy_timeout_ms),
+        // Statement journals (every multi-row write inside the writer's transaction keeps one) in
+        // memory, not in a temporary file: they were a tenth of the writer's time.
+        "PRAGMA temp_store = MEMORY".to_owned(),
+        // A checkpoint every 4,000 WAL pages (16 MiB) instead of 1,000: it runs inside the writer's
+        // commit, and the pages every batch touches (index edges, session rows) are copied once
+        // per checkpoint. Benchmark, SQLite, 64 in flight: broker/floor 7.3% -> 8.7% (4 runs each);
+        // 10,000 pages did no better.
+        "PRAGMA wal_autocheckpoint = 4000".to_owned(),
+    ]
 }
 
 impl Store {
@@ -333,7 +341,14 @@ impl Store {
             max_batch: cfg.max_batch,
             transaction_timeout,
         };
-        tokio::spawn(writer::run(pool.clone(), writer, queue));
+        let sqlite_writer = match backend {
+            Backend::Sqlite => Some(sqlite_writer::SqliteWriter::start(
+                &config::sqlite_path(&cfg.database_url)?,
+                &sqlite_settings(settings.busy_timeout_ms),
+            )?),
+            Backend::Postgres => None,
+        };
+        tokio::spawn(writer::run(pool.clone(), writer, queue, sqlite_writer));
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,

@@ -10,7 +10,7 @@ use crate::domain::approval::{Approval, ApprovalStatus, Requirement, Vote, VoteR
 use crate::domain::audit::{AuditEvent, EventBody, EventKind};
 use crate::domain::decision::{Decision, Outcome, Reason};
 use crate::domain::killswitch::{KillSwitch, Release, Scope};
-use crate::domain::session::{Session, ToolScope};
+use crate::domain::session::Session;
 
 /// The key of the Postgres advisory lock that serialises chain appends across broker processes.
 pub(crate) const CHAIN_LOCK_KEY: i64 = 0x6272_6f6b_6572_0001;
@@ -67,25 +67,59 @@ where
 }
 
 pub(crate) fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
-    let tools: String = column(row, "tools")?;
-    let tools: Vec<ToolScope> = from_json("session tools", &tools)?;
-    let collections: String = column(row, "collections")?;
-    let labels: String = column(row, "labels")?;
-    Ok(Session {
+    SessionRow {
         id: column(row, "id")?,
         agent: column(row, "agent")?,
-        user: column(row, "user_id")?,
+        user_id: column(row, "user_id")?,
         tenant: column(row, "tenant")?,
-        tools,
+        tools: column(row, "tools")?,
         purpose: column(row, "purpose")?,
         created_at: column(row, "created_at")?,
         expires_at: column(row, "expires_at")?,
-        max_tool_calls: to_u32("max_tool_calls", column(row, "max_tool_calls")?)?,
-        tool_calls_used: to_u32("tool_calls_used", column(row, "tool_calls_used")?)?,
+        max_tool_calls: column(row, "max_tool_calls")?,
+        tool_calls_used: column(row, "tool_calls_used")?,
         closed_at: column(row, "closed_at")?,
-        collections: from_json("session collections", &collections)?,
-        labels: from_json("session labels", &labels)?,
-    })
+        collections: column(row, "collections")?,
+        labels: column(row, "labels")?,
+    }
+    .into_session()
+}
+
+/// A `sessions` row as stored, whichever driver read it.
+pub(crate) struct SessionRow {
+    pub(crate) id: String,
+    pub(crate) agent: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) tools: String,
+    pub(crate) purpose: String,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: i64,
+    pub(crate) max_tool_calls: i64,
+    pub(crate) tool_calls_used: i64,
+    pub(crate) closed_at: Option<i64>,
+    pub(crate) collections: String,
+    pub(crate) labels: String,
+}
+
+impl SessionRow {
+    pub(crate) fn into_session(self) -> Result<Session, Error> {
+        Ok(Session {
+            id: self.id,
+            agent: self.agent,
+            user: self.user_id,
+            tenant: self.tenant,
+            tools: from_json("session tools", &self.tools)?,
+            purpose: self.purpose,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            max_tool_calls: to_u32("max_tool_calls", self.max_tool_calls)?,
+            tool_calls_used: to_u32("tool_calls_used", self.tool_calls_used)?,
+            closed_at: self.closed_at,
+            collections: from_json("session collections", &self.collections)?,
+            labels: from_json("session labels", &self.labels)?,
+        })
+    }
 }
 
 /// Inserts `session` unless its id exists or `event_id` is already in the chain; true when inserted.

@@ -2682,3 +2682,203 @@ async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb)
     assert_eq!(used.outcome, Outcome::Allow);
     Ok(())
 }
+
+/// Every column of `table` as SQLite's `quote()` text (type and bytes), row by row in `order`.
+async fn sqlite_rows(
+    db: &TestDb,
+    table: &str,
+    columns: &str,
+    order: &str,
+) -> Result<Vec<String>, Error> {
+    let quoted: Vec<String> = columns
+        .split(',')
+        .map(|c| format!("quote({})", c.trim()))
+        .collect();
+    let sql = format!(
+        "SELECT {} AS row FROM {table} ORDER BY {order}",
+        quoted.join(" || '|' || ")
+    );
+    let rows = sqlx::query(&sql)
+        .fetch_all(&db.store().inner.pool)
+        .await
+        .map_err(super::sql::db)?;
+    rows.iter().map(|r| super::sql::column(r, "row")).collect()
+}
+
+/// SQLite records a batch of plain decisions on its writer thread (rusqlite), and through sqlx when the
+/// batch also holds other writes. Both must answer alike and store byte-identical rows: replays (stored
+/// and within the batch), a reused event id, an exhausted budget, a missing session, a stale ALLOW, DENYs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writer_thread_and_sqlx_path_store_the_same_rows() -> TestResult {
+    let (thread_db, sqlx_db) = (
+        TestDb::new(Backend::Sqlite).await?,
+        TestDb::new(Backend::Sqlite).await?,
+    );
+    let s = session(3);
+    let open = opened(&s);
+    let earlier = allow(&s, "web.search", "c0", T0 + 1);
+    for db in [&thread_db, &sqlx_db] {
+        db.store().open_session(&s, open.clone()).await?;
+        db.store().record_decision(earlier.clone()).await?;
+    }
+    let missing = session(3);
+    let mut reused_event = deny(&s, "email.send", "c5", T0 + 2);
+    reused_event.call.event_id = open.event_id.clone();
+    let mut stale = allow(&s, "web.search", "c6", T0 + 2);
+    stale.labels_seen = Some(s.labels.len() + 1);
+    let mut unremembered = deny(&s, "web.search", "c7", T0 + 2);
+    unremembered.remember = false;
+    let batch = vec![
+        allow(&s, "web.search", "c0", T0 + 2), // stored earlier: replayed
+        allow(&s, "web.search", "c1", T0 + 2),
+        deny(&s, "email.send", "c2", T0 + 2),
+        allow(&s, "web.search", "c1", T0 + 3), // earlier in this batch: replayed
+        stale,
+        allow(&s, "web.search", "c3", T0 + 2),
+        allow(&s, "web.search", "c4", T0 + 2), // the budget of 3 is spent: overruled
+        reused_event,
+        unremembered,
+        allow(&missing, "web.search", "c8", T0 + 2),
+    ];
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let thread = super::sqlite_writer::SqliteWriter::start(
+        &super::config::sqlite_path(&thread_db.config().database_url)?,
+        &super::sqlite_settings(5_000),
+    )?;
+    let by_thread = thread.record(batch.clone(), deadline).await?;
+
+    let by_sqlx = {
+        use sqlx::Connection as _;
+        let mut conn = sqlx_db
+            .store()
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(super::sql::db)?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(super::sql::db)?;
+        let head = super::sql::chain_head(&mut *tx).await?;
+        let mut chain = super::writer::Chain::start(head, Backend::Sqlite);
+        let recs: Vec<&DecisionRecord> = batch.iter().collect();
+        let answers = super::decisions::record(&mut tx, &mut chain, &recs).await?;
+        tx.commit().await.map_err(super::sql::db)?;
+        answers
+    };
+    assert_eq!(by_thread, by_sqlx);
+    let kinds: Vec<String> = by_thread
+        .iter()
+        .map(|a| match a {
+            Ok(Recorded::Committed(d)) => format!("{:?} {:?}", d.outcome, reason_codes(d)),
+            Ok(Recorded::Replayed(c)) => format!("replay {}", c.decision.call_id),
+            Ok(Recorded::Stale) => "stale".to_owned(),
+            Err(e) => format!("{:?}", e.kind()),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "replay c0",
+            "Allow [PolicyAllow]",
+            "Deny [PolicyDeny]",
+            "replay c1",
+            "stale",
+            "Allow [PolicyAllow]",
+            "Deny [BudgetExhausted]",
+            "Conflict",
+            "Deny [PolicyDeny]",
+            "Deny [SessionNotFound]",
+        ]
+    );
+
+    let tables = [
+        ("audit_events", super::sql::EVENT_COLUMNS, "seq"),
+        (
+            "tool_calls",
+            "session_id, agent, call_id, arguments_digest, decision, recorded_at",
+            "session_id, agent, call_id",
+        ),
+        ("sessions", super::sql::SESSION_COLUMNS, "id"),
+    ];
+    for (table, columns, order) in tables {
+        let (a, b) = (
+            sqlite_rows(&thread_db, table, columns, order).await?,
+            sqlite_rows(&sqlx_db, table, columns, order).await?,
+        );
+        assert!(!a.is_empty(), "{table} has rows");
+        assert_eq!(a, b, "{table}");
+    }
+    assert_eq!(
+        thread_db
+            .store()
+            .session(&s.id)
+            .await?
+            .map(|s| s.tool_calls_used),
+        Some(3)
+    );
+    assert!(thread_db.store().verify_chain().await?.ok);
+    Ok(())
+}
+
+/// The commit's fail points (feature `failpoints`) fire on every path a plain decision takes, SQLite's
+/// writer thread included: before the commit, an error and nothing written; after it, an error although
+/// the decision is committed, so a retry replays it. Fail points are per process: nextest runs each
+/// test in a process of its own.
+#[cfg(feature = "failpoints")]
+mod commit_failpoints {
+    use super::*;
+
+    async fn answered_only_after_the_commit(db: &TestDb) -> TestResult {
+        let store = db.store();
+        let s = session(10);
+        store.open_session(&s, opened(&s)).await?;
+        let before = last_seq(store).await?;
+
+        fail::cfg("audit.before_commit", "return")?;
+        let refused = store
+            .record_decision(allow(&s, "web.search", "c1", T0 + 1))
+            .await;
+        fail::remove("audit.before_commit");
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(last_seq(store).await?, before, "nothing was written");
+        assert_eq!(
+            store.session(&s.id).await?.map(|s| s.tool_calls_used),
+            Some(0)
+        );
+
+        fail::cfg("audit.after_commit", "return")?;
+        let unheard = store
+            .record_decision(allow(&s, "web.search", "c2", T0 + 2))
+            .await;
+        fail::remove("audit.after_commit");
+        assert!(unheard.is_err(), "{unheard:?}");
+        assert_eq!(
+            last_seq(store).await?,
+            before + 1,
+            "committed, though not heard"
+        );
+
+        let retried = store
+            .record_decision(allow(&s, "web.search", "c2", T0 + 3))
+            .await?;
+        assert!(
+            matches!(&retried, Recorded::Replayed(c) if c.decision.is_allow()),
+            "{retried:?}"
+        );
+        assert!(store.verify_chain().await?.ok);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() -> TestResult {
+        answered_only_after_the_commit(&TestDb::new(Backend::Sqlite).await?).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() -> TestResult {
+        answered_only_after_the_commit(&TestDb::new(Backend::Postgres).await?).await
+    }
+}

@@ -25,6 +25,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{self, db, ChainHead};
+use super::sqlite_writer::SqliteWriter;
 use super::{
     requested_event, sorted_union, ApprovalWrite, Backend, DecisionRecord, Error, Recorded,
     VoteResult, EXPIRED_BY, EXPIRED_REASON,
@@ -311,7 +312,13 @@ pub(crate) struct WriterConfig {
 /// bound, so a batch that cannot finish within `transaction_timeout` is not retried at the same size
 /// forever (nothing would commit, and the chain lock would be held for the whole bound each time). And the writer keeps its own connection
 /// between batches instead of queueing for the pool behind the request path's reads.
-pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiver<Job>) {
+/// With SQLite, `sqlite` takes every batch made only of plain decisions (the common case).
+pub(crate) async fn run(
+    pool: AnyPool,
+    cfg: WriterConfig,
+    mut jobs: mpsc::Receiver<Job>,
+    sqlite: Option<SqliteWriter>,
+) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
     // Starts modest and grows with every full batch that commits, so a database that is slow from the
     // start is not first handed the largest batch.
@@ -328,7 +335,7 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
         let (work, replies): (Vec<Work>, Vec<ReplyTo>) = batch.drain(..).map(Job::split).unzip();
         let size = work.len();
         let started = tokio::time::Instant::now();
-        let outcome = AssertUnwindSafe(commit_batch(&pool, &mut held, cfg, work))
+        let outcome = AssertUnwindSafe(commit_batch(&pool, &mut held, sqlite.as_ref(), cfg, work))
             .catch_unwind()
             .await;
         let answers = match outcome {
@@ -373,10 +380,26 @@ pub(crate) async fn run(pool: AnyPool, cfg: WriterConfig, mut jobs: mpsc::Receiv
 async fn commit_batch(
     pool: &AnyPool,
     held: &mut Option<PoolConnection<Any>>,
+    sqlite: Option<&SqliteWriter>,
     cfg: WriterConfig,
     work: Vec<Work>,
 ) -> Result<Vec<Answer>, Error> {
     let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
+    if let Some(sqlite) = sqlite.filter(|_| work.iter().all(|w| plain_decision(w).is_some())) {
+        // The thread's connection is not the pool's: a closed store must refuse it too.
+        if pool.is_closed() {
+            return Err(Error::unavailable("the store is closed"));
+        }
+        let recs = work
+            .into_iter()
+            .filter_map(|w| match w {
+                Work::RecordDecision(rec) => Some(*rec),
+                _ => None,
+            })
+            .collect();
+        let answers = sqlite.record(recs, deadline).await?;
+        return Ok(answers.into_iter().map(Answer::Recorded).collect());
+    }
     let mut conn = match held.take() {
         Some(conn) => conn,
         None => tokio::time::timeout_at(deadline, pool.acquire())
@@ -475,7 +498,7 @@ pub(super) struct Chain {
 }
 
 impl Chain {
-    fn start(head: Option<ChainHead>, backend: Backend) -> Self {
+    pub(super) fn start(head: Option<ChainHead>, backend: Backend) -> Self {
         match head {
             Some(ChainHead { seq, hash }) => Self { seq, hash, backend },
             None => Self {
