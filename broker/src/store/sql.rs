@@ -85,7 +85,8 @@ pub(crate) fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
     .into_session()
 }
 
-/// A `sessions` row as stored, whichever driver read it.
+/// A `sessions` row as stored, whichever driver read it (or Postgres's `row_to_json`).
+#[derive(serde::Deserialize)]
 pub(crate) struct SessionRow {
     pub(crate) id: String,
     pub(crate) agent: String,

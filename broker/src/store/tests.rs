@@ -2683,8 +2683,8 @@ async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb)
     Ok(())
 }
 
-/// Every column of `table` as SQLite's `quote()` text (type and bytes), row by row in `order`.
-async fn sqlite_rows(
+/// Every column of `table` quoted as text (SQLite's `quote()` shows the type too), row by row in `order`.
+async fn quoted_rows(
     db: &TestDb,
     table: &str,
     columns: &str,
@@ -2692,7 +2692,10 @@ async fn sqlite_rows(
 ) -> Result<Vec<String>, Error> {
     let quoted: Vec<String> = columns
         .split(',')
-        .map(|c| format!("quote({})", c.trim()))
+        .map(|c| match db.backend() {
+            Backend::Sqlite => format!("quote({})", c.trim()),
+            Backend::Postgres => format!("quote_nullable({})", c.trim()),
+        })
         .collect();
     let sql = format!(
         "SELECT {} AS row FROM {table} ORDER BY {order}",
@@ -2705,19 +2708,16 @@ async fn sqlite_rows(
     rows.iter().map(|r| super::sql::column(r, "row")).collect()
 }
 
-/// SQLite records a batch of plain decisions on its writer thread (rusqlite), and through sqlx when the
-/// batch also holds other writes. Both must answer alike and store byte-identical rows: replays (stored
+/// A batch of nothing but plain decisions takes its backend's fast path (SQLite: the writer thread,
+/// rusqlite; Postgres: `decisions::record_batch`, one read and one write); a run of them in a mixed
+/// batch takes `decisions::record`. Both must answer alike and store byte-identical rows: replays (stored
 /// and within the batch), a reused event id, an exhausted budget, a missing session, a stale ALLOW, DENYs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_writer_thread_and_sqlx_path_store_the_same_rows() -> TestResult {
-    let (thread_db, sqlx_db) = (
-        TestDb::new(Backend::Sqlite).await?,
-        TestDb::new(Backend::Sqlite).await?,
-    );
+async fn plain_batches_store_the_same_rows_on_both_paths(backend: Backend) -> TestResult {
+    let (fast_db, mixed_db) = (TestDb::new(backend).await?, TestDb::new(backend).await?);
     let s = session(3);
     let open = opened(&s);
     let earlier = allow(&s, "web.search", "c0", T0 + 1);
-    for db in [&thread_db, &sqlx_db] {
+    for db in [&fast_db, &mixed_db] {
         db.store().open_session(&s, open.clone()).await?;
         db.store().record_decision(earlier.clone()).await?;
     }
@@ -2741,35 +2741,51 @@ async fn sqlite_writer_thread_and_sqlx_path_store_the_same_rows() -> TestResult 
         allow(&missing, "web.search", "c8", T0 + 2),
     ];
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let thread = super::sqlite_writer::SqliteWriter::start(
-        &super::config::sqlite_path(&thread_db.config().database_url)?,
-        &super::sqlite_settings(5_000),
-    )?;
-    let by_thread = thread.record(batch.clone(), deadline).await?;
-
-    let by_sqlx = {
+    let by_fast = match backend {
+        Backend::Sqlite => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            super::sqlite_writer::SqliteWriter::start(
+                &super::config::sqlite_path(&fast_db.config().database_url)?,
+                &super::sqlite_settings(5_000),
+            )?
+            .record(batch.clone(), deadline)
+            .await?
+        }
+        Backend::Postgres => {
+            use sqlx::Connection as _;
+            let mut conn = fast_db
+                .store()
+                .inner
+                .pool
+                .acquire()
+                .await
+                .map_err(super::sql::db)?;
+            let mut tx = conn.begin().await.map_err(super::sql::db)?;
+            let recs: Vec<&DecisionRecord> = batch.iter().collect();
+            let answers = super::decisions::record_batch(&mut tx, &recs).await?;
+            tx.commit().await.map_err(super::sql::db)?;
+            answers
+        }
+    };
+    let by_mixed = {
         use sqlx::Connection as _;
-        let mut conn = sqlx_db
+        let mut conn = mixed_db
             .store()
             .inner
             .pool
             .acquire()
             .await
             .map_err(super::sql::db)?;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(super::sql::db)?;
+        let mut tx = conn.begin().await.map_err(super::sql::db)?;
         let head = super::sql::chain_head(&mut *tx).await?;
-        let mut chain = super::writer::Chain::start(head, Backend::Sqlite);
+        let mut chain = super::writer::Chain::start(head, backend);
         let recs: Vec<&DecisionRecord> = batch.iter().collect();
         let answers = super::decisions::record(&mut tx, &mut chain, &recs).await?;
         tx.commit().await.map_err(super::sql::db)?;
         answers
     };
-    assert_eq!(by_thread, by_sqlx);
-    let kinds: Vec<String> = by_thread
+    assert_eq!(by_fast, by_mixed);
+    let kinds: Vec<String> = by_fast
         .iter()
         .map(|a| match a {
             Ok(Recorded::Committed(d)) => format!("{:?} {:?}", d.outcome, reason_codes(d)),
@@ -2805,22 +2821,32 @@ async fn sqlite_writer_thread_and_sqlx_path_store_the_same_rows() -> TestResult 
     ];
     for (table, columns, order) in tables {
         let (a, b) = (
-            sqlite_rows(&thread_db, table, columns, order).await?,
-            sqlite_rows(&sqlx_db, table, columns, order).await?,
+            quoted_rows(&fast_db, table, columns, order).await?,
+            quoted_rows(&mixed_db, table, columns, order).await?,
         );
         assert!(!a.is_empty(), "{table} has rows");
         assert_eq!(a, b, "{table}");
     }
     assert_eq!(
-        thread_db
+        fast_db
             .store()
             .session(&s.id)
             .await?
             .map(|s| s.tool_calls_used),
         Some(3)
     );
-    assert!(thread_db.store().verify_chain().await?.ok);
+    assert!(fast_db.store().verify_chain().await?.ok);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_plain_batches_store_the_same_rows_on_both_paths() -> TestResult {
+    plain_batches_store_the_same_rows_on_both_paths(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plain_batches_store_the_same_rows_on_both_paths() -> TestResult {
+    plain_batches_store_the_same_rows_on_both_paths(Backend::Postgres).await
 }
 
 /// The commit's fail points (feature `failpoints`) fire on every path a plain decision takes, SQLite's
