@@ -49,6 +49,7 @@ contract_tests!(
     budget_holds_under_concurrent_allows_from_two_stores,
     replay_returns_the_first_decision_without_event_or_spend,
     chain_verifies_after_concurrent_writes,
+    a_busy_writer_commits_every_queued_decision,
     audit_rows_are_append_only,
     tamper_update_is_named_by_seq,
     tamper_delete_is_named_by_next_seq,
@@ -536,6 +537,39 @@ async fn chain_verifies_after_concurrent_writes(db: &TestDb) -> TestResult {
         (1..=i64::try_from(total)?).collect::<Vec<_>>(),
         "seq is contiguous"
     );
+    Ok(())
+}
+
+/// Many decisions queued at once on one store: batches follow each other with jobs always waiting (on
+/// Postgres each commit then begins the next transaction and takes the lock in the same round trip).
+/// Every decision is committed exactly once, the budget counts each ALLOW, and the chain is whole.
+async fn a_busy_writer_commits_every_queued_decision(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(150);
+    store.open_session(&s, opened(&s)).await?;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let rec = if i % 4 == 0 {
+                deny(&s, "email.send", &format!("c{i}"), T0 + 1)
+            } else {
+                allow(&s, "web.search", &format!("c{i}"), T0 + 1)
+            };
+            let store = store.clone();
+            tokio::spawn(async move { store.record_decision(rec).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        outcomes.push(committed(task??)?.outcome);
+    }
+    let allows = outcomes.iter().filter(|o| **o == Outcome::Allow).count();
+    assert_eq!((allows, outcomes.len()), (150, 200));
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(150)
+    );
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 201));
     Ok(())
 }
 

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection};
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{self, db, ChainHead};
+use super::sql::{self, column, db, ChainHead};
 use super::sqlite_writer::SqliteWriter;
 use super::{
     requested_event, sorted_union, ApprovalWrite, Backend, DecisionRecord, Error, Recorded,
@@ -310,9 +310,9 @@ pub(crate) struct WriterConfig {
 /// Two things keep a slow database from starving the writer. Batches shrink when one times out (to a
 /// quarter, down to one job) and grow by a quarter after each full batch that commits within half the
 /// bound, so a batch that cannot finish within `transaction_timeout` is not retried at the same size
-/// forever (nothing would commit, and the chain lock would be held for the whole bound each time). And the writer keeps its own connection
-/// between batches instead of queueing for the pool behind the request path's reads.
-/// With SQLite, `sqlite` takes every batch made only of plain decisions (the common case).
+/// forever (nothing would commit, and the chain lock would be held for the whole bound each time). And the
+/// writer keeps its own connection between batches instead of queueing for the pool behind the request
+/// path's reads. With SQLite, `sqlite` takes every batch made only of plain decisions (the common case).
 pub(crate) async fn run(
     pool: AnyPool,
     cfg: WriterConfig,
@@ -323,7 +323,7 @@ pub(crate) async fn run(
     // Starts modest and grows with every full batch that commits, so a database that is slow from the
     // start is not first handed the largest batch.
     let mut limit = cfg.max_batch.clamp(1, 32);
-    let mut held: Option<PoolConnection<Any>> = None;
+    let mut held: Option<Held> = None;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
         while batch.len() < limit {
@@ -335,9 +335,16 @@ pub(crate) async fn run(
         let (work, replies): (Vec<Work>, Vec<ReplyTo>) = batch.drain(..).map(Job::split).unzip();
         let size = work.len();
         let started = tokio::time::Instant::now();
-        let outcome = AssertUnwindSafe(commit_batch(&pool, &mut held, sqlite.as_ref(), cfg, work))
-            .catch_unwind()
-            .await;
+        let outcome = AssertUnwindSafe(commit_batch(
+            &pool,
+            &mut held,
+            sqlite.as_ref(),
+            cfg,
+            work,
+            &jobs,
+        ))
+        .catch_unwind()
+        .await;
         let answers = match outcome {
             Ok(Ok(answers)) if answers.len() == size => Ok(answers),
             Ok(Ok(_)) => Err(Error::internal("audit writer lost track of its batch")),
@@ -371,18 +378,81 @@ pub(crate) async fn run(
             }
         }
     }
+    // Never hand the pool a connection inside a transaction (none should be: the last batch found no job
+    // waiting).
+    if let Some(Held { conn, next }) = held {
+        if next != Begun::No {
+            drop(conn.detach());
+        }
+    }
     tracing::debug!("audit writer stopped: every store handle is gone");
 }
 
+/// The writer's own connection between batches, and whether the next batch's transaction is already
+/// open on it.
+struct Held {
+    conn: PoolConnection<Any>,
+    next: Begun,
+}
+
+/// How far the next transaction has started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begun {
+    No,
+    /// Postgres: open, with its settings, but without the chain lock (another broker had it).
+    Unlocked,
+    /// Postgres: open, holding the chain lock.
+    Locked,
+}
+
+/// A connection inside a transaction the writer began with plain SQL. Dropped without being disarmed (an
+/// error, a timeout, a panic), it closes the connection instead of returning it to the pool: the database
+/// then rolls the transaction back and releases the chain lock, and no pool user inherits either.
+struct InTransaction(Option<PoolConnection<Any>>);
+
+impl InTransaction {
+    fn conn(&mut self) -> Result<&mut AnyConnection, Error> {
+        self.0
+            .as_deref_mut()
+            .ok_or_else(|| Error::internal("audit writer lost its connection"))
+    }
+
+    fn disarm(mut self) -> Option<PoolConnection<Any>> {
+        self.0.take()
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+/// Postgres: the transaction's start. The advisory lock serialises chain appends across every broker
+/// process sharing this database (released at commit or rollback). Every lookup in a batch is by key,
+/// for at most a few hundred keys. Without table statistics (autovacuum off, or a young fast-growing
+/// table) the planner hashes them against a sequential scan of `audit_events` and `tool_calls`: a cost
+/// that grows with the trail (measured: 1.3 ms of database CPU per decision at 80,000 events). The
+/// settings last until the commit.
+const PG_SETTINGS: &str =
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+fn pg_lock() -> String {
+    format!("SELECT pg_advisory_xact_lock({})", sql::CHAIN_LOCK_KEY)
+}
+
 /// One transaction for the whole batch, bounded in time, on the writer's own connection (taken from the
-/// pool when it has none). On timeout the connection is discarded (the database rolls the transaction back
-/// when the connection goes away) rather than returned to the pool.
+/// pool when it has none). On failure or timeout the connection is closed (the database rolls the
+/// transaction back when the connection goes away) rather than returned to the pool.
 async fn commit_batch(
     pool: &AnyPool,
-    held: &mut Option<PoolConnection<Any>>,
+    held: &mut Option<Held>,
     sqlite: Option<&SqliteWriter>,
     cfg: WriterConfig,
     work: Vec<Work>,
+    queue: &mpsc::Receiver<Job>,
 ) -> Result<Vec<Answer>, Error> {
     let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
     if let Some(sqlite) = sqlite.filter(|_| work.iter().all(|w| plain_decision(w).is_some())) {
@@ -400,62 +470,65 @@ async fn commit_batch(
         let answers = sqlite.record(recs, deadline).await?;
         return Ok(answers.into_iter().map(Answer::Recorded).collect());
     }
-    let mut conn = match held.take() {
-        Some(conn) => conn,
-        None => tokio::time::timeout_at(deadline, pool.acquire())
-            .await
-            .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
-            .map_err(db)?,
+    let (conn, begun) = match held.take() {
+        Some(Held { conn, next }) => (conn, next),
+        None => (
+            tokio::time::timeout_at(deadline, pool.acquire())
+                .await
+                .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
+                .map_err(db)?,
+            Begun::No,
+        ),
     };
-    match tokio::time::timeout_at(deadline, transact(&mut conn, cfg.backend, &work)).await {
-        Ok(Ok(answers)) => {
-            *held = Some(conn);
+    let mut tx = InTransaction(Some(conn));
+    let transaction = transact(tx.conn()?, cfg.backend, &work, begun, queue);
+    match tokio::time::timeout_at(deadline, transaction).await {
+        Ok(Ok((answers, next))) => {
+            *held = tx.disarm().map(|conn| Held { conn, next });
             Ok(answers)
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => {
-            drop(conn.detach());
-            Err(Error::timeout(format!(
-                "audit transaction did not finish within {} ms",
-                cfg.transaction_timeout.as_millis()
-            )))
-        }
+        Err(_) => Err(Error::timeout(format!(
+            "audit transaction did not finish within {} ms",
+            cfg.transaction_timeout.as_millis()
+        ))),
     }
 }
 
+/// The batch's transaction, begun and committed with plain SQL. On Postgres, when more jobs are waiting,
+/// the commit also begins the next transaction and tries for the chain lock in the same round trip
+/// (`COMMIT; BEGIN; ...; SELECT pg_try_advisory_xact_lock(..)`): under load that saves one of a batch's
+/// four round trips. It never waits for the lock there (another broker may hold it): the next batch
+/// takes it then. Returns the answers and how far the next transaction has started.
 async fn transact(
     conn: &mut AnyConnection,
     backend: Backend,
     work: &[Work],
-) -> Result<Vec<Answer>, Error> {
-    let mut tx = match backend {
+    begun: Begun,
+    queue: &mpsc::Receiver<Job>,
+) -> Result<(Vec<Answer>, Begun), Error> {
+    match (backend, begun) {
         // Takes SQLite's write lock now, so the chain head read below is the one we append to.
-        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-        // The advisory lock serialises chain appends across every broker process sharing this database
-        // (released at commit or rollback); sent with BEGIN as one simple query, one round trip.
-        // Every lookup in a batch is by key, for at most a few hundred keys. Without table statistics
-        // (autovacuum off, or a young fast-growing table) the planner hashes them against a sequential
-        // scan of `audit_events` and `tool_calls`: a cost that grows with the trail (measured: 1.3 ms of
-        // database CPU per decision at 80,000 events). The settings last until the commit.
-        Backend::Postgres => {
-            conn.begin_with(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({}); SET LOCAL enable_seqscan = off; \
-                 SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
-                sql::CHAIN_LOCK_KEY
-            ))
-            .await
+        (Backend::Sqlite, _) => (&mut *conn).execute("BEGIN IMMEDIATE").await,
+        // One simple query, one round trip.
+        (Backend::Postgres, Begun::No) => {
+            (&mut *conn)
+                .execute(format!("BEGIN; {PG_SETTINGS}; {}", pg_lock()).as_str())
+                .await
         }
+        (Backend::Postgres, Begun::Unlocked) => (&mut *conn).execute(pg_lock().as_str()).await,
+        (Backend::Postgres, Begun::Locked) => Ok(Default::default()),
     }
     .map_err(db)?;
     let plain: Option<Vec<&DecisionRecord>> = work.iter().map(plain_decision).collect();
     let answers = match plain.filter(|_| backend == Backend::Postgres) {
         // The common case on Postgres, in fewer round trips (SQLite's goes to `sqlite_writer`).
-        Some(recs) => super::decisions::record_batch(&mut tx, &recs)
+        Some(recs) => super::decisions::record_batch(conn, &recs)
             .await?
             .into_iter()
             .map(Answer::Recorded)
             .collect(),
-        None => apply_each(&mut tx, backend, work).await?,
+        None => apply_each(conn, backend, work).await?,
     };
     // Test-only fault injection (feature `failpoints`): a failure just before the commit, and one after it
     // (committed, yet the callers hear an error). The names are part of the faults suite's contract.
@@ -463,21 +536,34 @@ async fn transact(
     fail::fail_point!("audit.before_commit", |_| Err(Error::unavailable(
         "fail point `audit.before_commit`"
     )));
-    tx.commit().await.map_err(db)?;
+    let next = if backend == Backend::Postgres && !queue.is_empty() {
+        let chained = format!(
+            "COMMIT; BEGIN; {PG_SETTINGS}; SELECT pg_try_advisory_xact_lock({}) AS locked",
+            sql::CHAIN_LOCK_KEY
+        );
+        let rows = (&mut *conn).fetch_all(chained.as_str()).await.map_err(db)?;
+        match rows.as_slice() {
+            [row] if column::<bool>(row, "locked")? => Begun::Locked,
+            _ => Begun::Unlocked,
+        }
+    } else {
+        (&mut *conn).execute("COMMIT").await.map_err(db)?;
+        Begun::No
+    };
     #[cfg(feature = "failpoints")]
     fail::fail_point!("audit.after_commit", |_| Err(Error::unavailable(
         "fail point `audit.after_commit`"
     )));
-    Ok(answers)
+    Ok((answers, next))
 }
 
 /// A mixed batch, in queue order: runs of plain decisions set-wise, everything else one by one.
 async fn apply_each(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     work: &[Work],
 ) -> Result<Vec<Answer>, Error> {
-    let mut chain = Chain::start(sql::chain_head(&mut **tx).await?, backend);
+    let mut chain = Chain::start(sql::chain_head(&mut *tx).await?, backend);
     let mut answers = Vec::with_capacity(work.len());
     let mut rest = work;
     while !rest.is_empty() {
@@ -556,7 +642,7 @@ impl Chain {
 /// Applies one job. `Err` is a database failure (the batch fails); a per-job refusal is an `Ok(Answer)`
 /// carrying the error.
 async fn apply(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     chain: &mut Chain,
     job: &Work,
@@ -582,7 +668,7 @@ async fn apply(
                 let why = if sql::event_id_taken(tx, &event.event_id).await? {
                     event_id_conflict(&event.event_id)
                 } else {
-                    match sql::fetch_session(&mut **tx, session_id).await? {
+                    match sql::fetch_session(&mut *tx, session_id).await? {
                         None => Error::new(
                             super::ErrorKind::NotFound,
                             format!("session `{session_id}` does not exist"),
@@ -716,7 +802,7 @@ async fn announce(
 }
 
 async fn record_decision(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     chain: &mut Chain,
     rec: &DecisionRecord,
@@ -752,7 +838,7 @@ async fn record_decision(
         .labels_seen
         .filter(|_| rec.spend_budget && decision.is_allow())
     {
-        if let Some(session) = sql::fetch_session(&mut **tx, &decision.session_id).await? {
+        if let Some(session) = sql::fetch_session(&mut *tx, &decision.session_id).await? {
             if session.labels.len() != seen {
                 return Ok(Ok(Recorded::Stale));
             }
@@ -761,7 +847,7 @@ async fn record_decision(
     // (2) The budget is spent here, under the chain lock, so it holds across concurrent calls and replicas.
     let spent = rec.spend_budget && sql::spend_budget(tx, &decision.session_id, rec.now).await?;
     if rec.spend_budget && !spent && decision.is_allow() {
-        let refusal = match sql::fetch_session(&mut **tx, &decision.session_id).await? {
+        let refusal = match sql::fetch_session(&mut *tx, &decision.session_id).await? {
             Some(session) => session.refusal(rec.now).unwrap_or_else(|| {
                 Reason::new(
                     ReasonCode::BudgetExhausted,
@@ -857,13 +943,13 @@ async fn record_decision(
 /// this commits (every write to it takes the chain lock), so the union loses no label added concurrently,
 /// on any broker.
 async fn add_session_labels(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     chain: &mut Chain,
     session_id: &str,
     labels: &[String],
     event: &EventBody,
 ) -> Result<Result<Option<Session>, Error>, Error> {
-    let Some(mut session) = sql::fetch_session(&mut **tx, session_id).await? else {
+    let Some(mut session) = sql::fetch_session(&mut *tx, session_id).await? else {
         return Ok(Ok(None));
     };
     if sql::event_id_taken(tx, &event.event_id).await? {
@@ -885,14 +971,14 @@ async fn add_session_labels(
 /// A vote, in the writer's transaction: what it reads (the approval and every vote so far) cannot change
 /// before it commits, on any broker.
 async fn vote_on_approval(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     backend: Backend,
     chain: &mut Chain,
     id: &str,
     vote: &VoteRecord,
     now: Micros,
 ) -> Result<VoteResult, Error> {
-    let Some(mut approval) = sql::fetch_approval(&mut **tx, id).await? else {
+    let Some(mut approval) = sql::fetch_approval(&mut *tx, id).await? else {
         return Ok(VoteResult::NotFound);
     };
     if let Err(refusal) = approval.check_voter(&vote.approver, &vote.groups, now) {
