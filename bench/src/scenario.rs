@@ -50,7 +50,8 @@ pub struct Scenario {
     pub broker_one: Phase,
     pub floor_one: Phase,
     /// Lines the broker logged at `warn` or above during the scenario.
-    pub broker_log_lines: usize,
+    /// What the broker logged (distinct warning and error lines).
+    pub broker_log: Vec<String>,
     /// The broker's peak RSS when it first reported SERVING (start-up: loading and validating the
     /// policies), before any load.
     pub rss_at_start: Option<u64>,
@@ -136,7 +137,7 @@ pub async fn run(
     let rss_at_start = probe.peak_rss().ok();
     let result = phases(&broker, &tokens, plan).await;
     let rss_at_end = probe.rss().ok();
-    let broker_log_lines = broker.logged_lines();
+    let broker_log = broker.logged_lines();
     let failure_log = result.is_err().then(|| broker.log_tail());
     broker.stop().await;
     let (broker_phase, floor, broker_one, floor_one) = match result {
@@ -155,7 +156,7 @@ pub async fn run(
         floor,
         broker_one,
         floor_one,
-        broker_log_lines,
+        broker_log,
         rss_at_start,
         rss_at_end,
     })

@@ -178,10 +178,22 @@ impl BrokerProcess {
     }
 
     /// Warnings and errors the broker logged (its log level is `warn`).
-    pub fn logged_lines(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+    /// What the broker logged (warnings and errors: it runs with `RUST_LOG=warn`), each distinct line
+    /// once, without its timestamp.
+    pub fn logged_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut lines: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let line = match line.split_once(' ') {
+                Some((time, rest)) if time.starts_with(|c: char| c.is_ascii_digit()) => rest,
+                _ => line,
+            };
+            let line = line.trim().to_owned();
+            if !line.is_empty() && !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines
     }
 
     pub async fn stop(mut self) {

@@ -201,7 +201,7 @@ mod tests {
             floor: phase(Target::Floor, floor, Duration::from_millis(1), rss),
             broker_one: phase(Target::Broker, 2000, Duration::from_micros(500), rss),
             floor_one: phase(Target::Floor, 7000, Duration::from_micros(140), rss),
-            broker_log_lines: 0,
+            broker_log: Vec::new(),
             rss_at_start: Some(rss / 2),
             rss_at_end: Some(rss / 3),
         }
