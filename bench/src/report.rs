@@ -166,7 +166,7 @@ pub fn render(r: &Results) -> String {
         for line in &s.broker_log {
             let _ = writeln!(
                 logged,
-                "- {} / {}: `{line}`",
+                "- {} / {}: `` {line} ``",
                 s.backend.as_str(),
                 s.policies.label
             );
