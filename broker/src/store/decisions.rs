@@ -13,8 +13,9 @@
 //! Then the writes: the sessions' new counts, the remembered calls, the events. All inside the batch's
 //! transaction, so nothing of it is visible, and no ALLOW is answered, before the commit.
 //!
-//! The rules ([`Wanted`], [`apply`]) know no database: Postgres reads and writes through sqlx here
-//! ([`record`]); SQLite through its own writer thread (`sqlite_writer`).
+//! The rules ([`Wanted`], [`apply`]) know no database. The reads and writes: a batch of nothing but plain
+//! decisions on Postgres, [`record_batch`] (one read statement); on SQLite, its writer thread
+//! (`sqlite_writer`); a run of them inside a mixed batch, on either backend, [`record`].
 
 use std::collections::{HashMap, HashSet};
 
