@@ -97,10 +97,7 @@ pub(crate) async fn recorded_calls(
         );
         let recorded = (|| {
             let decision: String = column(&row, "decision")?;
-            Ok(RecordedCall {
-                arguments_digest: column(&row, "arguments_digest")?,
-                decision: from_json("decision", &decision)?,
-            })
+            sql::stored_call(column(&row, "arguments_digest")?, &decision)
         })();
         found.insert(key, recorded);
     }
@@ -211,10 +208,7 @@ pub(super) async fn read_for_decisions(
         let calls: Vec<(String, String, String, String, String)> =
             from_json("remembered calls", &text)?;
         for (session_id, agent, call_id, arguments_digest, decision) in calls {
-            let recorded = from_json("decision", &decision).map(|decision| RecordedCall {
-                arguments_digest,
-                decision,
-            });
+            let recorded = sql::stored_call(arguments_digest, &decision);
             remembered.insert((session_id, agent, call_id), recorded);
         }
     }

@@ -46,6 +46,14 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::corrupt(format!("stored {what} is not valid: {e}")))
 }
 
+/// A remembered call as stored: its arguments digest and its decision's JSON text.
+pub(crate) fn stored_call(arguments_digest: String, decision: &str) -> Result<RecordedCall, Error> {
+    Ok(RecordedCall {
+        arguments_digest,
+        decision: from_json("decision", decision)?,
+    })
+}
+
 fn to_u32(what: &str, v: i64) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::corrupt(format!("stored {what} `{v}` is out of range")))
 }
@@ -57,13 +65,17 @@ pub(crate) async fn fetch_session<'e, E>(ex: E, id: &str) -> Result<Option<Sessi
 where
     E: Executor<'e, Database = Any>,
 {
-    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
-    let row = sqlx::query(&sql)
+    let row = sqlx::query(&session_by_id_sql())
         .bind(id)
         .fetch_optional(ex)
         .await
         .map_err(db)?;
     row.as_ref().map(session_from_row).transpose()
+}
+
+/// The session `$1`; the SQL text both drivers use (SQLite numbers `$N` as it does `?N`).
+pub(crate) fn session_by_id_sql() -> String {
+    format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1")
 }
 
 pub(crate) fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
@@ -224,24 +236,23 @@ pub(crate) async fn fetch_recorded_call<'e, E>(
 where
     E: Executor<'e, Database = Any>,
 {
-    let row = sqlx::query(
-        "SELECT arguments_digest, decision FROM tool_calls WHERE session_id = $1 AND agent = $2 AND call_id = $3",
-    )
-    .bind(session_id)
-    .bind(agent)
-    .bind(call_id)
-    .fetch_optional(ex)
-    .await
-    .map_err(db)?;
+    let row = sqlx::query(RECORDED_CALL_SQL)
+        .bind(session_id)
+        .bind(agent)
+        .bind(call_id)
+        .fetch_optional(ex)
+        .await
+        .map_err(db)?;
     row.as_ref().map(recorded_call_from_row).transpose()
 }
 
+/// The call remembered under (`$1` session, `$2` agent, `$3` call id); the SQL text both drivers use.
+pub(crate) const RECORDED_CALL_SQL: &str = "SELECT arguments_digest, decision FROM tool_calls \
+     WHERE session_id = $1 AND agent = $2 AND call_id = $3";
+
 fn recorded_call_from_row(row: &AnyRow) -> Result<RecordedCall, Error> {
     let decision: String = column(row, "decision")?;
-    Ok(RecordedCall {
-        arguments_digest: column(row, "arguments_digest")?,
-        decision: from_json("decision", &decision)?,
-    })
+    stored_call(column(row, "arguments_digest")?, &decision)
 }
 
 /// What the writer needs to know before applying a decision: an earlier call with the same key (when
@@ -273,12 +284,8 @@ pub(crate) async fn precheck_decision(
     .map_err(db)?;
     let taken: i64 = column(&row, "event_id_taken")?;
     let decision: Option<String> = column(&row, "decision")?;
-    let earlier = decision.map(|decision| -> Result<RecordedCall, Error> {
-        Ok(RecordedCall {
-            arguments_digest: column(&row, "arguments_digest")?,
-            decision: from_json("decision", &decision)?,
-        })
-    });
+    let earlier =
+        decision.map(|decision| stored_call(column(&row, "arguments_digest")?, &decision));
     Ok(Precheck {
         earlier,
         event_id_taken: taken > 0,
@@ -1039,11 +1046,15 @@ pub struct ChainHead {
     pub hash: String,
 }
 
+/// The last event's position; the SQL text both drivers use.
+pub(crate) const CHAIN_HEAD_SQL: &str =
+    "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+
 pub(crate) async fn chain_head<'e, E>(ex: E) -> Result<Option<ChainHead>, Error>
 where
     E: Executor<'e, Database = Any>,
 {
-    let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    let row = sqlx::query(CHAIN_HEAD_SQL)
         .fetch_optional(ex)
         .await
         .map_err(db)?;

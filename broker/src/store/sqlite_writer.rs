@@ -21,8 +21,11 @@ use tokio::sync::oneshot;
 
 use super::bulk::{event_rows, tool_call_rows, CallKey};
 use super::decisions::{self, Found, Wanted, Writes};
-use super::sql::{from_json, ChainHead, SessionRow, EVENT_COLUMNS, SESSION_COLUMNS};
-use super::writer::Chain;
+use super::sql::{
+    session_by_id_sql, stored_call, ChainHead, SessionRow, CHAIN_HEAD_SQL, EVENT_COLUMNS,
+    RECORDED_CALL_SQL,
+};
+use super::writer::{fail_after_commit, fail_before_commit, Chain};
 use super::{Backend, DecisionRecord, Error, Recorded, RecordedCall};
 use crate::domain::session::Session;
 
@@ -139,11 +142,7 @@ fn transact(
     };
     let (answers, writes) = decisions::apply(&mut chain, &recs, found)?;
     write(conn, &writes)?;
-    // Test-only fault injection (feature `failpoints`), as on the sqlx path (`writer::transact`).
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!("audit.before_commit", |_| Err(Error::unavailable(
-        "fail point `audit.before_commit`"
-    )));
+    fail_before_commit()?;
     // The writer's interrupt stops a statement that is running; one sent between statements is lost (SQLite
     // clears it when the next statement starts). So a batch whose callers were told `Timeout` is not
     // committed late either, as far as it can be helped.
@@ -155,16 +154,13 @@ fn transact(
     conn.prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))
         .map_err(lite)?;
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!("audit.after_commit", |_| Err(Error::unavailable(
-        "fail point `audit.after_commit`"
-    )));
+    fail_after_commit()?;
     Ok(answers)
 }
 
 fn chain_head(conn: &Connection) -> Result<Option<ChainHead>, Error> {
     let mut head = conn
-        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .prepare_cached(CHAIN_HEAD_SQL)
         .map_err(Error::from_rusqlite)?;
     head.query_row([], |row| {
         Ok(ChainHead {
@@ -185,10 +181,7 @@ fn recorded_calls(
         return Ok(found);
     }
     let mut select = conn
-        .prepare_cached(
-            "SELECT arguments_digest, decision FROM tool_calls \
-             WHERE session_id = ?1 AND agent = ?2 AND call_id = ?3",
-        )
+        .prepare_cached(RECORDED_CALL_SQL)
         .map_err(Error::from_rusqlite)?;
     for key in &wanted.keys {
         let (session_id, agent, call_id) = key;
@@ -202,11 +195,7 @@ fn recorded_calls(
             .optional()
             .map_err(Error::from_rusqlite)?;
         if let Some((arguments_digest, decision)) = row {
-            let recorded = from_json("decision", &decision).map(|decision| RecordedCall {
-                arguments_digest,
-                decision,
-            });
-            found.insert(key.clone(), recorded);
+            found.insert(key.clone(), stored_call(arguments_digest, &decision));
         }
     }
     Ok(found)
@@ -231,9 +220,7 @@ fn sessions(conn: &Connection, wanted: &Wanted<'_>) -> Result<HashMap<String, Se
         return Ok(found);
     }
     let mut select = conn
-        .prepare_cached(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
-        ))
+        .prepare_cached(&session_by_id_sql())
         .map_err(Error::from_rusqlite)?;
     for id in &wanted.spenders {
         let row = select

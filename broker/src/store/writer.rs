@@ -530,12 +530,7 @@ async fn transact(
             .collect(),
         None => apply_each(conn, backend, work).await?,
     };
-    // Test-only fault injection (feature `failpoints`): a failure just before the commit, and one after it
-    // (committed, yet the callers hear an error). The names are part of the faults suite's contract.
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!("audit.before_commit", |_| Err(Error::unavailable(
-        "fail point `audit.before_commit`"
-    )));
+    fail_before_commit()?;
     let next = if backend == Backend::Postgres && !queue.is_empty() {
         let chained = format!(
             "COMMIT; BEGIN; {PG_SETTINGS}; SELECT pg_try_advisory_xact_lock({}) AS locked",
@@ -550,11 +545,28 @@ async fn transact(
         (&mut *conn).execute("COMMIT").await.map_err(db)?;
         Begun::No
     };
+    fail_after_commit()?;
+    Ok((answers, next))
+}
+
+// Test-only fault injection (feature `failpoints`) around every audit commit, on both writers: a failure
+// just before the commit, and one after it (committed, yet the callers hear an error). The names are part
+// of the faults suite's contract.
+
+pub(super) fn fail_before_commit() -> Result<(), Error> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("audit.before_commit", |_| Err(Error::unavailable(
+        "fail point `audit.before_commit`"
+    )));
+    Ok(())
+}
+
+pub(super) fn fail_after_commit() -> Result<(), Error> {
     #[cfg(feature = "failpoints")]
     fail::fail_point!("audit.after_commit", |_| Err(Error::unavailable(
         "fail point `audit.after_commit`"
     )));
-    Ok((answers, next))
+    Ok(())
 }
 
 /// A mixed batch, in queue order: runs of plain decisions set-wise, everything else one by one.
