@@ -74,10 +74,14 @@ fn only_the_api_knows_tonic_and_proto_types() {
 
 #[test]
 fn only_the_store_knows_the_database_drivers() {
-    let found = offenders(&broker_src(), "store", &["sqlx", "rusqlite"]);
+    let found = offenders(
+        &broker_src(),
+        "store",
+        &["sqlx", "rusqlite", "tokio_postgres"],
+    );
     assert!(
         found.is_empty(),
-        "sqlx or rusqlite outside broker::store:\n{}",
+        "sqlx, rusqlite or tokio_postgres outside broker::store:\n{}",
         found.join("\n")
     );
 }

@@ -10,10 +10,8 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use sqlx::{Any, AnyConnection};
 
-use super::decisions::{Found, Wanted, Writes};
-use super::sql::{
-    self, column, db, from_json, json_text, ChainHead, SessionRow, EVENT_COLUMNS, SESSION_COLUMNS,
-};
+use super::decisions::Writes;
+use super::sql::{self, column, db, json_text, EVENT_COLUMNS, SESSION_COLUMNS};
 use super::{Backend, Error, RecordedCall};
 use crate::clock::Micros;
 use crate::domain::audit::AuditEvent;
@@ -166,74 +164,6 @@ pub(crate) async fn sessions(
     Ok(found)
 }
 
-/// Postgres: the chain head and everything a batch of plain decisions needs read, in ONE statement
-/// (one round trip instead of four while the chain lock is held; under load each round trip waited for
-/// a core). Each part comes back as JSON text, which the `Any` driver can carry.
-pub(super) async fn read_for_decisions(
-    conn: &mut AnyConnection,
-    wanted: &Wanted<'_>,
-) -> Result<(Option<ChainHead>, Found), Error> {
-    const SQL: &str = "SELECT \
-        (SELECT json_build_array(seq, hash) FROM audit_events ORDER BY seq DESC LIMIT 1)::text AS head, \
-        (SELECT json_agg(json_build_array(t.session_id, t.agent, t.call_id, t.arguments_digest, t.decision)) \
-           FROM json_to_recordset($1::json) AS k(s text, a text, c text) \
-           JOIN tool_calls t ON t.session_id = k.s AND t.agent = k.a AND t.call_id = k.c)::text AS calls, \
-        (SELECT json_agg(e.event_id) FROM json_to_recordset($2::json) AS k(id text) \
-           JOIN audit_events e ON e.event_id = k.id)::text AS taken, \
-        (SELECT json_agg(row_to_json(s)) FROM sessions s \
-           WHERE s.id IN (SELECT k.id FROM json_to_recordset($3::json) AS k(id text)))::text AS sessions";
-    let keys: Vec<KeyRow<'_>> = wanted
-        .keys
-        .iter()
-        .map(|(s, a, c)| KeyRow { s, a, c })
-        .collect();
-    let row = sqlx::query::<Any>(SQL)
-        .bind(json_text("call keys", &keys)?)
-        .bind(json_text("event ids", &id_rows(&wanted.event_ids))?)
-        .bind(json_text("session ids", &id_rows(&wanted.spenders))?)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?;
-    let part = |name: &str| -> Result<Option<String>, Error> { column(&row, name) };
-
-    let head = match part("head")? {
-        Some(text) => {
-            let (seq, hash): (i64, String) = from_json("chain head", &text)?;
-            Some(ChainHead { seq, hash })
-        }
-        None => None,
-    };
-    let mut remembered = HashMap::new();
-    if let Some(text) = part("calls")? {
-        let calls: Vec<(String, String, String, String, String)> =
-            from_json("remembered calls", &text)?;
-        for (session_id, agent, call_id, arguments_digest, decision) in calls {
-            let recorded = sql::stored_call(arguments_digest, &decision);
-            remembered.insert((session_id, agent, call_id), recorded);
-        }
-    }
-    let taken: HashSet<String> = match part("taken")? {
-        Some(text) => from_json("event ids", &text)?,
-        None => HashSet::new(),
-    };
-    let mut sessions = HashMap::new();
-    if let Some(text) = part("sessions")? {
-        let rows: Vec<SessionRow> = from_json("sessions", &text)?;
-        for row in rows {
-            let s = row.into_session()?;
-            sessions.insert(s.id.clone(), s);
-        }
-    }
-    Ok((
-        head,
-        Found {
-            remembered,
-            taken,
-            sessions,
-        },
-    ))
-}
-
 #[derive(Serialize)]
 struct UsedRow<'a> {
     id: &'a str,
@@ -335,7 +265,7 @@ pub(super) struct EventRow<'a> {
 }
 
 /// The columns of `audit_events`, in [`EVENT_COLUMNS`] order, with their Postgres types.
-const EVENT_TYPES: [(&str, &str); 18] = [
+pub(super) const EVENT_TYPES: [(&str, &str); 18] = [
     ("seq", "bigint"),
     ("event_id", "text"),
     ("time", "bigint"),

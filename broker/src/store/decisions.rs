@@ -14,8 +14,8 @@
 //! transaction, so nothing of it is visible, and no ALLOW is answered, before the commit.
 //!
 //! The rules ([`Wanted`], [`apply`]) know no database. The reads and writes: a batch of nothing but plain
-//! decisions on Postgres, [`record_batch`] (one read statement); on SQLite, its writer thread
-//! (`sqlite_writer`); a run of them inside a mixed batch, on either backend, [`record`].
+//! decisions, on the writer's own connection (`sqlite_writer`, `pg_writer`); a run of them inside a mixed
+//! batch, on either backend, [`record`] (sqlx).
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,7 +23,7 @@ use sqlx::AnyConnection;
 
 use super::bulk::{self, CallKey, CallRow};
 use super::writer::{event_id_conflict, Chain};
-use super::{Backend, DecisionRecord, Error, Recorded, RecordedCall};
+use super::{DecisionRecord, Error, Recorded, RecordedCall};
 use crate::domain::audit::{AuditEvent, EventBody};
 use crate::domain::decision::{Reason, ReasonCode};
 use crate::domain::session::Session;
@@ -173,19 +173,6 @@ pub(super) fn apply<'a>(
             events,
         },
     ))
-}
-
-/// Postgres: a batch of nothing but plain decisions, from the chain head to the writes, in two round
-/// trips (one read, one write) inside the writer's transaction.
-pub(super) async fn record_batch(
-    conn: &mut AnyConnection,
-    recs: &[&DecisionRecord],
-) -> Result<Vec<Result<Recorded, Error>>, Error> {
-    let (head, found) = bulk::read_for_decisions(conn, &Wanted::of(recs)).await?;
-    let mut chain = Chain::start(head, Backend::Postgres);
-    let (answers, writes) = apply(&mut chain, recs, found)?;
-    bulk::write_decisions(conn, Backend::Postgres, &writes).await?;
-    Ok(answers)
 }
 
 /// Records `recs` (none of which carries an approval write) through sqlx. `Err` is a database failure

@@ -142,6 +142,20 @@ impl Error {
         Self::new(kind, err.to_string().to_lowercase())
     }
 
+    /// Classifies an error of the Postgres audit writer's own connection (`pg_writer`).
+    pub(crate) fn from_tokio_postgres(err: tokio_postgres::Error) -> Self {
+        let kind = match err.code() {
+            Some(state) => classify_postgres(state.code()),
+            // No SQLSTATE: the connection could not be made, or broke.
+            None => ErrorKind::Unavailable,
+        };
+        let message = match err.as_db_error() {
+            Some(db) => db.message().to_lowercase(),
+            None => err.to_string().to_lowercase(),
+        };
+        Self::new(kind, message)
+    }
+
     pub(crate) fn from_migrate(err: sqlx::migrate::MigrateError) -> Self {
         match err {
             sqlx::migrate::MigrateError::Execute(e) => {

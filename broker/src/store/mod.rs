@@ -3,9 +3,9 @@
 //!
 //! The only module that knows sqlx. One implementation over sqlx's `Any` driver: SQL is written once with
 //! `$N` placeholders, and the few statements that differ are chosen by [`Backend`]. One exception, for
-//! speed: SQLite's batches of plain decisions go through rusqlite on a thread of their own
-//! ([`sqlite_writer`]). Times are stored as
-//! microseconds ([`Micros`]) in BIGINT columns, JSON as TEXT.
+//! speed: batches of plain decisions go through a connection of the audit writer's own, with another
+//! driver: rusqlite on a thread ([`sqlite_writer`]), tokio-postgres pipelined ([`pg_writer`]). Times are
+//! stored as microseconds ([`Micros`]) in BIGINT columns, JSON as TEXT.
 //!
 //! Reads go straight to the pool. Every write goes through the group-commit audit writer
 //! ([`writer`]): it commits the write and its audit event in one transaction, in the hash chain, and
@@ -21,6 +21,7 @@ mod decisions;
 mod error;
 mod grants;
 mod hashes;
+mod pg_writer;
 mod schema;
 mod selfcheck;
 mod sql;
@@ -257,22 +258,27 @@ impl ConnectionSettings {
     async fn apply(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         let statements = match self.backend {
             Backend::Sqlite => sqlite_settings(self.busy_timeout_ms),
-            Backend::Postgres => vec![
-                // Durable audit: a commit returns only once the WAL is flushed.
-                "SET synchronous_commit = on".to_owned(),
-                format!("SET statement_timeout = {}", self.statement_timeout_ms),
-                // A broker frozen mid-transaction must not hold the chain lock for ever.
-                format!(
-                    "SET idle_in_transaction_session_timeout = {}",
-                    self.statement_timeout_ms.saturating_mul(2)
-                ),
-            ],
+            Backend::Postgres => postgres_settings(self.statement_timeout_ms),
         };
         for statement in statements {
             conn.execute(statement.as_str()).await?;
         }
         Ok(())
     }
+}
+
+/// Postgres's per-connection settings: for the pool's connections and the audit writer's own.
+fn postgres_settings(statement_timeout_ms: u128) -> Vec<String> {
+    vec![
+        // Durable audit: a commit returns only once the WAL is flushed.
+        "SET synchronous_commit = on".to_owned(),
+        format!("SET statement_timeout = {statement_timeout_ms}"),
+        // A broker frozen mid-transaction must not hold the chain lock for ever.
+        format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            statement_timeout_ms.saturating_mul(2)
+        ),
+    ]
 }
 
 /// SQLite's per-connection settings: for the pool's connections and the writer thread's.
@@ -341,14 +347,20 @@ impl Store {
             max_batch: cfg.max_batch,
             transaction_timeout,
         };
-        let sqlite_writer = match backend {
-            Backend::Sqlite => Some(sqlite_writer::SqliteWriter::start(
+        let own_connection = match backend {
+            Backend::Sqlite => writer::OwnConnection::Sqlite(sqlite_writer::SqliteWriter::start(
                 &config::sqlite_path(&cfg.database_url)?,
                 &sqlite_settings(settings.busy_timeout_ms),
             )?),
-            Backend::Postgres => None,
+            Backend::Postgres => {
+                writer::OwnConnection::Postgres(Box::new(pg_writer::PgWriter::new(
+                    &cfg.database_url,
+                    cfg.connect_timeout,
+                    &postgres_settings(settings.statement_timeout_ms),
+                )?))
+            }
         };
-        tokio::spawn(writer::run(pool.clone(), writer, queue, sqlite_writer));
+        tokio::spawn(writer::run(pool.clone(), writer, queue, own_connection));
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,

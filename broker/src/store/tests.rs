@@ -50,6 +50,7 @@ contract_tests!(
     replay_returns_the_first_decision_without_event_or_spend,
     chain_verifies_after_concurrent_writes,
     a_busy_writer_commits_every_queued_decision,
+    plain_and_mixed_batches_interleave,
     audit_rows_are_append_only,
     tamper_update_is_named_by_seq,
     tamper_delete_is_named_by_next_seq,
@@ -570,6 +571,46 @@ async fn a_busy_writer_commits_every_queued_decision(db: &TestDb) -> TestResult 
     );
     let report = store.verify_chain().await?;
     assert_eq!((report.ok, report.events_checked), (true, 201));
+    Ok(())
+}
+
+/// Decisions (the writer's own connection) and session openings (the pool's) queued together, so batches
+/// of each kind follow one another with jobs waiting: on Postgres a plain batch's commit leaves the next
+/// transaction open with the chain lock, which must be let go before a batch on the other connection
+/// waits for that lock. Everything commits, once, in one whole chain.
+async fn plain_and_mixed_batches_interleave(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(500);
+    store.open_session(&s, opened(&s)).await?;
+    let tasks: Vec<_> = (0..240)
+        .map(|i| {
+            let store = store.clone();
+            let rec = allow(&s, "web.search", &format!("c{i}"), T0 + 1);
+            tokio::spawn(async move {
+                if i % 8 == 0 {
+                    let other = session(1);
+                    store
+                        .open_session(&other, opened(&other))
+                        .await
+                        .map(|_| true)
+                } else {
+                    store
+                        .record_decision(rec)
+                        .await
+                        .map(|r| committed(r).is_ok_and(|d| d.is_allow()))
+                }
+            })
+        })
+        .collect();
+    for task in futures::future::join_all(tasks).await {
+        assert!(task??);
+    }
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(210)
+    );
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 241));
     Ok(())
 }
 
@@ -2743,7 +2784,7 @@ async fn quoted_rows(
 }
 
 /// A batch of nothing but plain decisions takes its backend's fast path (SQLite: the writer thread,
-/// rusqlite; Postgres: `decisions::record_batch`, one read and one write); a run of them in a mixed
+/// rusqlite; Postgres: `pg_writer`, tokio-postgres, pipelined); a run of them in a mixed
 /// batch takes `decisions::record`. Both must answer alike and store byte-identical rows: replays (stored
 /// and within the batch), a reused event id, an exhausted budget, a missing session, a stale ALLOW, DENYs.
 async fn plain_batches_store_the_same_rows_on_both_paths(backend: Backend) -> TestResult {
@@ -2786,19 +2827,15 @@ async fn plain_batches_store_the_same_rows_on_both_paths(backend: Backend) -> Te
             .await?
         }
         Backend::Postgres => {
-            use sqlx::Connection as _;
-            let mut conn = fast_db
-                .store()
-                .inner
-                .pool
-                .acquire()
-                .await
-                .map_err(super::sql::db)?;
-            let mut tx = conn.begin().await.map_err(super::sql::db)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let recs: Vec<&DecisionRecord> = batch.iter().collect();
-            let answers = super::decisions::record_batch(&mut tx, &recs).await?;
-            tx.commit().await.map_err(super::sql::db)?;
-            answers
+            super::pg_writer::PgWriter::new(
+                &fast_db.config().database_url,
+                Duration::from_secs(5),
+                &super::postgres_settings(5_000),
+            )?
+            .record(&recs, deadline, &|| false)
+            .await?
         }
     };
     let by_mixed = {

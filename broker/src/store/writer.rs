@@ -24,7 +24,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{self, column, db, ChainHead};
+use super::pg_writer::PgWriter;
+use super::sql::{self, db, ChainHead};
 use super::sqlite_writer::SqliteWriter;
 use super::{
     requested_event, sorted_union, ApprovalWrite, Backend, DecisionRecord, Error, Recorded,
@@ -305,25 +306,32 @@ pub(crate) struct WriterConfig {
     pub(crate) transaction_timeout: Duration,
 }
 
+/// The writer's own connection for batches made only of plain decisions (the common case), with a driver
+/// faster than sqlx for them.
+pub(crate) enum OwnConnection {
+    Sqlite(SqliteWriter),
+    Postgres(Box<PgWriter>),
+}
+
 /// Runs until every sender (every `Store` handle) is gone.
 ///
 /// Two things keep a slow database from starving the writer. Batches shrink when one times out (to a
 /// quarter, down to one job) and grow by a quarter after each full batch that commits within half the
 /// bound, so a batch that cannot finish within `transaction_timeout` is not retried at the same size
 /// forever (nothing would commit, and the chain lock would be held for the whole bound each time). And the
-/// writer keeps its own connection between batches instead of queueing for the pool behind the request
-/// path's reads. With SQLite, `sqlite` takes every batch made only of plain decisions (the common case).
+/// writer keeps its own connections between batches instead of queueing for the pool behind the request
+/// path's reads: `own` for batches made only of plain decisions, one of the pool's for the rest.
 pub(crate) async fn run(
     pool: AnyPool,
     cfg: WriterConfig,
     mut jobs: mpsc::Receiver<Job>,
-    sqlite: Option<SqliteWriter>,
+    mut own: OwnConnection,
 ) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
     // Starts modest and grows with every full batch that commits, so a database that is slow from the
     // start is not first handed the largest batch.
     let mut limit = cfg.max_batch.clamp(1, 32);
-    let mut held: Option<Held> = None;
+    let mut held: Option<PoolConnection<Any>> = None;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
         while batch.len() < limit {
@@ -335,16 +343,9 @@ pub(crate) async fn run(
         let (work, replies): (Vec<Work>, Vec<ReplyTo>) = batch.drain(..).map(Job::split).unzip();
         let size = work.len();
         let started = tokio::time::Instant::now();
-        let outcome = AssertUnwindSafe(commit_batch(
-            &pool,
-            &mut held,
-            sqlite.as_ref(),
-            cfg,
-            work,
-            &jobs,
-        ))
-        .catch_unwind()
-        .await;
+        let outcome = AssertUnwindSafe(commit_batch(&pool, &mut held, &mut own, cfg, work, &jobs))
+            .catch_unwind()
+            .await;
         let answers = match outcome {
             Ok(Ok(answers)) if answers.len() == size => Ok(answers),
             Ok(Ok(_)) => Err(Error::internal("audit writer lost track of its batch")),
@@ -378,30 +379,17 @@ pub(crate) async fn run(
             }
         }
     }
-    // Never hand the pool a connection inside a transaction (none should be: the last batch found no job
-    // waiting).
-    if let Some(Held { conn, next }) = held {
-        if next != Begun::No {
-            drop(conn.detach());
-        }
-    }
     tracing::debug!("audit writer stopped: every store handle is gone");
 }
 
-/// The writer's own connection between batches, and whether the next batch's transaction is already
-/// open on it.
-struct Held {
-    conn: PoolConnection<Any>,
-    next: Begun,
-}
-
-/// How far the next transaction has started.
+/// How far the next transaction has started on the Postgres writer connection (`pg_writer`): a commit
+/// that finds more jobs waiting begins the next transaction in the same round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Begun {
+pub(super) enum Begun {
     No,
-    /// Postgres: open, with its settings, but without the chain lock (another broker had it).
+    /// Open, with its settings, but without the chain lock (another broker had it).
     Unlocked,
-    /// Postgres: open, holding the chain lock.
+    /// Open, holding the chain lock.
     Locked,
 }
 
@@ -430,7 +418,7 @@ impl Drop for InTransaction {
     }
 }
 
-/// Postgres: the transaction's start. The advisory lock serialises chain appends across every broker
+/// Postgres: the transaction's settings. The advisory lock serialises chain appends across every broker
 /// process sharing this database (released at commit or rollback). Every lookup in a batch is by key,
 /// for at most a few hundred keys. Without table statistics (autovacuum off, or a young fast-growing
 /// table) the planner hashes them against a sequential scan of `audit_events` and `tool_calls`: a cost
@@ -439,52 +427,77 @@ impl Drop for InTransaction {
 const PG_SETTINGS: &str =
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
-fn pg_lock() -> String {
+/// Postgres: takes the chain lock, waiting for it.
+pub(super) fn pg_lock() -> String {
     format!("SELECT pg_advisory_xact_lock({})", sql::CHAIN_LOCK_KEY)
 }
 
-/// One transaction for the whole batch, bounded in time, on the writer's own connection (taken from the
-/// pool when it has none). On failure or timeout the connection is closed (the database rolls the
-/// transaction back when the connection goes away) rather than returned to the pool.
+/// Postgres: a transaction's start, in one simple query (one round trip).
+pub(super) fn pg_begin() -> String {
+    format!("BEGIN; {PG_SETTINGS}; {}", pg_lock())
+}
+
+/// Postgres: the commit, and the next transaction's start, trying for the chain lock without waiting
+/// (another broker may hold it): its one row, `locked`, says whether it was had.
+pub(super) fn pg_chained_commit() -> String {
+    format!(
+        "COMMIT; BEGIN; {PG_SETTINGS}; SELECT pg_try_advisory_xact_lock({}) AS locked",
+        sql::CHAIN_LOCK_KEY
+    )
+}
+
+/// One transaction for the whole batch, bounded in time. A batch made only of plain decisions goes to the
+/// writer's own connection; anything else to one of the pool's, held between batches. On failure or
+/// timeout the connection is closed (the database rolls the transaction back when the connection goes
+/// away) rather than returned to the pool.
 async fn commit_batch(
     pool: &AnyPool,
-    held: &mut Option<Held>,
-    sqlite: Option<&SqliteWriter>,
+    held: &mut Option<PoolConnection<Any>>,
+    own: &mut OwnConnection,
     cfg: WriterConfig,
     work: Vec<Work>,
     queue: &mpsc::Receiver<Job>,
 ) -> Result<Vec<Answer>, Error> {
     let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
-    if let Some(sqlite) = sqlite.filter(|_| work.iter().all(|w| plain_decision(w).is_some())) {
-        // The thread's connection is not the pool's: a closed store must refuse it too.
+    if work.iter().all(|w| plain_decision(w).is_some()) {
+        // The own connection is not the pool's: a closed store must refuse it too.
         if pool.is_closed() {
             return Err(Error::unavailable("the store is closed"));
         }
-        let recs = work
-            .into_iter()
-            .filter_map(|w| match w {
-                Work::RecordDecision(rec) => Some(*rec),
-                _ => None,
-            })
-            .collect();
-        let answers = sqlite.record(recs, deadline).await?;
+        let answers = match own {
+            OwnConnection::Sqlite(sqlite) => {
+                let recs = work
+                    .into_iter()
+                    .filter_map(|w| match w {
+                        Work::RecordDecision(rec) => Some(*rec),
+                        _ => None,
+                    })
+                    .collect();
+                sqlite.record(recs, deadline).await?
+            }
+            OwnConnection::Postgres(pg) => {
+                let recs: Vec<&DecisionRecord> = work.iter().filter_map(plain_decision).collect();
+                pg.record(&recs, deadline, &|| !queue.is_empty()).await?
+            }
+        };
         return Ok(answers.into_iter().map(Answer::Recorded).collect());
     }
-    let (conn, begun) = match held.take() {
-        Some(Held { conn, next }) => (conn, next),
-        None => (
-            tokio::time::timeout_at(deadline, pool.acquire())
-                .await
-                .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
-                .map_err(db)?,
-            Begun::No,
-        ),
+    if let OwnConnection::Postgres(pg) = own {
+        // Its open transaction may hold the chain lock that this batch's connection is about to wait for.
+        pg.release().await;
+    }
+    let conn = match held.take() {
+        Some(conn) => conn,
+        None => tokio::time::timeout_at(deadline, pool.acquire())
+            .await
+            .map_err(|_| Error::timeout("timed out waiting for a database connection"))?
+            .map_err(db)?,
     };
     let mut tx = InTransaction(Some(conn));
-    let transaction = transact(tx.conn()?, cfg.backend, &work, begun, queue);
+    let transaction = transact(tx.conn()?, cfg.backend, &work);
     match tokio::time::timeout_at(deadline, transaction).await {
-        Ok(Ok((answers, next))) => {
-            *held = tx.disarm().map(|conn| Held { conn, next });
+        Ok(Ok(answers)) => {
+            *held = tx.disarm();
             Ok(answers)
         }
         Ok(Err(e)) => Err(e),
@@ -495,58 +508,23 @@ async fn commit_batch(
     }
 }
 
-/// The batch's transaction, begun and committed with plain SQL. On Postgres, when more jobs are waiting,
-/// the commit also begins the next transaction and tries for the chain lock in the same round trip
-/// (`COMMIT; BEGIN; ...; SELECT pg_try_advisory_xact_lock(..)`): under load that saves one of a batch's
-/// four round trips. It never waits for the lock there (another broker may hold it): the next batch
-/// takes it then. Returns the answers and how far the next transaction has started.
+/// A batch holding more than plain decisions, in one transaction begun and committed with plain SQL.
 async fn transact(
     conn: &mut AnyConnection,
     backend: Backend,
     work: &[Work],
-    begun: Begun,
-    queue: &mpsc::Receiver<Job>,
-) -> Result<(Vec<Answer>, Begun), Error> {
-    match (backend, begun) {
+) -> Result<Vec<Answer>, Error> {
+    let begin = match backend {
         // Takes SQLite's write lock now, so the chain head read below is the one we append to.
-        (Backend::Sqlite, _) => (&mut *conn).execute("BEGIN IMMEDIATE").await,
-        // One simple query, one round trip.
-        (Backend::Postgres, Begun::No) => {
-            (&mut *conn)
-                .execute(format!("BEGIN; {PG_SETTINGS}; {}", pg_lock()).as_str())
-                .await
-        }
-        (Backend::Postgres, Begun::Unlocked) => (&mut *conn).execute(pg_lock().as_str()).await,
-        (Backend::Postgres, Begun::Locked) => Ok(Default::default()),
-    }
-    .map_err(db)?;
-    let plain: Option<Vec<&DecisionRecord>> = work.iter().map(plain_decision).collect();
-    let answers = match plain.filter(|_| backend == Backend::Postgres) {
-        // The common case on Postgres, in fewer round trips (SQLite's goes to `sqlite_writer`).
-        Some(recs) => super::decisions::record_batch(conn, &recs)
-            .await?
-            .into_iter()
-            .map(Answer::Recorded)
-            .collect(),
-        None => apply_each(conn, backend, work).await?,
+        Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
+        Backend::Postgres => pg_begin(),
     };
+    (&mut *conn).execute(begin.as_str()).await.map_err(db)?;
+    let answers = apply_each(conn, backend, work).await?;
     fail_before_commit()?;
-    let next = if backend == Backend::Postgres && !queue.is_empty() {
-        let chained = format!(
-            "COMMIT; BEGIN; {PG_SETTINGS}; SELECT pg_try_advisory_xact_lock({}) AS locked",
-            sql::CHAIN_LOCK_KEY
-        );
-        let rows = (&mut *conn).fetch_all(chained.as_str()).await.map_err(db)?;
-        match rows.as_slice() {
-            [row] if column::<bool>(row, "locked")? => Begun::Locked,
-            _ => Begun::Unlocked,
-        }
-    } else {
-        (&mut *conn).execute("COMMIT").await.map_err(db)?;
-        Begun::No
-    };
+    (&mut *conn).execute("COMMIT").await.map_err(db)?;
     fail_after_commit()?;
-    Ok((answers, next))
+    Ok(answers)
 }
 
 // Test-only fault injection (feature `failpoints`) around every audit commit, on both writers: a failure

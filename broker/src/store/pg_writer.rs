@@ -1,0 +1,465 @@
+//! Postgres's batches of plain decisions on a connection of their own (tokio-postgres), pipelined: a
+//! batch is two round trips, the start of its transaction with every read, then its writes with the
+//! commit.
+//!
+//! sqlx sends one statement and waits for its answer before the next, so a batch was four round trips
+//! (BEGIN with the chain lock, the reads, the writes, COMMIT), and on a loaded two-core machine each one
+//! also waited for a core. tokio-postgres sends requests polled together without waiting in between, and
+//! binds arrays in the binary format, so the rows no longer travel as JSON text that Postgres parses
+//! again (a fifth of its CPU under load).
+//!
+//! Sending the COMMIT behind the writes is sound because every check the commit depends on is made by
+//! the database inside the write statement: a statement that fails aborts the transaction, and the
+//! COMMIT that follows it then rolls back. Migration `20250601000000_require` adds `broker_require`,
+//! which fails the statement when the writes do not match what the batch applied.
+//!
+//! What a batch decides is `decisions::apply`, shared with the sqlx path. Batches holding anything else
+//! (sessions, kill switches, approvals) still go through sqlx; the writer task runs one batch at a time
+//! and closes this connection's open transaction before one of those, so the two never wait on each
+//! other's chain lock.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use std::future::Future;
+
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Connection, NoTls, Row, SimpleQueryMessage, Socket, Statement};
+
+use super::bulk::{event_rows, tool_call_rows, CallKey, EVENT_TYPES};
+use super::decisions::{self, Found, Wanted, Writes};
+use super::sql::{
+    stored_call, ChainHead, SessionRow, CHAIN_HEAD_SQL, EVENT_COLUMNS, SESSION_COLUMNS,
+};
+use super::writer::{
+    fail_after_commit, fail_before_commit, pg_begin, pg_chained_commit, pg_lock, Begun, Chain,
+};
+use super::{Backend, DecisionRecord, Error, Recorded, RecordedCall};
+use crate::domain::session::Session;
+
+type Answers = Vec<Result<Recorded, Error>>;
+
+/// The writer task's Postgres connection for plain batches: connected at the first batch, and again
+/// after any batch that failed (a failed batch's connection is closed, which rolls it back).
+pub(crate) struct PgWriter {
+    config: tokio_postgres::Config,
+    /// Run once per connection: the pool's per-connection settings.
+    settings: String,
+    live: Option<Live>,
+}
+
+struct Live {
+    client: Client,
+    /// Driven only while the writer awaits an answer, by the writer's own task ([`drive`]): a task of its
+    /// own would add two wake-ups across threads to every round trip. Dropped, it closes the connection,
+    /// and the database rolls back whatever it had open.
+    connection: Connection<Socket, NoTlsStream>,
+    statements: Statements,
+    /// How far the next transaction has started (a chained commit begins it).
+    next: Begun,
+}
+
+struct Statements {
+    head: Statement,
+    calls: Statement,
+    taken: Statement,
+    sessions: Statement,
+    write: Statement,
+}
+
+impl PgWriter {
+    /// Reads the connection settings from `url` (connecting waits for the first batch: the migrations
+    /// that create what its statements use run after the store connects).
+    pub(crate) fn new(
+        url: &str,
+        connect_timeout: Duration,
+        settings: &[String],
+    ) -> Result<Self, Error> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            Error::invalid(format!(
+                "store.database_url cannot be used by the audit writer's connection: {}",
+                e.to_string().to_lowercase()
+            ))
+        })?;
+        config.connect_timeout(connect_timeout);
+        config.application_name("agent-broker audit writer");
+        Ok(Self {
+            config,
+            // Its statements are prepared once and run for every batch; planned anew each time (a custom
+            // plan for each set of arrays) they cost the database more than they run.
+            settings: format!(
+                "{}; SET plan_cache_mode = force_generic_plan",
+                settings.join("; ")
+            ),
+            live: None,
+        })
+    }
+
+    /// Records `recs` in one transaction, answered after its commit. `more_waiting` is asked just before
+    /// the commit: when true, the commit also begins the next transaction. Past `deadline` the batch is
+    /// answered `Timeout` and its connection closed (the transaction rolls back unless its COMMIT had
+    /// already reached the database).
+    pub(crate) async fn record(
+        &mut self,
+        recs: &[&DecisionRecord],
+        deadline: tokio::time::Instant,
+        more_waiting: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Answers, Error> {
+        let outcome =
+            tokio::time::timeout_at(deadline, self.transact(recs, deadline, more_waiting)).await;
+        match outcome {
+            Ok(Ok(answers)) => Ok(answers),
+            Ok(Err(e)) => {
+                self.live = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.live = None;
+                Err(Error::timeout(
+                    "audit transaction did not finish in time (postgres)",
+                ))
+            }
+        }
+    }
+
+    /// Ends the transaction a chained commit left open (it holds nothing yet, or only the chain lock),
+    /// before the writer's other connection needs the lock. A connection that cannot is closed.
+    pub(crate) async fn release(&mut self) {
+        let Some(live) = self.live.as_mut().filter(|l| l.next != Begun::No) else {
+            return;
+        };
+        let rolled_back = drive(&mut live.connection, live.client.batch_execute("ROLLBACK")).await;
+        match rolled_back {
+            Ok(Ok(())) => live.next = Begun::No,
+            _ => self.live = None,
+        }
+    }
+
+    async fn transact(
+        &mut self,
+        recs: &[&DecisionRecord],
+        deadline: tokio::time::Instant,
+        more_waiting: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Answers, Error> {
+        if self.live.is_none() {
+            self.live = Some(Live::connect(&self.config, &self.settings).await?);
+        }
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| Error::internal("the postgres audit writer lost its connection"))?;
+        let start = match live.next {
+            Begun::No => Some(pg_begin()),
+            Begun::Unlocked => Some(pg_lock()),
+            Begun::Locked => None,
+        };
+        let wanted = Wanted::of(recs);
+        let (head, found) = live.read(start.as_deref(), &wanted).await?;
+        let mut chain = Chain::start(head, Backend::Postgres);
+        let (answers, writes) = decisions::apply(&mut chain, recs, found)?;
+        fail_before_commit()?;
+        // The commit goes out with the writes: a batch whose callers were told `Timeout` is not sent on.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::timeout(
+                "audit transaction did not reach its commit in time (postgres)",
+            ));
+        }
+        live.next = live.write_and_commit(&writes, more_waiting()).await?;
+        fail_after_commit()?;
+        Ok(answers)
+    }
+}
+
+impl Live {
+    async fn connect(config: &tokio_postgres::Config, settings: &str) -> Result<Live, Error> {
+        let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+        let prepared = drive(&mut connection, async {
+            client.batch_execute(settings).await?;
+            Ok(Statements {
+                head: client.prepare(CHAIN_HEAD_SQL).await?,
+                calls: client.prepare(CALLS_SQL).await?,
+                taken: client.prepare(TAKEN_SQL).await?,
+                sessions: client
+                    .prepare(&format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ANY($1::text[])"
+                    ))
+                    .await?,
+                write: client.prepare(&write_sql()).await?,
+            })
+        })
+        .await?;
+        Ok(Live {
+            statements: prepared.map_err(pg)?,
+            client,
+            connection,
+            next: Begun::No,
+        })
+    }
+
+    /// `start` (the transaction's beginning and the chain lock, when not yet taken) and every read of
+    /// the batch, sent together: one round trip.
+    async fn read(
+        &mut self,
+        start: Option<&str>,
+        wanted: &Wanted<'_>,
+    ) -> Result<(Option<ChainHead>, Found), Error> {
+        let Live {
+            client: c,
+            connection,
+            statements: st,
+            ..
+        } = self;
+        let (sessions_of, agents, call_ids): (Vec<&str>, Vec<&str>, Vec<&str>) = wanted
+            .keys
+            .iter()
+            .map(|(s, a, c)| (s.as_str(), a.as_str(), c.as_str()))
+            .fold(
+                (vec![], vec![], vec![]),
+                |(mut s, mut a, mut c), (x, y, z)| {
+                    s.push(x);
+                    a.push(y);
+                    c.push(z);
+                    (s, a, c)
+                },
+            );
+        // Polled together, in this order: each request is sent on its first poll, before any answer is
+        // awaited (`join5` polls in order).
+        let begin = async {
+            match start {
+                Some(sql) => c.batch_execute(sql).await,
+                None => Ok(()),
+            }
+        };
+        let call_params: [&(dyn ToSql + Sync); 3] = [&sessions_of, &agents, &call_ids];
+        let event_ids: [&(dyn ToSql + Sync); 1] = [&wanted.event_ids];
+        let spenders: [&(dyn ToSql + Sync); 1] = [&wanted.spenders];
+        let head = c.query_opt(&st.head, &[]);
+        let calls = c.query(&st.calls, &call_params);
+        let taken = c.query(&st.taken, &event_ids);
+        let sessions = c.query(&st.sessions, &spenders);
+        let (begun, head, calls, taken, sessions) = drive(
+            connection,
+            futures::future::join5(begin, head, calls, taken, sessions),
+        )
+        .await?;
+        begun.map_err(pg)?;
+        let head = head
+            .map_err(pg)?
+            .map(|row| {
+                Ok::<_, Error>(ChainHead {
+                    seq: get(&row, "seq")?,
+                    hash: get(&row, "hash")?,
+                })
+            })
+            .transpose()?;
+        let mut remembered: HashMap<CallKey, Result<RecordedCall, Error>> = HashMap::new();
+        for row in calls.map_err(pg)? {
+            let key = (
+                get(&row, "session_id")?,
+                get(&row, "agent")?,
+                get(&row, "call_id")?,
+            );
+            let decision: String = get(&row, "decision")?;
+            remembered.insert(key, stored_call(get(&row, "arguments_digest")?, &decision));
+        }
+        let taken: HashSet<String> = taken
+            .map_err(pg)?
+            .iter()
+            .map(|row| get(row, "event_id"))
+            .collect::<Result<_, _>>()?;
+        let mut found_sessions: HashMap<String, Session> = HashMap::new();
+        for row in sessions.map_err(pg)? {
+            let s = session_from_row(&row)?;
+            found_sessions.insert(s.id.clone(), s);
+        }
+        Ok((
+            head,
+            Found {
+                remembered,
+                taken,
+                sessions: found_sessions,
+            },
+        ))
+    }
+
+    /// The writes and the commit, sent together: one round trip. With `chain`, the commit also begins the
+    /// next transaction and tries for the chain lock without waiting. Returns how far the next
+    /// transaction has started.
+    async fn write_and_commit(&mut self, writes: &Writes<'_>, chain: bool) -> Result<Begun, Error> {
+        let Live {
+            client: c,
+            connection,
+            statements,
+            ..
+        } = self;
+        let used_ids: Vec<&str> = writes.used.iter().map(|(id, _)| id.as_str()).collect();
+        let used_n: Vec<i64> = writes.used.iter().map(|(_, n)| i64::from(*n)).collect();
+        let calls = tool_call_rows(&writes.calls)?;
+        let events = event_rows(&writes.events)?;
+        let call_session: Vec<&str> = calls.iter().map(|r| r.session_id).collect();
+        let call_agent: Vec<&str> = calls.iter().map(|r| r.agent).collect();
+        let call_id: Vec<&str> = calls.iter().map(|r| r.call_id).collect();
+        let call_digest: Vec<&str> = calls.iter().map(|r| r.arguments_digest).collect();
+        let call_decision: Vec<&str> = calls.iter().map(|r| r.decision.as_str()).collect();
+        let call_at: Vec<i64> = calls.iter().map(|r| r.recorded_at).collect();
+        let seq: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let event_id: Vec<&str> = events.iter().map(|e| e.event_id).collect();
+        let time: Vec<i64> = events.iter().map(|e| e.time).collect();
+        let kind: Vec<&str> = events.iter().map(|e| e.kind).collect();
+        let agent: Vec<&str> = events.iter().map(|e| e.agent).collect();
+        let user_id: Vec<Option<&str>> = events.iter().map(|e| e.user_id).collect();
+        let session_id: Vec<Option<&str>> = events.iter().map(|e| e.session_id).collect();
+        let decision_id: Vec<Option<&str>> = events.iter().map(|e| e.decision_id).collect();
+        let tool: Vec<Option<&str>> = events.iter().map(|e| e.tool).collect();
+        let event_call_id: Vec<Option<&str>> = events.iter().map(|e| e.call_id).collect();
+        let outcome: Vec<Option<&str>> = events.iter().map(|e| e.outcome).collect();
+        let reasons: Vec<&str> = events.iter().map(|e| e.reasons.as_str()).collect();
+        let policy_version: Vec<Option<&str>> = events.iter().map(|e| e.policy_version).collect();
+        let arguments_digest: Vec<Option<&str>> =
+            events.iter().map(|e| e.arguments_digest).collect();
+        let arguments_redacted: Vec<Option<&str>> =
+            events.iter().map(|e| e.arguments_redacted).collect();
+        let detail: Vec<Option<&str>> = events.iter().map(|e| e.detail).collect();
+        let prev_hash: Vec<&str> = events.iter().map(|e| e.prev_hash).collect();
+        let hash: Vec<&str> = events.iter().map(|e| e.hash).collect();
+        let used_count = i64::try_from(used_ids.len()).unwrap_or(i64::MAX);
+        let event_count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 28] = [
+            &used_ids,
+            &used_n,
+            &call_session,
+            &call_agent,
+            &call_id,
+            &call_digest,
+            &call_decision,
+            &call_at,
+            &seq,
+            &event_id,
+            &time,
+            &kind,
+            &agent,
+            &user_id,
+            &session_id,
+            &decision_id,
+            &tool,
+            &event_call_id,
+            &outcome,
+            &reasons,
+            &policy_version,
+            &arguments_digest,
+            &arguments_redacted,
+            &detail,
+            &prev_hash,
+            &hash,
+            &used_count,
+            &event_count,
+        ];
+        let commit = if chain {
+            pg_chained_commit()
+        } else {
+            "COMMIT".to_owned()
+        };
+        // In this order: when the write fails, the transaction is aborted and the COMMIT behind it rolls
+        // back (its answer is then not an error, so the write's is the one that counts).
+        let (written, committed) = drive(
+            connection,
+            futures::future::join(
+                c.execute(&statements.write, &params),
+                c.simple_query(&commit),
+            ),
+        )
+        .await?;
+        written.map_err(pg)?;
+        let committed = committed.map_err(pg)?;
+        if !chain {
+            return Ok(Begun::No);
+        }
+        let locked = committed.iter().any(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get("locked") == Some("t"),
+            _ => false,
+        });
+        Ok(if locked {
+            Begun::Locked
+        } else {
+            Begun::Unlocked
+        })
+    }
+}
+
+/// Runs `work` (requests on the connection's client) while driving `connection`, which sends them and
+/// routes the answers back. Fails when the connection ends first.
+async fn drive<F: Future>(
+    connection: &mut Connection<Socket, NoTlsStream>,
+    work: F,
+) -> Result<F::Output, Error> {
+    tokio::select! {
+        biased;
+        out = work => Ok(out),
+        ended = connection => Err(match ended {
+            Ok(()) => Error::unavailable("the postgres audit writer's connection closed"),
+            Err(e) => pg(e),
+        }),
+    }
+}
+
+const CALLS_SQL: &str = "SELECT t.session_id, t.agent, t.call_id, t.arguments_digest, t.decision \
+     FROM unnest($1::text[], $2::text[], $3::text[]) AS k(s, a, c) \
+     JOIN tool_calls t ON t.session_id = k.s AND t.agent = k.a AND t.call_id = k.c";
+
+const TAKEN_SQL: &str = "SELECT event_id FROM audit_events WHERE event_id = ANY($1::text[])";
+
+/// The batch's writes in one statement: the sessions' new counts, the calls to remember, the events;
+/// then `broker_require` fails the statement (so the transaction, so the COMMIT sent behind it) unless
+/// every session was updated and every event stored.
+fn write_sql() -> String {
+    let event_params: Vec<String> = EVENT_TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| format!("${}::{t}[]", i + 9))
+        .collect();
+    format!(
+        "WITH used AS (\
+             UPDATE sessions SET tool_calls_used = u.n FROM unnest($1::text[], $2::int8[]) AS u(id, n) \
+             WHERE sessions.id = u.id RETURNING 1), \
+         calls AS (\
+             INSERT INTO tool_calls (session_id, agent, call_id, arguments_digest, decision, recorded_at) \
+             SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[]) \
+             ON CONFLICT (session_id, agent, call_id) DO NOTHING), \
+         events AS (\
+             INSERT INTO audit_events ({EVENT_COLUMNS}) SELECT * FROM unnest({}) RETURNING 1) \
+         SELECT broker_require(\
+             (SELECT count(*) FROM used) = $27 AND (SELECT count(*) FROM events) = $28, \
+             'the audit batch''s writes do not match what it applied')",
+        event_params.join(", ")
+    )
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, Error> {
+    row.try_get(name)
+        .map_err(|e| Error::corrupt(format!("column `{name}`: {}", e.to_string().to_lowercase())))
+}
+
+fn session_from_row(row: &Row) -> Result<Session, Error> {
+    SessionRow {
+        id: get(row, "id")?,
+        agent: get(row, "agent")?,
+        user_id: get(row, "user_id")?,
+        tenant: get(row, "tenant")?,
+        tools: get(row, "tools")?,
+        purpose: get(row, "purpose")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        max_tool_calls: get(row, "max_tool_calls")?,
+        tool_calls_used: get(row, "tool_calls_used")?,
+        closed_at: get(row, "closed_at")?,
+        collections: get(row, "collections")?,
+        labels: get(row, "labels")?,
+    }
+    .into_session()
+}
+
+fn pg(err: tokio_postgres::Error) -> Error {
+    Error::from_tokio_postgres(err)
+}
