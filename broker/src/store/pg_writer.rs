@@ -362,7 +362,10 @@ impl Live {
             "COMMIT".to_owned()
         };
         // In this order: when the write fails, the transaction is aborted and the COMMIT behind it rolls
-        // back (its answer is then not an error, so the write's is the one that counts).
+        // back (its answer is then not an error, so the write's is the one that counts). The order holds
+        // because the write is a prepared `Statement`, sent on its first poll: given SQL text, the client
+        // would prepare it in a round trip of its own first, and the COMMIT would overtake it (test
+        // `postgres_a_refused_write_rolls_back_the_commit_sent_behind_it`).
         let (written, committed) = drive(
             connection,
             futures::future::join(

@@ -2979,3 +2979,61 @@ mod commit_failpoints {
         answered_only_after_the_commit(&TestDb::new(Backend::Postgres).await?).await
     }
 }
+
+/// Why `pg_writer` may send a batch's COMMIT behind its writes without waiting: when the write statement
+/// fails (`broker_require` refuses what it wrote), the transaction is aborted and the COMMIT pipelined
+/// behind it rolls back; nothing of the transaction is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_refused_write_rolls_back_the_commit_sent_behind_it() -> TestResult {
+    let db = TestDb::new(Backend::Postgres).await?;
+    db.execute("CREATE TABLE scratch (x BIGINT)").await?;
+    let (client, connection) =
+        tokio_postgres::connect(&db.config().database_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    // Prepared first, as `pg_writer`'s statements are: given SQL text, the client would prepare it in a
+    // round trip of its own and the COMMIT would overtake it (this test then fails).
+    let check = client
+        .prepare("SELECT broker_require($1::bigint = 1, 'refused on purpose')")
+        .await?;
+    client
+        .batch_execute("BEGIN; INSERT INTO scratch VALUES (1)")
+        .await?;
+    let (refused, committed) = futures::future::join(
+        client.query_one(&check, &[&2_i64]),
+        client.simple_query("COMMIT"),
+    )
+    .await;
+    let refused = refused
+        .err()
+        .map(|e| Error::from_tokio_postgres(e).to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some("internal store error: refused on purpose")
+    );
+    assert!(committed.is_ok(), "{committed:?}");
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await?
+        .get(0);
+    assert_eq!(stored, 0, "the COMMIT rolled the aborted transaction back");
+    client
+        .batch_execute("BEGIN; INSERT INTO scratch VALUES (1)")
+        .await?;
+    let (kept, _) = futures::future::join(
+        client.query_one(&check, &[&1_i64]),
+        client.simple_query("COMMIT"),
+    )
+    .await;
+    assert!(kept?.get::<_, bool>(0));
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        stored, 1,
+        "a statement that passes its check lets the commit through"
+    );
+    drop(client);
+    driver.await??;
+    Ok(())
+}
