@@ -13,7 +13,9 @@ pub struct StoreConfig {
     /// `sqlite://<path>` (the file and its directory are created if missing; `sqlite:///abs/path` for an
     /// absolute path) or `postgres://user:password@host:port/database`.
     pub database_url: String,
-    /// Pool size; the audit writer uses one connection at a time, reads share the rest.
+    /// Pool size; the audit writer holds one of it (for batches with more than plain decisions), reads
+    /// share the rest. The writer also opens one connection of its own for plain decisions (SQLite: on its
+    /// thread; Postgres: beyond this pool).
     pub max_connections: u32,
     /// How long to wait for a pooled connection (and to open one). Short, so that a lost database makes the
     /// broker answer "unavailable" fast instead of queueing callers.

@@ -10,7 +10,7 @@
 //!
 //! Sending the COMMIT behind the writes is sound because every check the commit depends on is made by
 //! the database inside the write statement: a statement that fails aborts the transaction, and the
-//! COMMIT that follows it then rolls back. Migration `20250601000000_require` adds `broker_require`,
+//! COMMIT that follows it then rolls back. Migration `20250601000000_broker_require` adds `broker_require`,
 //! which fails the statement when the writes do not match what the batch applied.
 //!
 //! What a batch decides is `decisions::apply`, shared with the sqlx path. Batches holding anything else
@@ -19,10 +19,9 @@
 //! other's chain lock.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::str::FromStr as _;
 use std::time::Duration;
-
-use std::future::Future;
 
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
@@ -125,14 +124,15 @@ impl PgWriter {
     }
 
     /// Ends the transaction a chained commit left open (it holds nothing yet, or only the chain lock),
-    /// before the writer's other connection needs the lock. A connection that cannot is closed.
-    pub(crate) async fn release(&mut self) {
+    /// before the writer's other connection needs the lock. A connection that cannot, by `deadline`, is
+    /// closed (which ends the transaction too).
+    pub(crate) async fn release(&mut self, deadline: tokio::time::Instant) {
         let Some(live) = self.live.as_mut().filter(|l| l.next != Begun::No) else {
             return;
         };
-        let rolled_back = drive(&mut live.connection, live.client.batch_execute("ROLLBACK")).await;
-        match rolled_back {
-            Ok(Ok(())) => live.next = Begun::No,
+        let rollback = drive(&mut live.connection, live.client.batch_execute("ROLLBACK"));
+        match tokio::time::timeout_at(deadline, rollback).await {
+            Ok(Ok(Ok(()))) => live.next = Begun::No,
             _ => self.live = None,
         }
     }

@@ -484,7 +484,7 @@ async fn commit_batch(
     }
     if let OwnConnection::Postgres(pg) = own {
         // Its open transaction may hold the chain lock that this batch's connection is about to wait for.
-        pg.release().await;
+        pg.release(deadline).await;
     }
     let conn = match held.take() {
         Some(conn) => conn,
