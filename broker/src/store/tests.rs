@@ -3037,3 +3037,46 @@ async fn postgres_a_refused_write_rolls_back_the_commit_sent_behind_it() -> Test
     driver.await??;
     Ok(())
 }
+
+/// The Postgres writer's own connection, ended by the server between batches (a restart, an admin's
+/// `pg_terminate_backend`): the next batch is refused (never allowed), and the one after reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_reconnects_after_its_connection_is_terminated() -> TestResult {
+    let db = TestDb::new(Backend::Postgres).await?;
+    let store = db.store();
+    let s = session(10);
+    store.open_session(&s, opened(&s)).await?;
+    committed(
+        store
+            .record_decision(allow(&s, "web.search", "c1", T0 + 1))
+            .await?,
+    )?;
+    let terminated = sqlx::query(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'agent-broker audit writer'",
+    )
+    .fetch_one(&store.inner.pool)
+    .await
+    .map_err(super::sql::db)?;
+    assert_eq!(super::sql::column::<i64>(&terminated, "n")?, 1);
+    let mut allowed = 0;
+    for i in 2..6 {
+        match store
+            .record_decision(allow(&s, "web.search", &format!("c{i}"), T0 + 2))
+            .await
+        {
+            Ok(recorded) => {
+                assert!(committed(recorded)?.is_allow());
+                allowed += 1;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable(), "refused as unavailable: {e}");
+                assert_eq!(allowed, 0, "only the batch on the dead connection fails");
+            }
+        }
+    }
+    assert!(allowed >= 3, "{allowed} of 4 allowed after the reconnect");
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 2 + allowed));
+    Ok(())
+}
