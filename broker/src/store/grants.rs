@@ -14,6 +14,9 @@ const TABLE_RIGHTS: &[(&str, &str)] = &[
     ("_sqlx_migrations", "SELECT"),
 ];
 
+/// The broker's own functions that it calls.
+const FUNCTIONS: &[&str] = &["broker_require(boolean, text)"];
+
 use super::Error;
 
 /// Longest Postgres identifier.
@@ -54,6 +57,13 @@ pub fn postgres_grants(role: &str) -> Result<String, Error> {
     for (table, rights) in TABLE_RIGHTS {
         sql.push_str(&format!("GRANT {rights} ON {table} TO {r};\n"));
     }
+    // The audit writer's check inside its write statement (`pg_writer`); explicit, for databases where
+    // functions are not executable by PUBLIC.
+    for function in FUNCTIONS {
+        sql.push_str(&format!(
+            "REVOKE ALL ON FUNCTION {function} FROM {r};\nGRANT EXECUTE ON FUNCTION {function} TO {r};\n"
+        ));
+    }
     sql.push_str("COMMIT;\n");
     Ok(sql)
 }
@@ -72,6 +82,9 @@ mod tests {
             .filter(|l| l.starts_with("GRANT") && l.contains(" audit_events "))
             .collect();
         assert_eq!(audit_grants.len(), 1, "{audit_grants:?}");
+        assert!(sql.contains(
+            "GRANT EXECUTE ON FUNCTION broker_require(boolean, text) TO \"broker_app\";"
+        ));
         // Anything but a plain identifier is refused rather than quoted.
         for bad in [
             "",
