@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Connection, NoTls, Row, SimpleQueryMessage, Socket,
 use super::bulk::{event_rows, tool_call_rows, CallKey, EVENT_TYPES};
 use super::decisions::{self, Found, Wanted, Writes};
 use super::sql::{
-    stored_call, ChainHead, SessionRow, CHAIN_HEAD_SQL, EVENT_COLUMNS, SESSION_COLUMNS,
+    session_row, stored_call, ChainHead, CHAIN_HEAD_SQL, EVENT_COLUMNS, SESSION_COLUMNS,
 };
 use super::writer::{
     fail_after_commit, fail_before_commit, pg_begin, pg_chained_commit, pg_lock, Begun, Chain,
@@ -445,22 +445,7 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> R
 }
 
 fn session_from_row(row: &Row) -> Result<Session, Error> {
-    SessionRow {
-        id: get(row, "id")?,
-        agent: get(row, "agent")?,
-        user_id: get(row, "user_id")?,
-        tenant: get(row, "tenant")?,
-        tools: get(row, "tools")?,
-        purpose: get(row, "purpose")?,
-        created_at: get(row, "created_at")?,
-        expires_at: get(row, "expires_at")?,
-        max_tool_calls: get(row, "max_tool_calls")?,
-        tool_calls_used: get(row, "tool_calls_used")?,
-        closed_at: get(row, "closed_at")?,
-        collections: get(row, "collections")?,
-        labels: get(row, "labels")?,
-    }
-    .into_session()
+    session_row!(get, row).into_session()
 }
 
 fn pg(err: tokio_postgres::Error) -> Error {

@@ -79,23 +79,31 @@ pub(crate) fn session_by_id_sql() -> String {
 }
 
 pub(crate) fn session_from_row(row: &AnyRow) -> Result<Session, Error> {
-    SessionRow {
-        id: column(row, "id")?,
-        agent: column(row, "agent")?,
-        user_id: column(row, "user_id")?,
-        tenant: column(row, "tenant")?,
-        tools: column(row, "tools")?,
-        purpose: column(row, "purpose")?,
-        created_at: column(row, "created_at")?,
-        expires_at: column(row, "expires_at")?,
-        max_tool_calls: column(row, "max_tool_calls")?,
-        tool_calls_used: column(row, "tool_calls_used")?,
-        closed_at: column(row, "closed_at")?,
-        collections: column(row, "collections")?,
-        labels: column(row, "labels")?,
-    }
-    .into_session()
+    session_row!(column, row).into_session()
 }
+
+/// A [`SessionRow`] read column by column with `$get(row, "name")?`: each driver reads its own rows (sqlx
+/// here, rusqlite in `sqlite_writer`, tokio-postgres in `pg_writer`), with a generic `$get` of its own.
+macro_rules! session_row {
+    ($get:ident, $row:expr) => {
+        $crate::store::sql::SessionRow {
+            id: $get($row, "id")?,
+            agent: $get($row, "agent")?,
+            user_id: $get($row, "user_id")?,
+            tenant: $get($row, "tenant")?,
+            tools: $get($row, "tools")?,
+            purpose: $get($row, "purpose")?,
+            created_at: $get($row, "created_at")?,
+            expires_at: $get($row, "expires_at")?,
+            max_tool_calls: $get($row, "max_tool_calls")?,
+            tool_calls_used: $get($row, "tool_calls_used")?,
+            closed_at: $get($row, "closed_at")?,
+            collections: $get($row, "collections")?,
+            labels: $get($row, "labels")?,
+        }
+    };
+}
+pub(crate) use session_row;
 
 /// A `sessions` row as stored, whichever driver read it (or Postgres's `row_to_json`).
 #[derive(serde::Deserialize)]

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::bulk::{event_rows, tool_call_rows, CallKey};
 use super::decisions::{self, Found, Wanted, Writes};
 use super::sql::{
-    session_by_id_sql, stored_call, ChainHead, SessionRow, CHAIN_HEAD_SQL, EVENT_COLUMNS,
+    session_by_id_sql, session_row, stored_call, ChainHead, CHAIN_HEAD_SQL, EVENT_COLUMNS,
     RECORDED_CALL_SQL,
 };
 use super::writer::{fail_after_commit, fail_before_commit, Chain};
@@ -214,6 +214,11 @@ fn taken_event_ids(conn: &Connection, wanted: &Wanted<'_>) -> Result<HashSet<Str
     Ok(taken)
 }
 
+/// A column of a rusqlite row, by name (for [`session_row!`]).
+fn column<T: rusqlite::types::FromSql>(row: &rusqlite::Row<'_>, name: &str) -> rusqlite::Result<T> {
+    row.get(name)
+}
+
 fn sessions(conn: &Connection, wanted: &Wanted<'_>) -> Result<HashMap<String, Session>, Error> {
     let mut found = HashMap::new();
     if wanted.spenders.is_empty() {
@@ -224,23 +229,7 @@ fn sessions(conn: &Connection, wanted: &Wanted<'_>) -> Result<HashMap<String, Se
         .map_err(Error::from_rusqlite)?;
     for id in &wanted.spenders {
         let row = select
-            .query_row([id], |row| {
-                Ok(SessionRow {
-                    id: row.get("id")?,
-                    agent: row.get("agent")?,
-                    user_id: row.get("user_id")?,
-                    tenant: row.get("tenant")?,
-                    tools: row.get("tools")?,
-                    purpose: row.get("purpose")?,
-                    created_at: row.get("created_at")?,
-                    expires_at: row.get("expires_at")?,
-                    max_tool_calls: row.get("max_tool_calls")?,
-                    tool_calls_used: row.get("tool_calls_used")?,
-                    closed_at: row.get("closed_at")?,
-                    collections: row.get("collections")?,
-                    labels: row.get("labels")?,
-                })
-            })
+            .query_row([id], |row| Ok(session_row!(column, row)))
             .optional()
             .map_err(Error::from_rusqlite)?;
         if let Some(row) = row {
