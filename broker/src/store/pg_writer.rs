@@ -30,10 +30,11 @@ use tokio_postgres::{Client, Connection, NoTls, Row, SimpleQueryMessage, Socket,
 use super::bulk::{event_rows, tool_call_rows, CallKey, EVENT_TYPES};
 use super::decisions::{self, Found, Wanted, Writes};
 use super::sql::{
-    session_row, stored_call, ChainHead, CHAIN_HEAD_SQL, EVENT_COLUMNS, SESSION_COLUMNS,
+    session_row, stored_call, ChainHead, CHAIN_HEAD_SQL, CHAIN_LOCK_KEY, EVENT_COLUMNS,
+    SESSION_COLUMNS,
 };
 use super::writer::{
-    fail_after_commit, fail_before_commit, pg_begin, pg_chained_commit, pg_lock, Begun, Chain,
+    fail_after_commit, fail_before_commit, pg_lock, Begun, Chain, PG_PLANNER_SETTINGS,
 };
 use super::{Backend, DecisionRecord, Error, Recorded, RecordedCall};
 use crate::domain::session::Session;
@@ -87,11 +88,16 @@ impl PgWriter {
         Ok(Self {
             config,
             // Its statements are prepared once and run for every batch; planned anew each time (a custom
-            // plan for each set of arrays) they cost the database more than they run.
-            settings: format!(
-                "{}; SET plan_cache_mode = force_generic_plan",
-                settings.join("; ")
-            ),
+            // plan for each set of arrays) they cost the database more than they run. The planner
+            // settings the pool's transactions set with `SET LOCAL` hold here for the connection, which
+            // runs nothing but these statements.
+            settings: settings
+                .iter()
+                .cloned()
+                .chain(PG_PLANNER_SETTINGS.iter().map(|s| format!("SET {s}")))
+                .chain(["SET plan_cache_mode = force_generic_plan".to_owned()])
+                .collect::<Vec<_>>()
+                .join("; "),
             live: None,
         })
     }
@@ -151,7 +157,7 @@ impl PgWriter {
             .as_mut()
             .ok_or_else(|| Error::internal("the postgres audit writer lost its connection"))?;
         let start = match live.next {
-            Begun::No => Some(pg_begin()),
+            Begun::No => Some(format!("BEGIN; {}", pg_lock())),
             Begun::Unlocked => Some(pg_lock()),
             Begun::Locked => None,
         };
@@ -357,7 +363,10 @@ impl Live {
             &event_count,
         ];
         let commit = if chain {
-            pg_chained_commit()
+            format!(
+                "COMMIT; BEGIN; SELECT pg_try_advisory_xact_lock({}) AS locked",
+                CHAIN_LOCK_KEY
+            )
         } else {
             "COMMIT".to_owned()
         };

@@ -418,32 +418,32 @@ impl Drop for InTransaction {
     }
 }
 
-/// Postgres: the transaction's settings. The advisory lock serialises chain appends across every broker
-/// process sharing this database (released at commit or rollback). Every lookup in a batch is by key,
-/// for at most a few hundred keys. Without table statistics (autovacuum off, or a young fast-growing
-/// table) the planner hashes them against a sequential scan of `audit_events` and `tool_calls`: a cost
-/// that grows with the trail (measured: 1.3 ms of database CPU per decision at 80,000 events). The
-/// settings last until the commit.
-const PG_SETTINGS: &str =
-    "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+/// Postgres: the planner settings of the writer's statements. The advisory lock serialises chain appends
+/// across every broker process sharing this database (released at commit or rollback). Every lookup in a
+/// batch is by key, for at most a few hundred keys. Without table statistics (autovacuum off, or a young
+/// fast-growing table) the planner hashes them against a sequential scan of `audit_events` and
+/// `tool_calls`: a cost that grows with the trail (measured: 1.3 ms of database CPU per decision at
+/// 80,000 events). The pool's connections set them per transaction (`SET LOCAL`, until the commit);
+/// `pg_writer`'s connection, which runs nothing else, once per connection.
+pub(super) const PG_PLANNER_SETTINGS: [&str; 3] = [
+    "enable_seqscan = off",
+    "enable_hashjoin = off",
+    "enable_mergejoin = off",
+];
 
 /// Postgres: takes the chain lock, waiting for it.
 pub(super) fn pg_lock() -> String {
     format!("SELECT pg_advisory_xact_lock({})", sql::CHAIN_LOCK_KEY)
 }
 
-/// Postgres: a transaction's start, in one simple query (one round trip).
-pub(super) fn pg_begin() -> String {
-    format!("BEGIN; {PG_SETTINGS}; {}", pg_lock())
-}
-
-/// Postgres: the commit, and the next transaction's start, trying for the chain lock without waiting
-/// (another broker may hold it): its one row, `locked`, says whether it was had.
-pub(super) fn pg_chained_commit() -> String {
-    format!(
-        "COMMIT; BEGIN; {PG_SETTINGS}; SELECT pg_try_advisory_xact_lock({}) AS locked",
-        sql::CHAIN_LOCK_KEY
-    )
+/// Postgres: a transaction's start on a pool connection, with its planner settings, in one simple query
+/// (one round trip).
+fn pg_begin() -> String {
+    let settings: Vec<String> = PG_PLANNER_SETTINGS
+        .iter()
+        .map(|s| format!("SET LOCAL {s}"))
+        .collect();
+    format!("BEGIN; {}; {}", settings.join("; "), pg_lock())
 }
 
 /// One transaction for the whole batch, bounded in time. A batch made only of plain decisions goes to the
