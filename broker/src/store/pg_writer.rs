@@ -33,9 +33,7 @@ use super::sql::{
     session_row, stored_call, ChainHead, CHAIN_HEAD_SQL, CHAIN_LOCK_KEY, EVENT_COLUMNS,
     SESSION_COLUMNS,
 };
-use super::writer::{
-    fail_after_commit, fail_before_commit, pg_lock, Begun, Chain, PG_PLANNER_SETTINGS,
-};
+use super::writer::{fail_after_commit, fail_before_commit, pg_lock, Chain, PG_PLANNER_SETTINGS};
 use super::{Backend, DecisionRecord, Error, Recorded, RecordedCall};
 use crate::domain::session::Session;
 
@@ -59,6 +57,17 @@ struct Live {
     statements: Statements,
     /// How far the next transaction has started (a chained commit begins it).
     next: Begun,
+}
+
+/// How far the next transaction has started on this connection: a commit that finds more jobs waiting
+/// begins the next transaction in the same round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begun {
+    No,
+    /// Open, but without the chain lock (another broker had it).
+    Unlocked,
+    /// Open, holding the chain lock.
+    Locked,
 }
 
 struct Statements {

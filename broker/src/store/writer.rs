@@ -382,17 +382,6 @@ pub(crate) async fn run(
     tracing::debug!("audit writer stopped: every store handle is gone");
 }
 
-/// How far the next transaction has started on the Postgres writer connection (`pg_writer`): a commit
-/// that finds more jobs waiting begins the next transaction in the same round trip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Begun {
-    No,
-    /// Open, with its settings, but without the chain lock (another broker had it).
-    Unlocked,
-    /// Open, holding the chain lock.
-    Locked,
-}
-
 /// A connection inside a transaction the writer began with plain SQL. Dropped without being disarmed (an
 /// error, a timeout, a panic), it closes the connection instead of returning it to the pool: the database
 /// then rolls the transaction back and releases the chain lock, and no pool user inherits either.
