@@ -13,6 +13,13 @@
 //! COMMIT that follows it then rolls back. Migration `20250601000000_broker_require` adds `broker_require`,
 //! which fails the statement when the writes do not match what the batch applied.
 //!
+//! When the writer knows what the reads would return, because every append since it last read was its
+//! own, a batch is ONE round trip: the transaction's start, the writes and the commit sent together
+//! ([`Known`]). The write statement makes the database check that knowledge (the chain head it links to
+//! is still the last event, no call it remembers was remembered before, no event id is taken); when the
+//! database disagrees, the statement fails, the COMMIT behind it rolls back, and the batch is read and
+//! written again the two-round-trip way.
+//!
 //! What a batch decides is `decisions::apply`, shared with the sqlx path. Batches holding anything else
 //! (sessions, kill switches, approvals) still go through sqlx; the writer task runs one batch at a time
 //! and closes this connection's open transaction before one of those, so the two never wait on each
@@ -57,6 +64,78 @@ struct Live {
     statements: Statements,
     /// How far the next transaction has started (a chained commit begins it).
     next: Begun,
+    known: Known,
+}
+
+/// What the database holds because this writer committed it: the chain head after its last commit, and
+/// the sessions its batches read (under the chain lock) or spent since. Every session change appends an
+/// event under the chain lock, in the same transaction (a decision, a close, labels, a refund beside an
+/// approval), so while the head is the one this writer left, no session changed behind its back. The
+/// write statement checks that head; a batch on any other connection (the pool's, for mixed batches)
+/// makes the writer forget what it knew.
+#[derive(Default)]
+struct Known {
+    head: Option<ChainHead>,
+    sessions: HashMap<String, Session>,
+}
+
+/// Sessions remembered at most; past it the writer forgets them all and reads again.
+const KNOWN_SESSIONS_MAX: usize = 4096;
+
+impl Known {
+    fn forget(&mut self) {
+        self.head = None;
+        self.sessions.clear();
+    }
+
+    /// What the batch's reads would find, when all of it is known: the head, the spenders' sessions, and
+    /// no remembered call or taken event id (when there is one, the write fails and the batch is read).
+    fn found(&self, wanted: &Wanted<'_>) -> Option<(ChainHead, Found)> {
+        let head = self.head.clone()?;
+        let sessions = wanted
+            .spenders
+            .iter()
+            .map(|id| self.sessions.get(*id).map(|s| (s.id.clone(), s.clone())))
+            .collect::<Option<HashMap<_, _>>>()?;
+        Some((
+            head,
+            Found {
+                remembered: HashMap::new(),
+                taken: HashSet::new(),
+                sessions,
+            },
+        ))
+    }
+
+    /// After a commit that left the chain at `head`: `read`, the sessions read under its lock, and the
+    /// counts it wrote.
+    fn learn(
+        &mut self,
+        head: Option<ChainHead>,
+        read: HashMap<String, Session>,
+        used: &[(String, u32)],
+    ) {
+        if self.sessions.len() + read.len() > KNOWN_SESSIONS_MAX {
+            self.sessions.clear();
+        }
+        self.head = head;
+        self.sessions.extend(read);
+        for (id, n) in used {
+            match self.sessions.get_mut(id) {
+                Some(s) => s.tool_calls_used = *n,
+                // Spent, so read: not knowing it would be a bug; reading again is the safe answer.
+                None => self.forget(),
+            }
+        }
+    }
+}
+
+/// How a batch's writes and commit ended, when the connection still answers.
+enum Written {
+    /// Committed; how far the next transaction has started.
+    Committed(Begun),
+    /// The write statement failed, and the COMMIT behind it rolled the transaction back.
+    Refused(Error, Begun),
 }
 
 /// How far the next transaction has started on this connection: a commit that finds more jobs waiting
@@ -142,6 +221,10 @@ impl PgWriter {
     /// before the writer's other connection needs the lock. A connection that cannot, by `deadline`, is
     /// closed (which ends the transaction too).
     pub(crate) async fn release(&mut self, deadline: tokio::time::Instant) {
+        if let Some(live) = self.live.as_mut() {
+            // The mixed batch about to run appends to the chain and may change sessions.
+            live.known.forget();
+        }
         let Some(live) = self.live.as_mut().filter(|l| l.next != Begun::No) else {
             return;
         };
@@ -165,26 +248,67 @@ impl PgWriter {
             .live
             .as_mut()
             .ok_or_else(|| Error::internal("the postgres audit writer lost its connection"))?;
-        let start = match live.next {
-            Begun::No => Some(format!("BEGIN; {}", pg_lock())),
-            Begun::Unlocked => Some(pg_lock()),
-            Begun::Locked => None,
-        };
         let wanted = Wanted::of(recs);
-        let (head, found) = live.read(start.as_deref(), &wanted).await?;
-        let mut chain = Chain::start(head, Backend::Postgres);
-        let (answers, writes) = decisions::apply(&mut chain, recs, found)?;
-        fail_before_commit()?;
-        // The commit goes out with the writes: a batch whose callers were told `Timeout` is not sent on.
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::timeout(
-                "audit transaction did not reach its commit in time (postgres)",
-            ));
+        if let Some((head, found)) = live.known.found(&wanted) {
+            let mut chain = Chain::start(Some(head.clone()), Backend::Postgres);
+            let (answers, writes) = decisions::apply(&mut chain, recs, found)?;
+            before_commit(deadline)?;
+            let start = live.start();
+            match live
+                .write_and_commit(start.as_deref(), &writes, Some(&head), more_waiting())
+                .await?
+            {
+                Written::Committed(next) => {
+                    live.next = next;
+                    live.known.learn(chain.head(), HashMap::new(), &writes.used);
+                    fail_after_commit()?;
+                    return Ok(answers);
+                }
+                Written::Refused(e, next) => {
+                    // Rolled back: the database is not as this writer knew it (another broker appended, a
+                    // call is a retry, an event id is taken) or refused the write. Read, and try again.
+                    tracing::debug!(error = %e, "audit batch read again: the database differs from what the writer knew");
+                    live.next = next;
+                    live.known.forget();
+                }
+            }
         }
-        live.next = live.write_and_commit(&writes, more_waiting()).await?;
+        let start = live.start();
+        let (head, found) = live.read(start.as_deref(), &wanted).await?;
+        if head.is_none() || live.known.head != head {
+            // Someone else appended since this writer's last commit: what it knew of sessions may be old.
+            live.known.forget();
+        }
+        let read = found.sessions.clone();
+        let mut chain = Chain::start(head.clone(), Backend::Postgres);
+        let (answers, writes) = decisions::apply(&mut chain, recs, found)?;
+        before_commit(deadline)?;
+        match live
+            .write_and_commit(None, &writes, head.as_ref(), more_waiting())
+            .await?
+        {
+            Written::Committed(next) => {
+                live.next = next;
+                live.known.learn(chain.head(), read, &writes.used);
+            }
+            // Read under the chain lock, yet refused: a failure, not a difference to resolve.
+            Written::Refused(e, _) => return Err(e),
+        }
         fail_after_commit()?;
         Ok(answers)
     }
+}
+
+/// Just before a batch's commit is sent: the fail point, and the deadline (the commit goes out with the
+/// writes, so a batch whose callers were told `Timeout` is not sent on).
+fn before_commit(deadline: tokio::time::Instant) -> Result<(), Error> {
+    fail_before_commit()?;
+    if tokio::time::Instant::now() >= deadline {
+        return Err(Error::timeout(
+            "audit transaction did not reach its commit in time (postgres)",
+        ));
+    }
+    Ok(())
 }
 
 impl Live {
@@ -210,7 +334,18 @@ impl Live {
             client,
             connection,
             next: Begun::No,
+            known: Known::default(),
         })
+    }
+
+    /// What the next transaction still needs sent before its first statement: its start and the chain
+    /// lock, or only the lock, or nothing (a chained commit began it and took the lock).
+    fn start(&self) -> Option<String> {
+        match self.next {
+            Begun::No => Some(format!("BEGIN; {}", pg_lock())),
+            Begun::Unlocked => Some(pg_lock()),
+            Begun::Locked => None,
+        }
     }
 
     /// `start` (the transaction's beginning and the chain lock, when not yet taken) and every read of
@@ -299,10 +434,18 @@ impl Live {
         ))
     }
 
-    /// The writes and the commit, sent together: one round trip. With `chain`, the commit also begins the
-    /// next transaction and tries for the chain lock without waiting. Returns how far the next
-    /// transaction has started.
-    async fn write_and_commit(&mut self, writes: &Writes<'_>, chain: bool) -> Result<Begun, Error> {
+    /// `start` (when the transaction is not yet begun and locked), the writes and the commit, sent
+    /// together: one round trip. The write fails unless the chain's last event is `head` (`None`: the
+    /// chain is empty) and every call it remembers is new. With `chain`, the commit also begins the next
+    /// transaction and tries for the chain lock without waiting. `Err`: the connection or its start
+    /// failed, or the commit did not answer.
+    async fn write_and_commit(
+        &mut self,
+        start: Option<&str>,
+        writes: &Writes<'_>,
+        head: Option<&ChainHead>,
+        chain: bool,
+    ) -> Result<Written, Error> {
         let Live {
             client: c,
             connection,
@@ -341,7 +484,10 @@ impl Live {
         let hash: Vec<&str> = events.iter().map(|e| e.hash).collect();
         let used_count = i64::try_from(used_ids.len()).unwrap_or(i64::MAX);
         let event_count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let params: [&(dyn ToSql + Sync); 28] = [
+        let call_count = i64::try_from(calls.len()).unwrap_or(i64::MAX);
+        let head_seq: Option<i64> = head.map(|h| h.seq);
+        let head_hash: Option<&str> = head.map(|h| h.hash.as_str());
+        let params: [&(dyn ToSql + Sync); 31] = [
             &used_ids,
             &used_n,
             &call_session,
@@ -370,6 +516,9 @@ impl Live {
             &hash,
             &used_count,
             &event_count,
+            &head_seq,
+            &head_hash,
+            &call_count,
         ];
         let commit = if chain {
             format!(
@@ -384,27 +533,36 @@ impl Live {
         // because the write is a prepared `Statement`, sent on its first poll: given SQL text, the client
         // would prepare it in a round trip of its own first, and the COMMIT would overtake it (test
         // `postgres_a_refused_write_rolls_back_the_commit_sent_behind_it`).
-        let (written, committed) = drive(
+        let begin = async {
+            match start {
+                Some(sql) => c.batch_execute(sql).await,
+                None => Ok(()),
+            }
+        };
+        let (begun, written, committed) = drive(
             connection,
-            futures::future::join(
+            futures::future::join3(
+                begin,
                 c.execute(&statements.write, &params),
                 c.simple_query(&commit),
             ),
         )
         .await?;
-        written.map_err(pg)?;
+        begun.map_err(pg)?;
         let committed = committed.map_err(pg)?;
-        if !chain {
-            return Ok(Begun::No);
-        }
-        let locked = committed.iter().any(|m| match m {
+        let next = if !chain {
+            Begun::No
+        } else if committed.iter().any(|m| match m {
             SimpleQueryMessage::Row(row) => row.get("locked") == Some("t"),
             _ => false,
-        });
-        Ok(if locked {
+        }) {
             Begun::Locked
         } else {
             Begun::Unlocked
+        };
+        Ok(match written {
+            Ok(_) => Written::Committed(next),
+            Err(e) => Written::Refused(pg(e), next),
         })
     }
 }
@@ -433,7 +591,8 @@ const TAKEN_SQL: &str = "SELECT event_id FROM audit_events WHERE event_id = ANY(
 
 /// The batch's writes in one statement: the sessions' new counts, the calls to remember, the events;
 /// then `broker_require` fails the statement (so the transaction, so the COMMIT sent behind it) unless
-/// every session was updated and every event stored.
+/// every session was updated, every call remembered anew and every event stored, linked to the chain's
+/// last event as it was before the statement ($29 and $30; both NULL for an empty chain).
 fn write_sql() -> String {
     let event_params: Vec<String> = EVENT_TYPES
         .iter()
@@ -447,12 +606,15 @@ fn write_sql() -> String {
          calls AS (\
              INSERT INTO tool_calls (session_id, agent, call_id, arguments_digest, decision, recorded_at) \
              SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[]) \
-             ON CONFLICT (session_id, agent, call_id) DO NOTHING), \
+             ON CONFLICT (session_id, agent, call_id) DO NOTHING RETURNING 1), \
          events AS (\
              INSERT INTO audit_events ({EVENT_COLUMNS}) SELECT * FROM unnest({}) RETURNING 1) \
          SELECT broker_require(\
-             (SELECT count(*) FROM used) = $27 AND (SELECT count(*) FROM events) = $28, \
-             'the audit batch''s writes do not match what it applied')",
+             (SELECT count(*) FROM used) = $27 AND (SELECT count(*) FROM events) = $28 \
+             AND (SELECT count(*) FROM calls) = $31 \
+             AND (SELECT max(seq) FROM audit_events) IS NOT DISTINCT FROM $29::int8 \
+             AND ($29::int8 IS NULL OR (SELECT hash FROM audit_events WHERE seq = $29::int8) = $30::text), \
+             'the audit batch''s writes do not match the database (chain head, sessions, remembered calls or events)')",
         event_params.join(", ")
     )
 }

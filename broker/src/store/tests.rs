@@ -76,6 +76,7 @@ contract_tests!(
     labels_for_a_missing_session_or_a_bad_event_write_nothing,
     concurrent_labels_on_two_brokers_all_land,
     allows_decided_on_fewer_labels_are_stale_and_write_nothing,
+    a_writer_sees_what_another_broker_changed_between_its_batches,
 );
 
 // -------------------------------------------------------------------------------------------------
@@ -2687,6 +2688,122 @@ async fn postgres_listener_reports_a_lost_connection_and_listens_again() -> Test
     }
     assert!(engaged_ok, "the writer did not recover");
     assert_eq!(next_change(&mut listener).await?, Some(k.id.clone()));
+    Ok(())
+}
+
+/// A writer that remembers what it committed (Postgres's `pg_writer` records a batch without reading
+/// when nobody else appended since its last commit) must notice every change another broker made in
+/// between: budget spent, a session closed, labels added, a call already remembered, an event id taken.
+/// Each of store A's decisions below comes after a batch of A's that left the sessions known to it.
+async fn a_writer_sees_what_another_broker_changed_between_its_batches(db: &TestDb) -> TestResult {
+    let a = db.store();
+    let b = db.connect_another(TestDb::test_config()).await?;
+    // A decision of A's that commits: afterwards A knows `s` and the chain head.
+    let learn = |s: &Session, call_id: &str, at: Micros| {
+        let rec = allow(s, "web.search", call_id, at);
+        async move {
+            let recorded = a.record_decision(rec).await.map_err(|e| e.to_string())?;
+            committed(recorded)
+        }
+    };
+    let (spent, shut, tainted) = (session(3), session(10), session(10));
+    for s in [&spent, &shut, &tainted] {
+        a.open_session(s, opened(s)).await?;
+    }
+    for (call_id, at) in [("a1", T0 + 1), ("a2", T0 + 2)] {
+        for s in [&spent, &shut, &tainted] {
+            assert!(learn(s, call_id, at).await?.is_allow());
+        }
+    }
+
+    // Budget: A spent 2 of 3, B spends the last one; A's next ALLOW is overruled.
+    assert!(committed(
+        b.record_decision(allow(&spent, "web.search", "b1", T0 + 3))
+            .await?
+    )?
+    .is_allow());
+    let late = committed(
+        a.record_decision(allow(&spent, "web.search", "a3", T0 + 4))
+            .await?,
+    )?;
+    assert_eq!(reason_codes(&late), vec![ReasonCode::BudgetExhausted]);
+
+    // Closed by B, then A records in a session it did not know (so it reads, and finds the chain moved):
+    // what A knew of the closed session from before must not be trusted either.
+    let other = session(10);
+    b.open_session(&other, opened(&other)).await?;
+    assert!(learn(&shut, "a3", T0 + 5).await?.is_allow());
+    b.close_session(&shut.id, T0 + 6, closed(&shut, T0 + 6))
+        .await?;
+    assert!(learn(&other, "a1", T0 + 7).await?.is_allow());
+    let after_close = committed(
+        a.record_decision(allow(&shut, "web.search", "a4", T0 + 7))
+            .await?,
+    )?;
+    assert_eq!(reason_codes(&after_close), vec![ReasonCode::SessionClosed]);
+
+    // Labels added by B: an ALLOW decided on the labels A knew of is stale, and nothing is written.
+    assert!(learn(&tainted, "a3", T0 + 8).await?.is_allow());
+    b.add_session_labels(
+        &tainted.id,
+        &strings(&["pii"]),
+        labelled(
+            &tainted,
+            EventKind::RetrievalDecided,
+            &serde_json::json!({}),
+            T0 + 9,
+        ),
+        T0 + 9,
+    )
+    .await?
+    .ok_or("session not found")?;
+    let before = last_seq(a).await?;
+    let mut stale = allow(&tainted, "web.search", "a4", T0 + 10);
+    stale.labels_seen = Some(tainted.labels.len());
+    assert_eq!(a.record_decision(stale).await?, Recorded::Stale);
+    assert_eq!(last_seq(a).await?, before, "nothing was appended");
+    let labelled_now = tainted.labels.len() + 1;
+    let with_labels = |call_id: &str, at: Micros| {
+        let mut rec = allow(&tainted, "web.search", call_id, at);
+        rec.labels_seen = Some(labelled_now);
+        rec
+    };
+
+    // A call B remembered, retried through A: replayed; nothing spent or appended.
+    let first = committed(b.record_decision(with_labels("b2", T0 + 11)).await?)?;
+    assert!(committed(a.record_decision(with_labels("a4", T0 + 12)).await?)?.is_allow());
+    let used = a.session(&tainted.id).await?.map(|s| s.tool_calls_used);
+    let before = last_seq(a).await?;
+    match a.record_decision(with_labels("b2", T0 + 13)).await? {
+        Recorded::Replayed(prior) => assert_eq!(prior.decision, first),
+        other => return Err(format!("expected a replay, got {other:?}").into()),
+    }
+    assert_eq!(last_seq(a).await?, before, "a replay appends nothing");
+    assert_eq!(
+        a.session(&tainted.id).await?.map(|s| s.tool_calls_used),
+        used
+    );
+
+    // An event id B already used: that decision's own conflict; A's next decision commits.
+    let taken = with_labels("b3", T0 + 14);
+    committed(b.record_decision(taken.clone()).await?)?;
+    assert!(committed(a.record_decision(with_labels("a5", T0 + 15)).await?)?.is_allow());
+    let mut reused = with_labels("a6", T0 + 16);
+    reused.call.event_id = taken.call.event_id.clone();
+    let conflict = a.record_decision(reused).await;
+    assert_eq!(
+        kind_of(&conflict),
+        Some(ErrorKind::Conflict),
+        "{conflict:?}"
+    );
+    assert!(committed(a.record_decision(with_labels("a7", T0 + 17)).await?)?.is_allow());
+
+    assert_eq!(
+        a.session(&spent.id).await?.map(|s| s.tool_calls_used),
+        Some(3)
+    );
+    let report = a.verify_chain().await?;
+    assert!(report.ok, "{report:?}");
     Ok(())
 }
 

@@ -597,6 +597,14 @@ impl Chain {
         self.backend
     }
 
+    /// The last event placed; `None` while the chain is empty.
+    pub(super) fn head(&self) -> Option<ChainHead> {
+        (self.seq > 0).then(|| ChainHead {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        })
+    }
+
     /// Places `body` after the head and moves the head; the caller stores the event in this transaction.
     pub(super) fn link(&mut self, body: EventBody) -> Result<AuditEvent, Error> {
         let event = AuditEvent::chain(self.seq + 1, self.hash.clone(), body)
