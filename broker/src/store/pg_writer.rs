@@ -1,6 +1,6 @@
 //! Postgres's batches of plain decisions on a connection of their own (tokio-postgres), pipelined: a
-//! batch is two round trips, the start of its transaction with every read, then its writes with the
-//! commit.
+//! batch is one round trip while the writer knows what its reads would return (see [`Known`] below),
+//! otherwise two, the start of its transaction with every read, then its writes with the commit.
 //!
 //! sqlx sends one statement and waits for its answer before the next, so a batch was four round trips
 //! (BEGIN with the chain lock, the reads, the writes, COMMIT), and on a loaded two-core machine each one
