@@ -5,9 +5,10 @@
 //! 1. a call already remembered under its key (in the database, or earlier in this run) is replayed;
 //! 2. an event id already in the chain is that decision's own conflict;
 //! 3. an ALLOW spends one tool call of an open, unexpired session with budget left, or is overruled to a
-//!    DENY saying why (the sessions are read here, under the chain lock that every session write takes,
-//!    so counting in memory is counting in the database); an ALLOW decided on fewer labels than its
-//!    session has is answered `Stale`, with nothing written;
+//!    DENY saying why (the sessions are read under the chain lock that every session write takes, or,
+//!    on Postgres, known to the writer from its own commits while the chain head is the one it left:
+//!    `pg_writer::Known`; so counting in memory is counting in the database); an ALLOW decided on fewer
+//!    labels than its session has is answered `Stale`, with nothing written;
 //! 4. the final decision is remembered (when asked) and its event placed in the chain.
 //!
 //! Then the writes: the sessions' new counts, the remembered calls, the events. All inside the batch's
