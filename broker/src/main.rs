@@ -262,9 +262,8 @@ fn init_tracing(json: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    match start(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -273,7 +272,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The configuration first: it says how many threads the runtime gets.
+fn start(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = cli.global;
     let overrides = Overrides {
         listen: g.listen,
@@ -282,7 +282,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         data_dir: g.data_dir,
     };
     let config = Config::load(g.config.as_deref(), &overrides)?;
-    match cli.command {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve { log_json } => serve(config, log_json).await,
         Command::Migrate => {
             let store = Store::connect(&config.store_config()).await?;

@@ -304,3 +304,25 @@ fn serve_refuses_to_start_without_policies() {
     assert!(!out.status.success());
     assert!(text(&out).contains("no policies found"), "{}", text(&out));
 }
+
+#[test]
+fn worker_threads_sets_the_runtime_and_a_bad_count_is_refused_by_name() {
+    let run = |threads: &str| {
+        Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(["policy", "check", &policies()])
+            .env_remove("BROKER_CONFIG")
+            .env("BROKER_WORKER_THREADS", threads)
+            .output()
+            .unwrap()
+    };
+    let one = run("1");
+    assert!(one.status.success(), "{}", text(&one));
+    assert!(text(&one).contains("are valid"), "{}", text(&one));
+    let absurd = run("100000");
+    assert!(!absurd.status.success());
+    assert!(
+        text(&absurd).contains("`worker_threads`: at most 1024"),
+        "{}",
+        text(&absurd)
+    );
+}
