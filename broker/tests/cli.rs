@@ -20,9 +20,14 @@ use broker::store::testing::TestDb;
 use broker::store::{Backend, Store};
 
 fn broker(args: &[&str]) -> Output {
+    broker_with_env(args, &[])
+}
+
+fn broker_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_broker"))
         .args(args)
         .env_remove("BROKER_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -308,12 +313,10 @@ fn serve_refuses_to_start_without_policies() {
 #[test]
 fn worker_threads_sets_the_runtime_and_a_bad_count_is_refused_by_name() {
     let run = |threads: &str| {
-        Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["policy", "check", &policies()])
-            .env_remove("BROKER_CONFIG")
-            .env("BROKER_WORKER_THREADS", threads)
-            .output()
-            .unwrap()
+        broker_with_env(
+            &["policy", "check", &policies()],
+            &[("BROKER_WORKER_THREADS", threads)],
+        )
     };
     let one = run("1");
     assert!(one.status.success(), "{}", text(&one));

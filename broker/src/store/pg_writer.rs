@@ -376,12 +376,7 @@ impl Live {
             );
         // Polled together, in this order: each request is sent on its first poll, before any answer is
         // awaited (`join5` polls in order).
-        let begin = async {
-            match start {
-                Some(sql) => c.batch_execute(sql).await,
-                None => Ok(()),
-            }
-        };
+        let begin = send_start(c, start);
         let call_params: [&(dyn ToSql + Sync); 3] = [&sessions_of, &agents, &call_ids];
         let event_ids: [&(dyn ToSql + Sync); 1] = [&wanted.event_ids];
         let spenders: [&(dyn ToSql + Sync); 1] = [&wanted.spenders];
@@ -533,12 +528,7 @@ impl Live {
         // because the write is a prepared `Statement`, sent on its first poll: given SQL text, the client
         // would prepare it in a round trip of its own first, and the COMMIT would overtake it (test
         // `postgres_a_refused_write_rolls_back_the_commit_sent_behind_it`).
-        let begin = async {
-            match start {
-                Some(sql) => c.batch_execute(sql).await,
-                None => Ok(()),
-            }
-        };
+        let begin = send_start(c, start);
         let (begun, written, committed) = drive(
             connection,
             futures::future::join3(
@@ -564,6 +554,15 @@ impl Live {
             Ok(_) => Written::Committed(next),
             Err(e) => Written::Refused(pg(e), next),
         })
+    }
+}
+
+/// Sends `start` (the transaction's beginning and the chain lock, as far as not yet sent); nothing is
+/// sent before its first poll, so polled first, it goes out ahead of the batch's statements.
+async fn send_start(c: &Client, start: Option<&str>) -> Result<(), tokio_postgres::Error> {
+    match start {
+        Some(sql) => c.batch_execute(sql).await,
+        None => Ok(()),
     }
 }
 

@@ -2150,6 +2150,20 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|&i| i.to_owned()).collect()
 }
 
+/// `store` adds the label `pii` to `s` at `at`, as a retrieval batch would.
+async fn label_pii(store: &Store, s: &Session, at: Micros) -> TestResult {
+    store
+        .add_session_labels(
+            &s.id,
+            &strings(&["pii"]),
+            labelled(s, EventKind::RetrievalDecided, &serde_json::json!({}), at),
+            at,
+        )
+        .await?
+        .ok_or("session not found")?;
+    Ok(())
+}
+
 async fn session_collections_and_labels_round_trip(db: &TestDb) -> TestResult {
     let store = db.store();
     // Collections are kept as given; labels are stored sorted and unique.
@@ -2744,19 +2758,7 @@ async fn a_writer_sees_what_another_broker_changed_between_its_batches(db: &Test
 
     // Labels added by B: an ALLOW decided on the labels A knew of is stale, and nothing is written.
     assert!(learn(&tainted, "a3", T0 + 8).await?.is_allow());
-    b.add_session_labels(
-        &tainted.id,
-        &strings(&["pii"]),
-        labelled(
-            &tainted,
-            EventKind::RetrievalDecided,
-            &serde_json::json!({}),
-            T0 + 9,
-        ),
-        T0 + 9,
-    )
-    .await?
-    .ok_or("session not found")?;
+    label_pii(&b, &tainted, T0 + 9).await?;
     let before = last_seq(a).await?;
     let mut stale = allow(&tainted, "web.search", "a4", T0 + 10);
     stale.labels_seen = Some(tainted.labels.len());
@@ -2814,20 +2816,7 @@ async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb)
     let s = session(10);
     let a = open_and_request(store, &s, "c1", 1, T0 + 10).await?;
     approve(store, &a, "bob", T0 + 20).await?;
-    store
-        .add_session_labels(
-            &s.id,
-            &strings(&["pii"]),
-            labelled(
-                &s,
-                EventKind::RetrievalDecided,
-                &serde_json::json!({}),
-                T0 + 25,
-            ),
-            T0 + 25,
-        )
-        .await?
-        .ok_or("session not found")?;
+    label_pii(store, &s, T0 + 25).await?;
     let before = last_seq(store).await?;
     let used_before = store.session(&s.id).await?.map(|s| s.tool_calls_used);
 
