@@ -329,3 +329,133 @@ fn worker_threads_sets_the_runtime_and_a_bad_count_is_refused_by_name() {
         text(&absurd)
     );
 }
+
+/// `broker serve`, as an operator runs it: SQLite in `data`, the policies in `policies`, logs at `info`
+/// into `log`.
+fn serve(policies: &Path, data: &Path, log: &Path) -> (std::process::Child, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["serve", "--listen", &addr.to_string()])
+        .arg("--policies")
+        .arg(policies)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("BROKER_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, format!("http://{addr}"))
+}
+
+/// Kills the child when the test ends, passing or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hangup(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Polls `check` every 50 ms until it holds; fails after 30 s naming `what`.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policies_and_an_invalid_set_leaves_the_one_in_effect() {
+    use broker::auth::{dev, AuthConfig, Role};
+    use broker_sdk::{Client, Outcome, SessionRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(self::policies()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // The dev issuer's key, created here so that this test can mint the agent's token.
+    let (secret, _) = dev::load_or_create_secret(&data).unwrap();
+    let cfg = AuthConfig::default();
+    let token = dev::mint(
+        &secret,
+        &cfg,
+        &dev::TokenRequest {
+            subject: "agent-1".into(),
+            roles: vec![Role::Agent],
+            on_behalf_of: Some("alice".into()),
+            tenant: None,
+            groups: vec![],
+            ttl: std::time::Duration::from_secs(600),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+        },
+    )
+    .unwrap();
+    let log = dir.path().join("broker.log");
+    let (child, endpoint) = serve(&policies, &data, &log);
+    let child = Killed(child);
+    let connect = || Client::connect(endpoint.clone(), token.clone());
+    eventually("the broker to start", || async { connect().await.is_ok() }).await;
+    let agent = connect().await.unwrap();
+    let session = agent
+        .open_session(SessionRequest::new(["web.search"]).max_tool_calls(10_000))
+        .await
+        .unwrap()
+        .session_id;
+    let query = serde_json::json!({"query": "x"});
+    let search = || agent.authorize(&session, "web.search", &query);
+    assert!(search().await.unwrap().is_allowed());
+
+    std::fs::write(
+        policies.join("freeze.cedar"),
+        "@id(\"web-search-frozen\")\n@reason(\"web search is paused\")\nforbid (principal, action == Action::\"web.search\", resource);\n",
+    )
+    .unwrap();
+    hangup(&child.0);
+    let frozen = || async {
+        let d = search().await.unwrap();
+        d.outcome == Outcome::Deny
+            && d.reason("POLICY_DENY")
+                .is_some_and(|r| r.policy_id.as_deref() == Some("web-search-frozen"))
+    };
+    eventually("the reloaded forbid to deny", frozen).await;
+
+    // A set that fails validation is refused whole: the freeze stays, nothing opens.
+    std::fs::write(
+        policies.join("typo.cedar"),
+        "permit (principal, action == Action::\"no.such.tool\", resource);\n",
+    )
+    .unwrap();
+    hangup(&child.0);
+    eventually("the broker to refuse the invalid set", || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("policy reload refused")
+    })
+    .await;
+    assert!(frozen().await, "the set in effect stays");
+}

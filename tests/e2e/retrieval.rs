@@ -142,15 +142,45 @@ async fn malformed_documents_are_denied_alone_and_the_batch_is_capped(backend: D
         "{}",
         err.message()
     );
-    // At the cap it is fine.
-    assert_eq!(
-        c.authorize_retrieval(&s, &refs[..1000])
-            .await
-            .unwrap()
-            .allowed_ids
-            .len(),
-        1000
-    );
+    // At the cap it is fine. A batch this large is decided on a blocking thread (small ones on the
+    // worker): the same verdicts, each for its own document, in input order.
+    let too_secret = doc("acme", "kb", 3, &[]);
+    let mixed: Vec<(String, &Value)> = (0..1000)
+        .map(|i| {
+            let v = match i % 3 {
+                0 => &good,
+                1 => &too_secret,
+                _ => &wrong_type,
+            };
+            (format!("d{i}"), v)
+        })
+        .collect();
+    let refs: Vec<(&str, &Value)> = mixed.iter().map(|(id, v)| (id.as_str(), *v)).collect();
+    let r = c.authorize_retrieval(&s, &refs).await.unwrap();
+    assert_eq!(r.documents.len(), 1000);
+    let expected_allowed: Vec<String> = (0..1000)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("d{i}"))
+        .collect();
+    assert_eq!(r.allowed_ids, expected_allowed);
+    for (i, d) in r.documents.iter().enumerate() {
+        assert_eq!(d.id, format!("d{i}"));
+        match i % 3 {
+            0 => assert_eq!(d.outcome, Outcome::Allow, "{d:?}"),
+            1 => assert!(
+                d.outcome == Outcome::Deny
+                    && d.reasons
+                        .iter()
+                        .any(|r| r.policy_id.as_deref() == Some("classification-within-clearance")),
+                "{d:?}"
+            ),
+            _ => assert!(
+                d.outcome == Outcome::Deny
+                    && d.reasons.iter().any(|r| r.code == "INVALID_ARGUMENTS"),
+                "{d:?}"
+            ),
+        }
+    }
 }
 both!(malformed_documents_are_denied_alone_and_the_batch_is_capped);
 
