@@ -278,7 +278,7 @@ fn hash_input(seq: i64, prev_hash: &str, body: &EventBody) -> Result<Vec<u8>, Er
         body,
     };
     // The same bytes without serde_jcs's buffer per member (a tenth of the broker's CPU under load).
-    match super::canonical::to_vec(&hashed) {
+    match super::canonical::hashed_event(seq, prev_hash, body) {
         Some(bytes) => Ok(bytes),
         None => serde_jcs::to_vec(&hashed).map_err(|e| Error::Canonical(e.to_string())),
     }

@@ -4,19 +4,18 @@
 //! The chain has always hashed `serde_jcs` 0.1 output, so this must stay byte for byte the same: members
 //! sorted by their key as serialized (quotes and escapes included), strings escaped as `serde_json` does,
 //! integers in decimal. Floats (written by `serde_jcs` in ECMAScript form) and deep nesting are not
-//! handled here: [`to_vec`] then returns `None` and the caller uses `serde_jcs`. `canonical_tests` checks
-//! the two agree on random events and random tool arguments.
+//! handled here: [`value_to_vec`] then returns `None` and the caller uses `serde_jcs`. Events are written
+//! by [`hashed_event`], member by member. `canonical_tests` checks both against `serde_jcs` on random
+//! events and random tool arguments.
 
 use serde::Serialize;
 use serde_json::Value;
 
-/// Nesting beyond which [`to_vec`] leaves the value to `serde_jcs` (audit events nest three deep).
-const MAX_DEPTH: usize = 16;
+use super::audit::EventBody;
+use super::decision::Reason;
 
-/// `value` as `serde_jcs` 0.1 would write it, or `None` where this writer does not apply.
-pub fn to_vec<T: Serialize>(value: &T) -> Option<Vec<u8>> {
-    value_to_vec(&serde_json::to_value(value).ok()?)
-}
+/// Nesting beyond which [`value_to_vec`] leaves the value to `serde_jcs` (audit events nest three deep).
+const MAX_DEPTH: usize = 16;
 
 /// A JSON value as `serde_jcs` 0.1 would write it, or `None` where this writer does not apply.
 pub fn value_to_vec(value: &Value) -> Option<Vec<u8>> {
@@ -81,4 +80,118 @@ fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
         }
     }
     true
+}
+
+/// What the chain hashes for an event (`audit::Hashed`: `seq`, `prev_hash` and the body's members), written
+/// member by member in sorted key order, with no `Value` tree in between: the audit writer hashes every
+/// event of a batch in its one task, and building the tree was most of that. `canonical_tests` checks the
+/// bytes against `serde_jcs` on random events; the destructuring below is exhaustive, so a new field does
+/// not compile until it is written here.
+pub fn hashed_event(seq: i64, prev_hash: &str, body: &EventBody) -> Option<Vec<u8>> {
+    let EventBody {
+        event_id,
+        time,
+        kind,
+        agent,
+        user,
+        session_id,
+        decision_id,
+        tool,
+        call_id,
+        outcome,
+        reasons,
+        policy_version,
+        arguments_digest,
+        arguments_redacted,
+        detail,
+    } = body;
+    let mut w = Members::new(512 + arguments_redacted.as_deref().map_or(0, str::len));
+    // Sorted by key: serde_jcs sorts members by their serialized keys, and these are plain ASCII.
+    w.member("agent", agent)?;
+    w.member("arguments_digest", arguments_digest)?;
+    w.member("arguments_redacted", arguments_redacted)?;
+    w.member("call_id", call_id)?;
+    w.member("decision_id", decision_id)?;
+    if detail.is_some() {
+        w.member("detail", detail)?;
+    }
+    w.member("event_id", event_id)?;
+    w.member("kind", kind)?;
+    w.member("outcome", outcome)?;
+    w.member("policy_version", policy_version)?;
+    w.member("prev_hash", prev_hash)?;
+    w.key("reasons");
+    w.out.push(b'[');
+    for (i, reason) in reasons.iter().enumerate() {
+        if i > 0 {
+            w.out.push(b',');
+        }
+        reason_members(&mut w.out, reason)?;
+    }
+    w.out.push(b']');
+    w.member("seq", &seq)?;
+    w.member("session_id", session_id)?;
+    w.member("time", time)?;
+    w.member("tool", tool)?;
+    w.member("user", user)?;
+    Some(w.finish())
+}
+
+fn reason_members(out: &mut Vec<u8>, reason: &Reason) -> Option<()> {
+    let Reason {
+        code,
+        policy_id,
+        message,
+        kill_switch_id,
+    } = reason;
+    let mut w = Members {
+        out: std::mem::take(out),
+        first: true,
+    };
+    w.out.push(b'{');
+    w.member("code", code)?;
+    if kill_switch_id.is_some() {
+        w.member("kill_switch_id", kill_switch_id)?;
+    }
+    w.member("message", message)?;
+    if policy_id.is_some() {
+        w.member("policy_id", policy_id)?;
+    }
+    *out = w.finish();
+    Some(())
+}
+
+/// An object's members, written in the order given (the caller's: sorted).
+struct Members {
+    out: Vec<u8>,
+    first: bool,
+}
+
+impl Members {
+    fn new(capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        out.push(b'{');
+        Self { out, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// Strings, integers, `null` and unit enums: serde_json writes them as serde_jcs does.
+    fn member<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Option<()> {
+        self.key(key);
+        serde_json::to_writer(&mut self.out, value).ok()
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
 }
