@@ -44,6 +44,7 @@ pub async fn measure(
             data_dir: data.path(),
             database_url: db.url.as_deref(),
             policies: examples,
+            wrapper: &[],
         },
         "broker",
     )

@@ -280,3 +280,42 @@ pub async fn run(
         broker_peak_rss: probe.peak_rss().ok(),
     })
 }
+
+/// Makes `n` calls to `target` one after another on the first connection and session (the mix in
+/// order), and fails at the first call that gets no answer: for counting what calls cost, not timing.
+pub async fn sequential(rig: &Rig, target: Target, n: usize) -> anyhow::Result<()> {
+    let conn = rig
+        .connections
+        .first()
+        .ok_or_else(|| anyhow!("no connection"))?;
+    let (agent, session) = rig.sessions.first().ok_or_else(|| anyhow!("no session"))?;
+    let client = conn
+        .agents
+        .get(*agent)
+        .ok_or_else(|| anyhow!("no client for agent {agent}"))?;
+    let mut health = conn.health.clone();
+    for i in 0..n {
+        match target {
+            Target::Broker => {
+                let call = rig
+                    .calls
+                    .get(i % rig.calls.len().max(1))
+                    .ok_or_else(|| anyhow!("the call pool is empty"))?;
+                client
+                    .authorize(session, call.tool, &call.args)
+                    .await
+                    .with_context(|| format!("call {i} ({}) got no decision", call.tool))?;
+            }
+            Target::Floor => {
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                health
+                    .check(request)
+                    .await
+                    .with_context(|| format!("health check {i} failed"))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@
 mod approval;
 mod cli;
 mod inprocess;
+mod instructions;
 mod load;
 mod machine;
 mod mix;
@@ -77,6 +78,10 @@ async fn run() -> anyhow::Result<bool> {
     let machine =
         machine::describe(!plan.in_process_only && plan.backends.contains(&Backend::Postgres));
     progress(&format!("{machine}"));
+
+    if let Some(calls) = plan.instructions {
+        return count_instructions(&plan, &started, &machine, calls).await;
+    }
 
     let work = tempfile::tempdir().context("creating a work directory")?;
     let example = example_set(&plan.examples)?;
@@ -176,4 +181,31 @@ async fn run() -> anyhow::Result<bool> {
     };
     println!("{}", report::render(&results));
     Ok(ok)
+}
+
+/// `--instructions`: the broker's instructions per call on each backend, and nothing else.
+async fn count_instructions(
+    plan: &Plan,
+    started: &str,
+    machine: &machine::Machine,
+    calls: usize,
+) -> anyhow::Result<bool> {
+    let binary = server::broker_binary()?;
+    let mut counted = Vec::new();
+    let mut failures = Vec::new();
+    for &backend in &plan.backends {
+        progress(&format!(
+            "instructions: {calls} decisions and {calls} health checks on {}, under callgrind",
+            backend.as_str()
+        ));
+        match instructions::measure(&binary, &plan.examples, backend, calls).await {
+            Ok(c) => counted.push(c),
+            Err(e) => failures.push(format!("instructions on {}: {e:#}", backend.as_str())),
+        }
+    }
+    println!(
+        "{}",
+        report::render_instructions(started, machine, &counted, &failures)
+    );
+    Ok(failures.is_empty())
 }

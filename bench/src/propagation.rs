@@ -34,6 +34,7 @@ pub async fn measure(
         data_dir: data.path(),
         database_url: db.url.as_deref(),
         policies: examples,
+        wrapper: &[],
     };
     let a = BrokerProcess::start(&serve, "broker-a").await?;
     let b = BrokerProcess::start(&serve, "broker-b").await?;

@@ -297,3 +297,47 @@ pub fn render_in_process(
     }
     out
 }
+
+/// `--instructions`: instructions the broker ran per call, per backend.
+pub fn render_instructions(
+    started: &str,
+    machine: &Machine,
+    counted: &[crate::instructions::Counted],
+    failures: &[String],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### Instruction count of {started}\n");
+    let _ = writeln!(out, "Machine: {machine}.\n");
+    let _ = writeln!(
+        out,
+        "The broker's threads under `valgrind --tool=callgrind`, one call at a time, after a warm-up; \
+         Postgres's own work is not counted.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | calls counted | instructions per decision | per health check (floor) | decision / floor |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for c in counted {
+        let ratio = if c.per_health_check > 0.0 {
+            format!("{:.1}x", c.per_decision / c.per_health_check)
+        } else {
+            "-".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {ratio} |",
+            c.backend.as_str(),
+            c.calls,
+            c.per_decision,
+            c.per_health_check
+        );
+    }
+    if !failures.is_empty() {
+        let _ = writeln!(out, "\nNot measured:\n");
+        for f in failures {
+            let _ = writeln!(out, "- {f}");
+        }
+    }
+    out
+}

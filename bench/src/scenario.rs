@@ -129,6 +129,7 @@ pub async fn run(
             data_dir: data.path(),
             database_url: db.url.as_deref(),
             policies: &policies.dir,
+            wrapper: &[],
         },
         "broker",
     )

@@ -60,6 +60,8 @@ pub struct Serve<'a> {
     /// `None`: the embedded default, SQLite in the data dir.
     pub database_url: Option<&'a str>,
     pub policies: &'a Path,
+    /// A command the broker runs under (e.g. `valgrind --tool=callgrind ...`), empty for none.
+    pub wrapper: &'a [String],
 }
 
 /// A running broker; killed when dropped.
@@ -85,7 +87,14 @@ impl BrokerProcess {
         let log = serve.data_dir.join(format!("{name}.log"));
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating `{}`", log.display()))?;
-        let mut cmd = tokio::process::Command::new(serve.binary);
+        let mut cmd = match serve.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args).arg(serve.binary);
+                cmd
+            }
+            None => tokio::process::Command::new(serve.binary),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&config)
