@@ -2,9 +2,9 @@
 //! threads run for a fixed number of calls, one at a time. Unlike a rate, the count does not depend on what
 //! else the machine is doing, so two builds can be compared on a busy machine.
 //!
-//! The counters are zeroed after a warm-up and dumped after the counted calls (`callgrind_control`), once
-//! for `AuthorizeToolCall` and once for the health check (the floor): what a decision costs the broker
-//! beyond what gRPC itself costs. One call in flight, so every decision is its own audit batch; the
+//! Callgrind's counters restart at every dump, so a dump (`callgrind_control --dump`) just before the
+//! counted calls and one just after them hold exactly those calls: once for `AuthorizeToolCall` and once
+//! for the health check (the floor), what gRPC itself costs the broker. One call in flight, so every decision is its own audit batch; the
 //! database's own work (Postgres runs as another process) is not counted.
 
 use std::path::{Path, PathBuf};
@@ -39,10 +39,14 @@ pub async fn measure(
     let db = Database::fresh(backend).await?;
     let tokens = Tokens::new(data.path())?;
     let out = data.path().join("callgrind.out");
+    // Where valgrind and `callgrind_control` meet: the same place whatever TMPDIR each one sees (the
+    // broker runs with a cleared environment).
+    let vgdb = format!("--vgdb-prefix={}", data.path().join("vgdb").display());
     let wrapper = [
         "valgrind".to_owned(),
         "--tool=callgrind".to_owned(),
         format!("--callgrind-out-file={}", out.display()),
+        vgdb.clone(),
     ];
     let broker = BrokerProcess::start(
         &Serve {
@@ -56,7 +60,7 @@ pub async fn measure(
     )
     .await
     .context("starting the broker under valgrind (is valgrind installed?)")?;
-    let result = count(&broker, &tokens, &out, calls).await;
+    let result = count(&broker, &tokens, &out, &vgdb, calls).await;
     let failure_log = result.is_err().then(|| broker.log_tail());
     broker.stop().await;
     let (per_decision, per_health_check) = result.map_err(|e| {
@@ -77,6 +81,7 @@ async fn count(
     broker: &BrokerProcess,
     tokens: &Tokens,
     out: &Path,
+    vgdb: &str,
     calls: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let rig = Rig::new(broker, tokens, 1, 1).await?;
@@ -84,10 +89,11 @@ async fn count(
     load::sequential(&rig, Target::Floor, WARMUP).await?;
     let mut per_call = Vec::new();
     for target in [Target::Broker, Target::Floor] {
-        control(broker.pid, "--zero")?;
+        // Everything so far (start-up, warm-up), dumped and left aside.
+        dump(broker.pid, out, vgdb)?;
         load::sequential(&rig, target, calls).await?;
-        let dump = dump(broker.pid, out)?;
-        per_call.push(totals(&dump)? as f64 / calls.max(1) as f64);
+        let counted = dump(broker.pid, out, vgdb)?;
+        per_call.push(totals(&counted)? as f64 / calls.max(1) as f64);
     }
     match per_call[..] {
         [decision, health] => Ok((decision, health)),
@@ -95,8 +101,9 @@ async fn count(
     }
 }
 
-fn control(pid: u32, action: &str) -> anyhow::Result<()> {
+fn control(pid: u32, action: &str, vgdb: &str) -> anyhow::Result<()> {
     let done = Command::new("callgrind_control")
+        .arg(vgdb)
         .arg(action)
         .arg(pid.to_string())
         .output()
@@ -112,15 +119,15 @@ fn control(pid: u32, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Dumps the counters and returns the file written: the newest `<out>.*`.
-fn dump(pid: u32, out: &Path) -> anyhow::Result<PathBuf> {
+/// Dumps the counters (which restarts them) and returns the file written: the new `<out>.*`.
+fn dump(pid: u32, out: &Path, vgdb: &str) -> anyhow::Result<PathBuf> {
     let dir = out.parent().ok_or_else(|| anyhow!("no directory"))?;
     let prefix = out
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow!("no file name"))?;
     let before = dumps(dir, prefix)?;
-    control(pid, "--dump")?;
+    control(pid, "--dump", vgdb)?;
     dumps(dir, prefix)?
         .into_iter()
         .find(|p| !before.contains(p))
