@@ -6,7 +6,12 @@
 //! counted calls and one just after them hold exactly those calls: once for `AuthorizeToolCall` and once
 //! for the health check (the floor), what gRPC itself costs the broker. One call in flight, so every decision is its own audit batch; the
 //! database's own work (Postgres runs as another process) is not counted.
+//!
+//! Valgrind's virtual CPU has no SHA extensions, so SHA-256 (the audit chain, the arguments digest) runs
+//! in software there and costs ten times the instructions it does natively: the count without the `sha2`
+//! crate's functions is printed beside the total.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,8 +30,22 @@ const WARMUP: usize = 200;
 pub struct Counted {
     pub backend: Backend,
     pub calls: usize,
-    pub per_decision: f64,
-    pub per_health_check: f64,
+    pub per_decision: PerCall,
+    pub per_health_check: PerCall,
+}
+
+/// Instructions per call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerCall {
+    pub total: f64,
+    /// Run in the `sha2` crate's functions (software SHA under valgrind).
+    pub sha2: f64,
+}
+
+impl PerCall {
+    pub fn without_sha2(self) -> f64 {
+        self.total - self.sha2
+    }
 }
 
 pub async fn measure(
@@ -83,7 +102,7 @@ async fn count(
     out: &Path,
     vgdb: &str,
     calls: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(PerCall, PerCall)> {
     let rig = Rig::new(broker, tokens, 1, 1).await?;
     load::sequential(&rig, Target::Broker, WARMUP).await?;
     load::sequential(&rig, Target::Floor, WARMUP).await?;
@@ -93,7 +112,15 @@ async fn count(
         dump(broker.pid, out, vgdb)?;
         load::sequential(&rig, target, calls).await?;
         let counted = dump(broker.pid, out, vgdb)?;
-        per_call.push(totals(&counted)? as f64 / calls.max(1) as f64);
+        let text = std::fs::read_to_string(&counted)
+            .with_context(|| format!("reading `{}`", counted.display()))?;
+        let (total, sha2) = costs(&text)
+            .with_context(|| format!("reading the counts in `{}`", counted.display()))?;
+        let n = calls.max(1) as f64;
+        per_call.push(PerCall {
+            total: total as f64 / n,
+            sha2: sha2 as f64 / n,
+        });
     }
     match per_call[..] {
         [decision, health] => Ok((decision, health)),
@@ -147,35 +174,103 @@ fn dumps(dir: &Path, prefix: &str) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The instructions a dump counted: its `totals:` (or `summary:`) line.
-fn totals(dump: &Path) -> anyhow::Result<u64> {
-    let text =
-        std::fs::read_to_string(dump).with_context(|| format!("reading `{}`", dump.display()))?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("no totals in `{}`", dump.display()))
+/// The instructions a dump counted (its `summary:` or `totals:` line), and how many of them ran in the
+/// `sha2` crate's own functions: the sum of their self costs. In callgrind's format a cost line is a
+/// position and the cost; `fn=` names whose they are (`(id) name` the first time, `(id)` after, ids
+/// shared with `cfn=`), and the line after a `calls=` line is a call's inclusive cost, not self cost.
+fn costs(text: &str) -> anyhow::Result<(u64, u64)> {
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    let mut total = None;
+    let mut in_sha2 = false;
+    let mut after_call = false;
+    let mut sha2 = 0u64;
+    let mut self_costs = 0u64;
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("summary:")
+            .or_else(|| line.strip_prefix("totals:"))
+        {
+            total = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+        } else if let Some(spec) = line.strip_prefix("fn=") {
+            in_sha2 = name_of(&mut names, spec).starts_with("sha2::");
+        } else if let Some(spec) = line.strip_prefix("cfn=") {
+            name_of(&mut names, spec);
+        } else if line.starts_with("calls=") {
+            after_call = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '*')) {
+            if std::mem::take(&mut after_call) {
+                continue;
+            }
+            let cost: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| anyhow!("a cost line without a cost: `{line}`"))?;
+            self_costs += cost;
+            if in_sha2 {
+                sha2 += cost;
+            }
+        }
+    }
+    let total: u64 = total.ok_or_else(|| anyhow!("no `summary:` or `totals:` line"))?;
+    if self_costs != total {
+        bail!("the self costs add up to {self_costs}, the summary says {total}");
+    }
+    Ok((total, sha2))
+}
+
+/// The function a `fn=`/`cfn=` spec names, recording `(id) name` definitions.
+fn name_of<'a>(names: &mut HashMap<&'a str, &'a str>, spec: &'a str) -> &'a str {
+    match spec.strip_prefix('(').and_then(|r| r.split_once(')')) {
+        Some((id, rest)) => {
+            let rest = rest.trim_start();
+            if rest.is_empty() {
+                names.get(id).copied().unwrap_or_default()
+            } else {
+                names.insert(id, rest);
+                rest
+            }
+        }
+        None => spec,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A dump as callgrind writes one: compressed names, a call's inclusive cost after `calls=`.
+    const DUMP: &str = "\
+events: Ir
+summary: 1060
+
+ob=(2) ???
+fl=(52) ???
+fn=(1200) broker::decide
+0 16
+cfn=(2562) sha2::sha256::soft::compress
+calls=16 3350
+0 1000
++2 4
+fn=(2562)
+0 1000
+cfn=(7) sha2::other
+calls=1 0
+0 30
+fn=(7)
+* 30
+fn=(1200)
+-1 10
+";
+
     #[test]
-    fn reads_the_totals_of_a_dump() {
-        let dir = tempfile::tempdir().unwrap();
-        let dump = dir.path().join("callgrind.out.1");
-        std::fs::write(
-            &dump,
-            "version: 1\nevents: Ir\nfn=main\n1 5\ntotals: 123456\n",
-        )
-        .unwrap();
-        assert_eq!(totals(&dump).unwrap(), 123_456);
-        std::fs::write(&dump, "events: Ir\n").unwrap();
-        assert!(totals(&dump).is_err());
+    fn counts_the_total_and_the_self_costs_of_sha2() {
+        assert_eq!(costs(DUMP).unwrap(), (1060, 1030));
+    }
+
+    #[test]
+    fn a_dump_that_does_not_add_up_is_refused() {
+        assert!(costs(&DUMP.replace("summary: 1060", "summary: 1061")).is_err());
+        assert!(costs("events: Ir\n").is_err());
     }
 }
