@@ -15,7 +15,7 @@ use super::sql::{self, column, db, json_text, EVENT_COLUMNS, SESSION_COLUMNS};
 use super::{Backend, Error, RecordedCall};
 use crate::clock::Micros;
 use crate::domain::audit::AuditEvent;
-use crate::domain::decision::{Decision, Outcome};
+use crate::domain::decision::Outcome;
 use crate::domain::session::Session;
 
 /// `FROM <rows> AS <alias>` exposing `columns` (name, Postgres type) read from the JSON objects in `$1`.
@@ -188,9 +188,12 @@ fn set_used_sql(backend: Backend, param: usize) -> String {
 
 /// A tool call to remember under its idempotency key.
 pub(crate) struct CallRow<'a> {
+    pub(crate) session_id: &'a str,
     pub(crate) agent: &'a str,
+    pub(crate) call_id: &'a str,
     pub(crate) arguments_digest: &'a str,
-    pub(crate) decision: Decision,
+    /// The decision as stored: its JSON text.
+    pub(crate) decision: String,
     pub(crate) at: Micros,
 }
 
@@ -201,7 +204,7 @@ pub(super) struct ToolCallRow<'a> {
     pub(super) agent: &'a str,
     pub(super) call_id: &'a str,
     pub(super) arguments_digest: &'a str,
-    pub(super) decision: String,
+    pub(super) decision: &'a str,
     pub(super) recorded_at: i64,
 }
 
@@ -219,11 +222,11 @@ pub(super) fn tool_call_rows<'a>(calls: &'a [CallRow<'_>]) -> Result<Vec<ToolCal
         .iter()
         .map(|r| {
             Ok(ToolCallRow {
-                session_id: &r.decision.session_id,
+                session_id: r.session_id,
                 agent: r.agent,
-                call_id: &r.decision.call_id,
+                call_id: r.call_id,
                 arguments_digest: r.arguments_digest,
-                decision: json_text("decision", &r.decision)?,
+                decision: &r.decision,
                 recorded_at: r.at,
             })
         })

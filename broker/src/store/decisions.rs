@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AnyConnection;
 
 use super::bulk::{self, CallKey, CallRow};
+use super::sql::json_text;
 use super::writer::{event_id_conflict, Chain};
 use super::{DecisionRecord, Error, Recorded, RecordedCall};
 use crate::domain::audit::{AuditEvent, EventBody};
@@ -92,10 +93,13 @@ pub(super) fn apply<'a>(
     found: Found,
 ) -> Result<(Vec<Result<Recorded, Error>>, Writes<'a>), Error> {
     let Found {
-        mut remembered,
+        remembered,
         taken,
         mut sessions,
     } = found;
+    // Calls this batch remembers: where their answer is, and their arguments digest. A retry later in the
+    // batch is answered from there (no copy of each decision kept for the rare retry).
+    let mut remembering: HashMap<CallKey, (usize, &str)> = HashMap::new();
     let mut spent: HashSet<String> = HashSet::new();
     let mut placed: HashSet<&str> = HashSet::new();
     let mut calls = Vec::new();
@@ -106,6 +110,20 @@ pub(super) fn apply<'a>(
         if rec.remember {
             if let Some(earlier) = remembered.get(&k) {
                 answers.push(earlier.clone().map(Recorded::Replayed));
+                continue;
+            }
+            if let Some(&(at, digest)) = remembering.get(&k) {
+                answers.push(match answers.get(at) {
+                    Some(Ok(Recorded::Committed(decision))) => {
+                        Ok(Recorded::Replayed(RecordedCall {
+                            arguments_digest: digest.to_owned(),
+                            decision: decision.clone(),
+                        }))
+                    }
+                    _ => Err(Error::internal(
+                        "audit batch lost the answer of a call it remembers",
+                    )),
+                });
                 continue;
             }
         }
@@ -143,17 +161,13 @@ pub(super) fn apply<'a>(
             }
         }
         if rec.remember {
-            remembered.insert(
-                k,
-                Ok(RecordedCall {
-                    arguments_digest: rec.call.arguments_digest.clone(),
-                    decision: decision.clone(),
-                }),
-            );
+            remembering.insert(k, (answers.len(), &rec.call.arguments_digest));
             calls.push(CallRow {
+                session_id: &rec.decision.session_id,
                 agent: &rec.call.agent,
+                call_id: &rec.decision.call_id,
                 arguments_digest: &rec.call.arguments_digest,
-                decision: decision.clone(),
+                decision: json_text("decision", &decision)?,
                 at: rec.now,
             });
         }

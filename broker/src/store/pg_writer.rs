@@ -455,7 +455,7 @@ impl Live {
         let call_agent: Vec<&str> = calls.iter().map(|r| r.agent).collect();
         let call_id: Vec<&str> = calls.iter().map(|r| r.call_id).collect();
         let call_digest: Vec<&str> = calls.iter().map(|r| r.arguments_digest).collect();
-        let call_decision: Vec<&str> = calls.iter().map(|r| r.decision.as_str()).collect();
+        let call_decision: Vec<&str> = calls.iter().map(|r| r.decision).collect();
         let call_at: Vec<i64> = calls.iter().map(|r| r.recorded_at).collect();
         let seq: Vec<i64> = events.iter().map(|e| e.seq).collect();
         let event_id: Vec<&str> = events.iter().map(|e| e.event_id).collect();
