@@ -1,11 +1,13 @@
 //! Instructions per decision: the broker under `valgrind --tool=callgrind`, counting the instructions its
-//! threads run for a fixed number of calls, one at a time. Unlike a rate, the count does not depend on what
-//! else the machine is doing, so two builds can be compared on a busy machine.
+//! threads run for a fixed number of calls. Unlike a rate, the count does not depend on what else the
+//! machine is doing, so two builds can be compared on a busy machine.
 //!
 //! Callgrind's counters restart at every dump, so a dump (`callgrind_control --dump`) just before the
-//! counted calls and one just after them hold exactly those calls: once for `AuthorizeToolCall` and once
-//! for the health check (the floor), what gRPC itself costs the broker. One call in flight, so every decision is its own audit batch; the
-//! database's own work (Postgres runs as another process) is not counted.
+//! counted calls and one just after them hold exactly those calls: for `AuthorizeToolCall` and for the
+//! health check (the floor), what gRPC itself costs the broker. Counted with one call in flight, where
+//! every decision is its own audit batch, and with [`IN_FLIGHT`], where batches hold several and share
+//! their cost as under load (how many depends on timing, so that count moves a little from run to run).
+//! The database's own work (Postgres runs as another process) is not counted.
 //!
 //! Valgrind's virtual CPU has no SHA extensions, so SHA-256 (the audit chain, the arguments digest) runs
 //! in software there and costs ten times the instructions it does natively: the count without the `sha2`
@@ -22,8 +24,11 @@ use crate::load::{self, Rig, Target};
 use crate::scenario::Database;
 use crate::server::{BrokerProcess, Serve, Tokens};
 
-/// Calls made before the counters are zeroed: connections, caches and the database's pages warm.
+/// Calls made before counting: connections, caches and the database's pages warm.
 const WARMUP: usize = 200;
+
+/// The second count's calls in flight (one connection).
+pub const IN_FLIGHT: usize = 16;
 
 /// What one backend's broker ran, in instructions per call.
 #[derive(Debug, Clone)]
@@ -32,6 +37,9 @@ pub struct Counted {
     pub calls: usize,
     pub per_decision: PerCall,
     pub per_health_check: PerCall,
+    /// At [`IN_FLIGHT`].
+    pub per_decision_many: PerCall,
+    pub per_health_check_many: PerCall,
 }
 
 /// Instructions per call.
@@ -82,17 +90,20 @@ pub async fn measure(
     let result = count(&broker, &tokens, &out, &vgdb, calls).await;
     let failure_log = result.is_err().then(|| broker.log_tail());
     broker.stop().await;
-    let (per_decision, per_health_check) = result.map_err(|e| {
-        e.context(format!(
-            "broker log tail:\n{}",
-            failure_log.unwrap_or_default()
-        ))
-    })?;
+    let [per_decision, per_health_check, per_decision_many, per_health_check_many] = result
+        .map_err(|e| {
+            e.context(format!(
+                "broker log tail:\n{}",
+                failure_log.unwrap_or_default()
+            ))
+        })?;
     Ok(Counted {
         backend,
         calls,
         per_decision,
         per_health_check,
+        per_decision_many,
+        per_health_check_many,
     })
 }
 
@@ -102,15 +113,20 @@ async fn count(
     out: &Path,
     vgdb: &str,
     calls: usize,
-) -> anyhow::Result<(PerCall, PerCall)> {
-    let rig = Rig::new(broker, tokens, 1, 1).await?;
-    load::sequential(&rig, Target::Broker, WARMUP).await?;
-    load::sequential(&rig, Target::Floor, WARMUP).await?;
+) -> anyhow::Result<[PerCall; 4]> {
+    let rig = Rig::new(broker, tokens, 1, IN_FLIGHT).await?;
+    load::counted(&rig, Target::Broker, WARMUP, IN_FLIGHT).await?;
+    load::counted(&rig, Target::Floor, WARMUP, IN_FLIGHT).await?;
     let mut per_call = Vec::new();
-    for target in [Target::Broker, Target::Floor] {
-        // Everything so far (start-up, warm-up), dumped and left aside.
+    for (target, in_flight) in [
+        (Target::Broker, 1),
+        (Target::Floor, 1),
+        (Target::Broker, IN_FLIGHT),
+        (Target::Floor, IN_FLIGHT),
+    ] {
+        // Everything so far (start-up, warm-up, the previous count), dumped and left aside.
         dump(broker.pid, out, vgdb)?;
-        load::sequential(&rig, target, calls).await?;
+        load::counted(&rig, target, calls, in_flight).await?;
         let counted = dump(broker.pid, out, vgdb)?;
         let text = std::fs::read_to_string(&counted)
             .with_context(|| format!("reading `{}`", counted.display()))?;
@@ -122,10 +138,9 @@ async fn count(
             sha2: sha2 as f64 / n,
         });
     }
-    match per_call[..] {
-        [decision, health] => Ok((decision, health)),
-        _ => bail!("expected two counts"),
-    }
+    per_call
+        .try_into()
+        .map_err(|_| anyhow!("expected four counts"))
 }
 
 fn control(pid: u32, action: &str, vgdb: &str) -> anyhow::Result<()> {

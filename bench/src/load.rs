@@ -281,41 +281,59 @@ pub async fn run(
     })
 }
 
-/// Makes `n` calls to `target` one after another on the first connection and session (the mix in
-/// order), and fails at the first call that gets no answer: for counting what calls cost, not timing.
-pub async fn sequential(rig: &Rig, target: Target, n: usize) -> anyhow::Result<()> {
+/// Makes `n` calls to `target` in all, `in_flight` workers each making its share one after another (worker
+/// `w` on session `w`, the mix in order), and fails at the first call that gets no answer: for counting
+/// what calls cost, not timing. One connection.
+pub async fn counted(rig: &Rig, target: Target, n: usize, in_flight: usize) -> anyhow::Result<()> {
     let conn = rig
         .connections
         .first()
         .ok_or_else(|| anyhow!("no connection"))?;
-    let (agent, session) = rig.sessions.first().ok_or_else(|| anyhow!("no session"))?;
-    let client = conn
-        .agents
-        .get(*agent)
-        .ok_or_else(|| anyhow!("no client for agent {agent}"))?;
-    let mut health = conn.health.clone();
-    for i in 0..n {
-        match target {
-            Target::Broker => {
-                let call = rig
-                    .calls
-                    .get(i % rig.calls.len().max(1))
-                    .ok_or_else(|| anyhow!("the call pool is empty"))?;
-                client
-                    .authorize(session, call.tool, &call.args)
-                    .await
-                    .with_context(|| format!("call {i} ({}) got no decision", call.tool))?;
+    let workers = in_flight.clamp(1, n.max(1));
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (agent, session) = rig
+            .sessions
+            .get(w % rig.sessions.len().max(1))
+            .ok_or_else(|| anyhow!("no session"))?;
+        let client = conn
+            .agents
+            .get(*agent)
+            .ok_or_else(|| anyhow!("no client for agent {agent}"))?
+            .clone();
+        let mut health = conn.health.clone();
+        let session = session.clone();
+        let calls = Arc::clone(&rig.calls);
+        // The first `n % workers` workers make one call more.
+        let share = n / workers + usize::from(w < n % workers);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..share {
+                match target {
+                    Target::Broker => {
+                        let call = calls
+                            .get((w + i * workers) % calls.len().max(1))
+                            .ok_or_else(|| anyhow!("the call pool is empty"))?;
+                        client
+                            .authorize(&session, call.tool, &call.args)
+                            .await
+                            .with_context(|| format!("a call to {} got no decision", call.tool))?;
+                    }
+                    Target::Floor => {
+                        let request = HealthCheckRequest {
+                            service: String::new(),
+                        };
+                        health
+                            .check(request)
+                            .await
+                            .context("a health check failed")?;
+                    }
+                }
             }
-            Target::Floor => {
-                let request = HealthCheckRequest {
-                    service: String::new(),
-                };
-                health
-                    .check(request)
-                    .await
-                    .with_context(|| format!("health check {i} failed"))?;
-            }
-        }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("a counting worker failed")??;
     }
     Ok(())
 }
