@@ -11,7 +11,10 @@ use rand::RngCore;
 fn mint(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
-    format!("{prefix}{}", hex::encode(bytes))
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    crate::hexstr::push(&mut id, &bytes);
+    id
 }
 
 /// `prefix` + 12 hex digits of `unix_ms` (48 bits) + 20 random hex digits (80 bits).
@@ -22,7 +25,10 @@ fn mint_ordered(prefix: &str, unix_ms: i64) -> String {
     for (b, t) in bytes.iter_mut().zip(ms.to_be_bytes().into_iter().skip(2)) {
         *b = t;
     }
-    format!("{prefix}{}", hex::encode(bytes))
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    crate::hexstr::push(&mut id, &bytes);
+    id
 }
 
 pub fn session_id() -> String {

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod hexstr;
 pub mod ids;
 pub mod json;
 pub mod notify;

@@ -286,7 +286,7 @@ fn hash_input(seq: i64, prev_hash: &str, body: &EventBody) -> Result<Vec<u8>, Er
 
 /// The hash of an event placed at `seq` after `prev_hash`.
 pub fn chain_hash(seq: i64, prev_hash: &str, body: &EventBody) -> Result<String, Error> {
-    Ok(hex::encode(Sha256::digest(hash_input(
+    Ok(crate::hexstr::encode(&Sha256::digest(hash_input(
         seq, prev_hash, body,
     )?)))
 }
@@ -310,7 +310,7 @@ pub fn arguments_digest(args: &serde_json::Value) -> Result<String, Error> {
         Some(bytes) => bytes,
         None => serde_jcs::to_vec(args).map_err(|e| Error::Canonical(e.to_string()))?,
     };
-    Ok(hex::encode(Sha256::digest(canonical)))
+    Ok(crate::hexstr::encode(&Sha256::digest(canonical)))
 }
 
 /// Copies `args` with every object member whose name is in `secret_fields` (case-insensitive, at any depth)

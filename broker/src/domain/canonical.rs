@@ -40,7 +40,7 @@ fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> bool {
             }
         }
         Value::String(s) => {
-            if serde_json::to_writer(&mut *out, s).is_err() {
+            if !string(out, s) {
                 return false;
             }
         }
@@ -107,19 +107,19 @@ pub fn hashed_event(seq: i64, prev_hash: &str, body: &EventBody) -> Option<Vec<u
     } = body;
     let mut w = Members::new(512 + arguments_redacted.as_deref().map_or(0, str::len));
     // Sorted by key: serde_jcs sorts members by their serialized keys, and these are plain ASCII.
-    w.member("agent", agent)?;
-    w.member("arguments_digest", arguments_digest)?;
-    w.member("arguments_redacted", arguments_redacted)?;
-    w.member("call_id", call_id)?;
-    w.member("decision_id", decision_id)?;
+    w.member_str("agent", agent)?;
+    w.member_opt_str("arguments_digest", arguments_digest.as_deref())?;
+    w.member_opt_str("arguments_redacted", arguments_redacted.as_deref())?;
+    w.member_opt_str("call_id", call_id.as_deref())?;
+    w.member_opt_str("decision_id", decision_id.as_deref())?;
     if detail.is_some() {
-        w.member("detail", detail)?;
+        w.member_opt_str("detail", detail.as_deref())?;
     }
-    w.member("event_id", event_id)?;
+    w.member_str("event_id", event_id)?;
     w.member("kind", kind)?;
     w.member("outcome", outcome)?;
-    w.member("policy_version", policy_version)?;
-    w.member("prev_hash", prev_hash)?;
+    w.member_opt_str("policy_version", policy_version.as_deref())?;
+    w.member_str("prev_hash", prev_hash)?;
     w.key("reasons");
     w.out.push(b'[');
     for (i, reason) in reasons.iter().enumerate() {
@@ -130,10 +130,10 @@ pub fn hashed_event(seq: i64, prev_hash: &str, body: &EventBody) -> Option<Vec<u
     }
     w.out.push(b']');
     w.member("seq", &seq)?;
-    w.member("session_id", session_id)?;
+    w.member_opt_str("session_id", session_id.as_deref())?;
     w.member("time", time)?;
-    w.member("tool", tool)?;
-    w.member("user", user)?;
+    w.member_opt_str("tool", tool.as_deref())?;
+    w.member_opt_str("user", user.as_deref())?;
     Some(w.finish())
 }
 
@@ -151,11 +151,11 @@ fn reason_members(out: &mut Vec<u8>, reason: &Reason) -> Option<()> {
     w.out.push(b'{');
     w.member("code", code)?;
     if kill_switch_id.is_some() {
-        w.member("kill_switch_id", kill_switch_id)?;
+        w.member_opt_str("kill_switch_id", kill_switch_id.as_deref())?;
     }
-    w.member("message", message)?;
+    w.member_str("message", message)?;
     if policy_id.is_some() {
-        w.member("policy_id", policy_id)?;
+        w.member_opt_str("policy_id", policy_id.as_deref())?;
     }
     *out = w.finish();
     Some(())
@@ -184,14 +184,44 @@ impl Members {
         self.out.extend_from_slice(b"\":");
     }
 
-    /// Strings, integers, `null` and unit enums: serde_json writes them as serde_jcs does.
+    /// Integers and unit enums: serde_json writes them as serde_jcs does.
     fn member<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Option<()> {
         self.key(key);
         serde_json::to_writer(&mut self.out, value).ok()
     }
 
+    fn member_str(&mut self, key: &str, value: &str) -> Option<()> {
+        self.key(key);
+        string(&mut self.out, value).then_some(())
+    }
+
+    fn member_opt_str(&mut self, key: &str, value: Option<&str>) -> Option<()> {
+        match value {
+            Some(v) => self.member_str(key, v),
+            None => {
+                self.key(key);
+                self.out.extend_from_slice(b"null");
+                Some(())
+            }
+        }
+    }
+
     fn finish(mut self) -> Vec<u8> {
         self.out.push(b'}');
         self.out
+    }
+}
+
+/// `s` as a JSON string, escaped exactly as serde_json escapes (and serde_jcs, which uses it): only `"`,
+/// `\` and control characters below U+0020. Most strings here have none, and are copied as they are.
+fn string(out: &mut Vec<u8>, s: &str) -> bool {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        true
+    } else {
+        serde_json::to_writer(&mut *out, s).is_ok()
     }
 }
