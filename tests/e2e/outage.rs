@@ -221,3 +221,39 @@ async fn a_frozen_database_is_answered_within_the_bound(backend: DbBackend) {
     assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
 }
 both!(a_frozen_database_is_answered_within_the_bound);
+
+/// Postgres only: the proxy cuts network connections, which an embedded SQLite file does not have.
+/// Connections left idle in the pool die with the network; the first reads after it is back must not
+/// fail on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_succeed_as_soon_as_the_database_network_is_back() {
+    let h = Harness::start_with(
+        DbBackend::Postgres,
+        Options {
+            db_proxy: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let auditor = h.auditor().await;
+    // Several reads at once leave several connections idle in the pool.
+    let (a, b, c, d) = tokio::join!(
+        auditor.list_events(AuditFilter::new()),
+        auditor.list_events(AuditFilter::new()),
+        auditor.list_events(AuditFilter::new()),
+        auditor.list_events(AuditFilter::new()),
+    );
+    for read in [a, b, c, d] {
+        read.unwrap();
+    }
+    let proxy = h.proxy.as_ref().unwrap();
+    proxy.cut();
+    proxy.restore();
+    for i in 0..4 {
+        auditor
+            .list_events(AuditFilter::new())
+            .await
+            .unwrap_or_else(|e| panic!("read {i} after the network came back: {e:?}"));
+    }
+    assert!(auditor.verify_chain().await.unwrap().is_ok());
+}

@@ -324,9 +324,11 @@ impl Store {
         let connecting = AnyPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(cfg.connect_timeout)
-            // No ping before each use: that is one more round trip per decision. A connection that died
-            // fails its statement instead (answered UNAVAILABLE: no decision) and the pool drops it.
-            .test_before_acquire(false)
+            // A ping before each use: connections left idle in the pool across a database outage are dead,
+            // and without it each would fail one read after the database is back. Not a round trip per
+            // decision: the decision path reads sessions from its cache and writes on the writer's own
+            // connection.
+            .test_before_acquire(true)
             .after_connect(move |conn, _meta| Box::pin(settings.apply(conn)))
             .connect_with(options.clone());
         let pool = tokio::time::timeout(cfg.connect_timeout.saturating_mul(2), connecting)
