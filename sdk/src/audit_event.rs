@@ -134,6 +134,8 @@ pub struct AuditEvent {
     pub prev_hash: String,
     /// This event's hash.
     pub hash: String,
+    /// What else the event is about, as JSON text (e.g. `{"replay_of": "dec_..."}` for a retried call).
+    pub detail_json: Option<String>,
 }
 
 impl TryFrom<proto::AuditEvent> for AuditEvent {
@@ -162,6 +164,7 @@ impl TryFrom<proto::AuditEvent> for AuditEvent {
             call_id: non_empty(event.call_id),
             prev_hash: event.prev_hash,
             hash: event.hash,
+            detail_json: non_empty(event.detail_json),
         })
     }
 }

@@ -9,6 +9,7 @@
     reason = "tests"
 )]
 
+mod approval_requirements;
 mod approvals;
 mod audit_trail;
 mod decisions;
@@ -18,7 +19,9 @@ mod identity;
 mod kill_switches;
 mod least_privilege;
 mod outage;
+mod replays;
 mod retrieval;
 mod server;
+mod session_calls;
 mod sessions;
 mod tls;

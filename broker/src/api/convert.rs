@@ -106,6 +106,7 @@ pub fn event(e: &AuditEvent) -> pb::AuditEvent {
         call_id: b.call_id.clone().unwrap_or_default(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
+        detail_json: b.detail.clone().unwrap_or_default(),
     }
 }
 

@@ -167,20 +167,58 @@ impl Approval {
     /// True when every requirement has its quorum of distinct approving members of its group, counting
     /// only votes that could have been cast (never the agent or its user).
     pub fn quorum_met(&self) -> bool {
-        self.requirements.iter().all(|req| {
-            let mut approvers: Vec<&str> = self
-                .votes
-                .iter()
-                .filter(|v| v.vote == Vote::Approve && v.groups.contains(&req.group))
-                .filter(|v| {
-                    v.approver != self.agent && self.user.as_deref() != Some(v.approver.as_str())
+        self.requirements
+            .iter()
+            .all(|req| self.approvals_from(&req.group) >= quorum(req))
+    }
+
+    /// How many distinct members of `group` approved, counting only votes that could have been cast.
+    fn approvals_from(&self, group: &str) -> usize {
+        let mut approvers: Vec<&str> = self
+            .votes
+            .iter()
+            .filter(|v| v.vote == Vote::Approve && v.groups.iter().any(|g| g == group))
+            .filter(|v| {
+                v.approver != self.agent && self.user.as_deref() != Some(v.approver.as_str())
+            })
+            .map(|v| v.approver.as_str())
+            .collect();
+        approvers.sort_unstable();
+        approvers.dedup();
+        approvers.len()
+    }
+
+    /// What of `requirements` (the policies in effect now) this approval's votes do not meet, for
+    /// people: each group short of its quorum, and an approval older than `expires` (the shortest
+    /// `@approval_expires` asked now) allows. Empty: every requirement is met.
+    pub fn unmet(
+        &self,
+        requirements: &[Requirement],
+        expires: Option<std::time::Duration>,
+        now: Micros,
+    ) -> Vec<String> {
+        let mut unmet: Vec<String> = requirements
+            .iter()
+            .filter_map(|req| {
+                let have = self.approvals_from(&req.group);
+                (have < quorum(req)).then(|| {
+                    format!(
+                        "{} of `{}` for policy `{}` ({have} so far)",
+                        req.quorum, req.group, req.policy_id
+                    )
                 })
-                .map(|v| v.approver.as_str())
-                .collect();
-            approvers.sort_unstable();
-            approvers.dedup();
-            approvers.len() >= usize::try_from(req.quorum).unwrap_or(usize::MAX)
-        })
+            })
+            .collect();
+        if let Some(e) = expires {
+            let limit = self.requested_at.saturating_add(crate::clock::micros_of(e));
+            if now >= limit {
+                unmet.push(format!(
+                    "an approval asked for at most {} ago",
+                    humantime::format_duration(e)
+                ));
+            }
+        }
+        unmet
     }
 
     /// The status after `vote` is added: a denial ends it, an approval may complete the quorum.
@@ -202,6 +240,10 @@ impl Approval {
             .map(|v| v.approver.clone())
             .collect()
     }
+}
+
+fn quorum(req: &Requirement) -> usize {
+    usize::try_from(req.quorum).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -269,6 +311,34 @@ mod tests {
             voted.check_voter("bob", &payments, 1),
             Err(Refusal::AlreadyVoted)
         );
+    }
+
+    #[test]
+    fn unmet_names_each_requirement_the_votes_do_not_meet() {
+        let mut a = approval(1);
+        a.votes.push(vote("bob", &["payments"], Vote::Approve));
+        a.status = a.status_after_votes();
+        assert_eq!(a.status, ApprovalStatus::Approved);
+        assert!(a.unmet(&a.requirements, None, 10).is_empty());
+        let raised = vec![
+            a.requirements[0].clone(),
+            Requirement {
+                policy_id: "cfo".into(),
+                group: "cfo-office".into(),
+                quorum: 2,
+            },
+        ];
+        let unmet = a.unmet(&raised, None, 10);
+        assert_eq!(unmet.len(), 1, "{unmet:?}");
+        assert!(unmet[0].contains("`cfo-office`") && unmet[0].contains("0 so far"));
+        // A quorum raised in the same group: one vote is not two.
+        let mut two = a.requirements.clone();
+        two[0].quorum = 2;
+        assert_eq!(a.unmet(&two, None, 10).len(), 1);
+        // An expiry shorter than the approval's age.
+        let short = Some(std::time::Duration::from_micros(5));
+        assert!(a.unmet(&a.requirements, short, 4).is_empty());
+        assert_eq!(a.unmet(&a.requirements, short, 5).len(), 1);
     }
 
     #[test]

@@ -161,6 +161,7 @@ impl Broker {
         };
         let mut write = None;
         let mut labels_seen = None;
+        let mut calls_seen = None;
         if let Some(r) = final_refusal {
             decision.reasons.push(r);
         } else if let Some(killed) = self.kill_check(
@@ -209,9 +210,7 @@ impl Broker {
                                 let approvers = approval.approvers();
                                 let roles: Vec<&str> =
                                     caller.roles.iter().map(|r| r.as_str()).collect();
-                                // The policies in effect now decide, with the approval in context: a policy
-                                // tightened since the approval still wins.
-                                let verdict = engine.decide(&ToolCall {
+                                let call = ToolCall {
                                     agent: &s.agent,
                                     user: s.user.as_deref(),
                                     tenant: caller.tenant.as_deref(),
@@ -219,16 +218,53 @@ impl Broker {
                                     tool: &approval.tool,
                                     args: &args,
                                     session: super::broker::session_facts(&s),
-                                    approval: Some(ApprovalFacts {
-                                        id: &id,
-                                        approvers: approvers.iter().map(String::as_str).collect(),
-                                    }),
-                                });
-                                decision.outcome = match verdict.outcome {
-                                    Outcome::Allow => Outcome::Allow,
-                                    Outcome::Deny | Outcome::PendingApproval => Outcome::Deny,
+                                    approval: None,
                                 };
-                                decision.reasons = verdict.reasons;
+                                // What the policies in effect now ask of people (a group, a quorum or
+                                // an expiry added since, or brought by a label the session gained):
+                                // `context.approval` lifts an `@approval` forbid whatever it asks, so
+                                // the votes must meet every requirement first.
+                                let asked = engine.decide(&call);
+                                let unmet = match asked.outcome {
+                                    Outcome::PendingApproval => approval.unmet(
+                                        &asked.requirements,
+                                        asked.approval_expires,
+                                        now,
+                                    ),
+                                    Outcome::Allow | Outcome::Deny => Vec::new(),
+                                };
+                                if !unmet.is_empty() {
+                                    decision.reasons.push(Reason::new(
+                                        ReasonCode::ApprovalInsufficient,
+                                        format!(
+                                            "approval `{id}` does not meet what the policies in effect now ask: {}; ask again with a new call",
+                                            unmet.join("; ")
+                                        ),
+                                    ));
+                                } else {
+                                    // The policies in effect now decide, with the approval in context: a policy
+                                    // tightened since the approval still wins.
+                                    let verdict = engine.decide(&ToolCall {
+                                        approval: Some(ApprovalFacts {
+                                            id: &id,
+                                            approvers: approvers
+                                                .iter()
+                                                .map(String::as_str)
+                                                .collect(),
+                                        }),
+                                        ..call
+                                    });
+                                    decision.outcome = match verdict.outcome {
+                                        Outcome::Allow => Outcome::Allow,
+                                        Outcome::Deny | Outcome::PendingApproval => Outcome::Deny,
+                                    };
+                                    decision.reasons = verdict.reasons;
+                                    if decision.is_allow()
+                                        && engine.reads_session_calls(&approval.tool)
+                                    {
+                                        calls_seen = Some(s.tool_calls_used);
+                                    }
+                                }
                                 if decision.is_allow() {
                                     decision.reasons.push(Reason::new(
                                         ReasonCode::ApprovalGranted,
@@ -251,6 +287,7 @@ impl Broker {
             user: caller.user.clone(),
             arguments_digest: approval.arguments_digest.clone(),
             arguments_redacted: approval.arguments_redacted.clone(),
+            replay_of: None,
         };
         let spend_budget = decision.is_allow();
         let record = DecisionRecord {
@@ -261,6 +298,7 @@ impl Broker {
             now,
             approval: write,
             labels_seen,
+            calls_seen,
         };
         match self.store.record_decision(record).await? {
             Recorded::Committed(d) => {
@@ -272,7 +310,7 @@ impl Broker {
             Recorded::Replayed(prior) => Ok(prior.decision),
             // Nothing was used: the approval still waits for this call, decided again on the next await.
             Recorded::Stale => Err(Error::Unavailable(format!(
-                "session `{}` gained labels while the approved call was decided; nothing was used, call again",
+                "session `{}` changed (labels, calls) while the approved call was decided; nothing was used, call again",
                 approval.session_id
             ))),
         }

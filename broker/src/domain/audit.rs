@@ -19,6 +19,9 @@ pub enum EventKind {
     SessionOpened,
     SessionClosed,
     ToolCallDecided,
+    /// A retried call (same session, tool, arguments and `call_id`) answered with its earlier decision,
+    /// which `detail.replay_of` names: the trail shows every answer the broker gave.
+    ToolCallReplayed,
     KillSwitchEngaged,
     KillSwitchReleased,
     KillSwitchExpired,
@@ -42,6 +45,7 @@ impl EventKind {
             EventKind::SessionOpened => "SESSION_OPENED",
             EventKind::SessionClosed => "SESSION_CLOSED",
             EventKind::ToolCallDecided => "TOOL_CALL_DECIDED",
+            EventKind::ToolCallReplayed => "TOOL_CALL_REPLAYED",
             EventKind::KillSwitchEngaged => "KILL_SWITCH_ENGAGED",
             EventKind::KillSwitchReleased => "KILL_SWITCH_RELEASED",
             EventKind::KillSwitchExpired => "KILL_SWITCH_EXPIRED",
@@ -62,6 +66,7 @@ impl EventKind {
             "SESSION_OPENED" => Some(EventKind::SessionOpened),
             "SESSION_CLOSED" => Some(EventKind::SessionClosed),
             "TOOL_CALL_DECIDED" => Some(EventKind::ToolCallDecided),
+            "TOOL_CALL_REPLAYED" => Some(EventKind::ToolCallReplayed),
             "KILL_SWITCH_ENGAGED" => Some(EventKind::KillSwitchEngaged),
             "KILL_SWITCH_RELEASED" => Some(EventKind::KillSwitchReleased),
             "KILL_SWITCH_EXPIRED" => Some(EventKind::KillSwitchExpired),
@@ -180,10 +185,26 @@ impl EventBody {
 
     /// The event recording a tool-call decision.
     pub fn for_decision(decision: &super::decision::Decision, call: &CallFacts) -> Self {
+        // A replay answers with the earlier decision itself (same id): its event says so and when.
+        // Its arguments are the earlier event's (same digest), not stored again: a retry loop cannot grow
+        // the trail by its arguments' size per call.
+        let (kind, detail) = match &call.replay_of {
+            None => (EventKind::ToolCallDecided, None),
+            Some(earlier) => (
+                if *earlier == decision.decision_id {
+                    EventKind::ToolCallReplayed
+                } else {
+                    EventKind::ToolCallDecided
+                },
+                Some(serde_json::json!({ "replay_of": earlier }).to_string()),
+            ),
+        };
+        let arguments_redacted =
+            (kind != EventKind::ToolCallReplayed).then(|| call.arguments_redacted.clone());
         Self {
             event_id: call.event_id.clone(),
             time: decision.decided_at,
-            kind: EventKind::ToolCallDecided,
+            kind,
             agent: call.agent.clone(),
             user: call.user.clone(),
             session_id: Some(decision.session_id.clone()),
@@ -194,8 +215,8 @@ impl EventBody {
             reasons: decision.reasons.clone(),
             policy_version: Some(decision.policy_version.clone()),
             arguments_digest: Some(call.arguments_digest.clone()),
-            arguments_redacted: Some(call.arguments_redacted.clone()),
-            detail: None,
+            arguments_redacted,
+            detail,
         }
     }
 }
@@ -243,6 +264,9 @@ pub struct CallFacts {
     pub user: Option<String>,
     pub arguments_digest: String,
     pub arguments_redacted: String,
+    /// The earlier decision this answer repeats or stands in for (a retried `call_id`): the event is
+    /// then `TOOL_CALL_REPLAYED` (same answer) or a `TOOL_CALL_DECIDED` that names it in `detail`.
+    pub replay_of: Option<String>,
 }
 
 /// An event as stored: placed in the chain.

@@ -43,7 +43,9 @@ pub enum Error {
     NotFound(String),
     #[error("role `{needed}` is required")]
     PermissionDenied { needed: &'static str },
-    #[error("`call_id` `{0}` was already used in this session with different arguments")]
+    #[error(
+        "`call_id` `{0}` was already used in this session for another tool or other arguments"
+    )]
     CallIdReused(String),
     /// The store could not be reached or did not commit within its bound: no decision was made.
     #[error("audit store unavailable: {0}")]
@@ -438,7 +440,7 @@ impl Broker {
             self.sessions.forget(&req.session_id);
         }
         Err(Error::Unavailable(format!(
-            "session `{}` kept gaining labels while this call was decided; nothing was recorded, try again",
+            "session `{}` kept changing (labels, calls spent) while this call was decided; nothing was recorded, try again",
             req.session_id
         )))
     }
@@ -486,6 +488,7 @@ impl Broker {
         // Calls outside the caller's own session are not remembered, so they cannot poison its call ids.
         let mut remember = true;
         let mut labels_seen = None;
+        let mut calls_seen = None;
         let mut pending: Option<(Vec<Requirement>, Option<Duration>)> = None;
         if let Some(killed) = self.kill_check(caller, Some(&req.tool), Some(&req.session_id), now) {
             // Not remembered: once the switch is released, a retry of this call is decided afresh.
@@ -516,7 +519,15 @@ impl Broker {
                     // calls in the caller's own session are remembered, so nobody else replays its decisions.
                     labels_seen = Some(s.labels.len());
                     if let Some(refusal) = s.refusal(now) {
-                        decision.reasons.push(refusal);
+                        // Typed even here: a retry whose arguments would not type-check (`9e2` for an
+                        // integer) gets that DENY, never the replay of an earlier ALLOW (below).
+                        let mistyped = (refusal.code == ReasonCode::BudgetExhausted)
+                            .then(|| engine.argument_error(&req.tool, args))
+                            .flatten();
+                        decision.reasons.push(match mistyped {
+                            Some(message) => Reason::new(ReasonCode::InvalidArguments, message),
+                            None => refusal,
+                        });
                     } else if !is_tool_name(&req.tool) || !engine.knows_tool(&req.tool) {
                         decision.reasons.push(Reason::new(
                             ReasonCode::UnknownTool,
@@ -541,6 +552,11 @@ impl Broker {
                         });
                         decision.outcome = verdict.outcome;
                         decision.reasons = verdict.reasons;
+                        // A policy that read the session's call count decided on a number the writer
+                        // checks again under the chain lock (concurrent calls of one session).
+                        if decision.is_allow() && engine.reads_session_calls(&req.tool) {
+                            calls_seen = Some(s.tool_calls_used);
+                        }
                         if verdict.outcome == Outcome::PendingApproval {
                             pending = Some((verdict.requirements, verdict.approval_expires));
                         }
@@ -557,7 +573,13 @@ impl Broker {
             arguments_digest: digest.to_owned(),
             arguments_redacted: serde_json::to_string(&redacted)
                 .map_err(|e| Error::Internal(e.to_string()))?,
+            replay_of: None,
         };
+        // What a fresh call gets and a replay of an earlier answer must not hide: a closed or expired
+        // session, arguments that do not type-check, a tool no longer known or in scope. Kept (a copy,
+        // on this rare path only) in case the writer finds the call id already answered.
+        let fresh_denial = (remember && !decision.is_allow() && overrides_replay(&decision))
+            .then(|| (decision.clone(), call.clone()));
         let spend_budget = decision.is_allow();
         let approval = match pending {
             Some((requirements, expires)) if decision.outcome == Outcome::PendingApproval => {
@@ -588,6 +610,7 @@ impl Broker {
                 now,
                 approval,
                 labels_seen,
+                calls_seen,
             })
             .await?
         {
@@ -601,10 +624,98 @@ impl Broker {
                 self.quarantine_after(&d, caller, now).await;
                 Ok(Some(d))
             }
-            Recorded::Replayed(prior) => {
-                replay(prior.arguments_digest, prior.decision, digest, &req.call_id).map(Some)
-            }
+            Recorded::Replayed(prior) => self
+                .replayed(caller, req, digest, prior, fresh_denial, now)
+                .await
+                .map(Some),
             Recorded::Stale => Ok(None),
+        }
+    }
+
+    /// The answer to a call whose `call_id` this session already used. Only the same tool with the same
+    /// arguments replays; a session closed or expired since, or arguments that do not type-check, get
+    /// the DENY a fresh call gets. Every answer is recorded: a replay as `TOOL_CALL_REPLAYED` naming the
+    /// decision it repeats (no budget spent, the arguments not stored again), a DENY standing in for it
+    /// as a decision whose `detail` names that earlier one.
+    async fn replayed(
+        &self,
+        caller: &Principal,
+        req: &ToolCallRequest,
+        digest: &str,
+        prior: store::RecordedCall,
+        fresh_denial: Option<(Decision, CallFacts)>,
+        now: Micros,
+    ) -> Result<Decision, Error> {
+        if prior.decision.tool != req.tool || prior.arguments_digest != digest {
+            return Err(Error::CallIdReused(req.call_id.clone()));
+        }
+        let earlier = prior.decision.decision_id.clone();
+        let (decision, call) = match fresh_denial {
+            Some(denial) => denial,
+            None => {
+                // The cached session may be older than a close through another broker: read it.
+                let gone = match self.bounded(self.store.session(&req.session_id)).await? {
+                    None => Some(Reason::new(
+                        ReasonCode::SessionNotFound,
+                        format!("no session `{}`", req.session_id),
+                    )),
+                    Some(s) => s
+                        .refusal(now)
+                        .filter(|r| r.code != ReasonCode::BudgetExhausted),
+                };
+                let call = CallFacts {
+                    event_id: ids::event_id(now),
+                    agent: caller.subject.clone(),
+                    user: caller.user.clone(),
+                    arguments_digest: digest.to_owned(),
+                    arguments_redacted: String::new(),
+                    replay_of: None,
+                };
+                match gone {
+                    Some(reason) => (
+                        Decision {
+                            decision_id: ids::decision_id(),
+                            outcome: Outcome::Deny,
+                            reasons: vec![reason],
+                            policy_version: self.policies().version().to_owned(),
+                            decided_at: now,
+                            approval_id: None,
+                            ..prior.decision.clone()
+                        },
+                        call,
+                    ),
+                    None => (
+                        Decision {
+                            decided_at: now,
+                            ..prior.decision.clone()
+                        },
+                        call,
+                    ),
+                }
+            }
+        };
+        let replaying = decision.decision_id == earlier;
+        let record = DecisionRecord {
+            decision,
+            call: CallFacts {
+                event_id: ids::event_id(now),
+                replay_of: Some(earlier),
+                ..call
+            },
+            spend_budget: false,
+            remember: false,
+            now,
+            approval: None,
+            labels_seen: None,
+            calls_seen: None,
+        };
+        match self.store.record_decision(record).await? {
+            // The earlier answer, exactly as it was given (its id, its time).
+            Recorded::Committed(_) if replaying => Ok(prior.decision),
+            Recorded::Committed(d) => Ok(d),
+            Recorded::Replayed(_) | Recorded::Stale => Err(Error::Internal(
+                "a replay's record was answered as a replay".to_owned(),
+            )),
         }
     }
 
@@ -833,17 +944,18 @@ fn require_auditor(caller: &Principal) -> Result<(), Error> {
     }
 }
 
-fn replay(
-    prior_digest: String,
-    prior: Decision,
-    digest: &str,
-    call_id: &str,
-) -> Result<Decision, Error> {
-    if prior_digest == digest {
-        Ok(prior)
-    } else {
-        Err(Error::CallIdReused(call_id.to_owned()))
-    }
+/// Whether this DENY is one a replay must not hide: the earlier answer no longer holds.
+fn overrides_replay(d: &Decision) -> bool {
+    d.reasons.iter().any(|r| {
+        matches!(
+            r.code,
+            ReasonCode::SessionClosed
+                | ReasonCode::SessionExpired
+                | ReasonCode::InvalidArguments
+                | ReasonCode::UnknownTool
+                | ReasonCode::NotInSessionScope
+        )
+    })
 }
 
 #[cfg(test)]

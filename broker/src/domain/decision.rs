@@ -67,6 +67,9 @@ pub enum ReasonCode {
     ApprovalUsed,
     /// The call is allowed with an approval; names the approvers.
     ApprovalGranted,
+    /// The approval's votes do not meet what the policies in effect now ask (a group or quorum added
+    /// since, a shorter expiry, a requirement a new taint label brought): no ALLOW; ask again.
+    ApprovalInsufficient,
 }
 
 impl ReasonCode {
@@ -91,6 +94,7 @@ impl ReasonCode {
             ReasonCode::ApprovalCancelled => "APPROVAL_CANCELLED",
             ReasonCode::ApprovalUsed => "APPROVAL_USED",
             ReasonCode::ApprovalGranted => "APPROVAL_GRANTED",
+            ReasonCode::ApprovalInsufficient => "APPROVAL_INSUFFICIENT",
         }
     }
 }

@@ -401,6 +401,20 @@ impl PolicyEngine {
         self.tools.contains_key(tool)
     }
 
+    /// Why `args` do not type-check for `tool`, if they do not (`None` too for a tool not known).
+    pub fn argument_error(&self, tool: &str, args: &serde_json::Value) -> Option<String> {
+        let tool = self.tools.get(tool)?;
+        tool.args.convert(args, "args").err().map(|e| e.to_string())
+    }
+
+    /// Whether the policies for `tool` may read the session's call count (`context.session.calls`):
+    /// then an ALLOW is re-checked against the count at commit. Unknown tools: true.
+    pub fn reads_session_calls(&self, tool: &str) -> bool {
+        self.tools
+            .get(tool)
+            .is_none_or(|t| t.slice.as_ref().is_none_or(|s| s.reads_session_calls))
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

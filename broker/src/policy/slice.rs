@@ -29,6 +29,9 @@ pub(super) struct Slice {
     pub(super) shared: GuardedSet,
     /// Policies with `principal == <uid>`, by that uid.
     pub(super) by_principal: HashMap<EntityUid, GuardedSet>,
+    /// Whether some policy here may read `context.session.calls` (or its EST could not be read):
+    /// an ALLOW then depends on a counter that concurrent calls move, and is re-checked at commit.
+    pub(super) reads_session_calls: bool,
 }
 
 /// What slicing needs to know about one tool.
@@ -79,30 +82,36 @@ impl Slice {
                 g
             })
             .collect();
-        let mut parts: Vec<Vec<(Policy, Cond)>> = tools.iter().map(|_| Vec::new()).collect();
+        let mut parts: Vec<(Vec<(Policy, Cond)>, bool)> =
+            tools.iter().map(|_| (Vec::new(), false)).collect();
         for p in policies.policies() {
             // `None` until needed; then the EST, if Cedar could produce one (else no guard).
             let mut est: Option<Option<Value>> = None;
-            for ((tool, groups), part) in tools.iter().zip(&groups).zip(parts.iter_mut()) {
+            for ((tool, groups), (part, reads_calls)) in
+                tools.iter().zip(&groups).zip(parts.iter_mut())
+            {
                 if !tool.can_apply(p, groups) {
                     continue;
                 }
-                let cond = est
-                    .get_or_insert_with(|| p.to_json().ok())
-                    .as_ref()
-                    .map_or(Cond::Opaque, |e| Cond::of_policy(e, tool.args, tool.entity));
+                let est = est.get_or_insert_with(|| p.to_json().ok()).as_ref();
+                *reads_calls |= est.is_none_or(reads_attribute_calls);
+                let cond = est.map_or(Cond::Opaque, |e| Cond::of_policy(e, tool.args, tool.entity));
                 part.push((p.clone(), cond));
             }
         }
         parts
             .into_iter()
             .zip(tools)
-            .map(|(part, tool)| Self::split(part, tool.args))
+            .map(|((part, reads_calls), tool)| Self::split(part, tool.args, reads_calls))
             .collect()
     }
 
     /// One tool's policies, split by principal and by guards.
-    fn split(policies: Vec<(Policy, Cond)>, args: &RecordType) -> Result<Self, String> {
+    fn split(
+        policies: Vec<(Policy, Cond)>,
+        args: &RecordType,
+        reads_session_calls: bool,
+    ) -> Result<Self, String> {
         let mut shared = Vec::new();
         let mut by_principal: HashMap<EntityUid, Vec<(Policy, Cond)>> = HashMap::new();
         for (p, cond) in policies {
@@ -119,8 +128,28 @@ impl Slice {
                 .into_iter()
                 .map(|(uid, ps)| Ok((uid, GuardedSet::new(ps, args)?)))
                 .collect::<Result<_, String>>()?,
+            reads_session_calls,
         })
     }
+}
+
+/// Whether a policy's EST reads (or tests for) an attribute named `calls` anywhere: over-approximates
+/// `context.session.calls` (a record attribute of that name elsewhere only costs a re-check).
+fn reads_attribute_calls(est: &Value) -> bool {
+    let mut stack = vec![est];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                if map.get("attr").and_then(Value::as_str) == Some("calls") {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Cedar's answer, in a form two answers can be combined in.

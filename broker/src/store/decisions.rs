@@ -8,7 +8,8 @@
 //!    DENY saying why (the sessions are read under the chain lock that every session write takes, or,
 //!    on Postgres, known to the writer from its own commits while the chain head is the one it left:
 //!    `pg_writer::Known`; so counting in memory is counting in the database); an ALLOW decided on fewer
-//!    labels than its session has is answered `Stale`, with nothing written;
+//!    labels, or fewer spent calls when its policies read them, than its session has is answered
+//!    `Stale`, with nothing written;
 //! 4. the final decision is remembered (when asked) and its event placed in the chain.
 //!
 //! Then the writes: the sessions' new counts, the remembered calls, the events. All inside the batch's
@@ -139,7 +140,8 @@ pub(super) fn apply<'a>(
                 Some(s) => match s.refusal(rec.now) {
                     // Decided without some of the session's labels: nothing written, decided again.
                     None if decision.is_allow()
-                        && rec.labels_seen.is_some_and(|n| n != s.labels.len()) =>
+                        && (rec.labels_seen.is_some_and(|n| n != s.labels.len())
+                            || rec.calls_seen.is_some_and(|n| n != s.tool_calls_used)) =>
                     {
                         answers.push(Ok(Recorded::Stale));
                         continue;

@@ -112,6 +112,10 @@ pub struct DecisionRecord {
     /// an ALLOW's session has more at commit, the policies decided without some of them: nothing is
     /// written and the answer is [`Recorded::Stale`]. `None`: not checked.
     pub labels_seen: Option<usize>,
+    /// The session's `tool_calls_used` the decision's policies read (`context.session.calls`): an ALLOW
+    /// whose session has spent more by commit is answered [`Recorded::Stale`], as for labels, so a
+    /// policy such as "one refund per session" holds across concurrent calls. `None`: not checked.
+    pub calls_seen: Option<u32>,
     pub now: Micros,
 }
 
@@ -150,8 +154,8 @@ pub enum Recorded {
     /// A call with this (session, agent, call_id) was already committed: this is its record. Nothing new was
     /// written and no budget was spent. The caller compares `arguments_digest` with its own.
     Replayed(RecordedCall),
-    /// An ALLOW decided on fewer taint labels than its session has now (`labels_seen`): nothing was
-    /// written. The caller decides again on a fresh read of the session.
+    /// An ALLOW decided on fewer taint labels (`labels_seen`), or on fewer spent calls (`calls_seen`),
+    /// than its session has now: nothing was written. The caller decides again on a fresh read.
     Stale,
 }
 

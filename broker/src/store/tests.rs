@@ -76,6 +76,7 @@ contract_tests!(
     labels_for_a_missing_session_or_a_bad_event_write_nothing,
     concurrent_labels_on_two_brokers_all_land,
     allows_decided_on_fewer_labels_are_stale_and_write_nothing,
+    allows_decided_on_a_call_count_that_moved_are_stale,
     a_writer_sees_what_another_broker_changed_between_its_batches,
 );
 
@@ -143,11 +144,13 @@ fn allow(s: &Session, tool: &str, call_id: &str, at: Micros) -> DecisionRecord {
             user: s.user.clone(),
             arguments_digest: format!("digest-of-{call_id}"),
             arguments_redacted: r#"{"q":"rust","token":"[REDACTED]"}"#.into(),
+            replay_of: None,
         },
         spend_budget: true,
         remember: true,
         approval: None,
         labels_seen: None,
+        calls_seen: None,
         now: at,
     }
 }
@@ -2861,6 +2864,65 @@ async fn allows_decided_on_fewer_labels_are_stale_and_write_nothing(db: &TestDb)
             .await?,
     )?;
     assert_eq!(used.outcome, Outcome::Allow);
+    Ok(())
+}
+
+/// An ALLOW whose policies read the session's call count (`calls_seen`) is `Stale` when the count moved
+/// before its commit: concurrent calls each decided on "no call yet" (the issue's "one refund per
+/// session": 64 of 64 got through) commit one, however they are batched; on both writer paths.
+async fn allows_decided_on_a_call_count_that_moved_are_stale(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let s = session(100);
+    store.open_session(&s, opened(&s)).await?;
+    let on_none_spent = |call_id: &str| {
+        let mut rec = allow(&s, "payments.refund", call_id, T0 + 10);
+        rec.calls_seen = Some(0);
+        rec
+    };
+    let answers = futures::future::join_all(
+        (0..16).map(|i| store.record_decision(on_none_spent(&format!("r{i}")))),
+    )
+    .await;
+    let mut allowed = 0;
+    for answer in answers {
+        match answer? {
+            Recorded::Committed(d) if d.is_allow() => allowed += 1,
+            Recorded::Stale => {}
+            other => return Err(format!("expected an ALLOW or Stale, got {other:?}").into()),
+        }
+    }
+    assert_eq!(
+        allowed, 1,
+        "one of 16 concurrent calls decided on 0 calls spent"
+    );
+    assert_eq!(
+        store.session(&s.id).await?.map(|s| s.tool_calls_used),
+        Some(1)
+    );
+    // Decided again on the count it has now: committed. Without `calls_seen`: not checked.
+    let mut again = allow(&s, "payments.refund", "r-again", T0 + 11);
+    again.calls_seen = Some(1);
+    assert!(committed(store.record_decision(again).await?)?.is_allow());
+    assert!(committed(
+        store
+            .record_decision(allow(&s, "web.search", "w1", T0 + 12))
+            .await?
+    )?
+    .is_allow());
+
+    // The one-by-one path (an approved call): stale on a moved count, nothing used.
+    let a = open_and_request(store, &s, "c1", 1, T0 + 20).await?;
+    approve(store, &a, "bob", T0 + 21).await?;
+    let before = last_seq(store).await?;
+    let mut approved = consume(&s, &a, "c1-approved", T0 + 22);
+    approved.calls_seen = Some(1);
+    assert_eq!(store.record_decision(approved).await?, Recorded::Stale);
+    assert_eq!(last_seq(store).await?, before, "nothing was appended");
+    let unused = store.approval(&a.id).await?.ok_or("approval gone")?;
+    assert_eq!(unused.consumed_at, None, "the approval was not used");
+    let mut approved = consume(&s, &a, "c1-approved", T0 + 23);
+    approved.calls_seen = Some(3);
+    assert!(committed(store.record_decision(approved).await?)?.is_allow());
     Ok(())
 }
 

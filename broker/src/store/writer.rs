@@ -820,13 +820,16 @@ async fn record_decision(
             ))));
         }
     }
-    // (1b) An ALLOW decided without some of the session's labels is decided again, nothing written.
-    if let Some(seen) = rec
-        .labels_seen
-        .filter(|_| rec.spend_budget && decision.is_allow())
+    // (1b) An ALLOW decided without some of the session's labels, or on a call count its policies read
+    // and that has moved since, is decided again, nothing written.
+    if rec.spend_budget
+        && decision.is_allow()
+        && (rec.labels_seen.is_some() || rec.calls_seen.is_some())
     {
         if let Some(session) = sql::fetch_session(&mut *tx, &decision.session_id).await? {
-            if session.labels.len() != seen {
+            if rec.labels_seen.is_some_and(|n| n != session.labels.len())
+                || rec.calls_seen.is_some_and(|n| n != session.tool_calls_used)
+            {
                 return Ok(Ok(Recorded::Stale));
             }
         }

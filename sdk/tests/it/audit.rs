@@ -29,6 +29,7 @@ async fn list_events_sends_the_filter_and_reads_the_page() {
                 call_id: "call_1".into(),
                 prev_hash: "h6".into(),
                 hash: "h7".into(),
+                detail_json: r#"{"replay_of":"dec_0"}"#.into(),
             }],
             next_page_token: "page-2".into(),
         })
@@ -64,6 +65,10 @@ async fn list_events_sends_the_filter_and_reads_the_page() {
     assert_eq!(event.outcome, Some(Outcome::Deny));
     assert_eq!(event.user.as_deref(), Some("alice"));
     assert_eq!(event.decision_id.as_deref(), Some("dec_1"));
+    assert_eq!(
+        event.detail_json.as_deref(),
+        Some(r#"{"replay_of":"dec_0"}"#)
+    );
     assert_eq!(event.time, UNIX_EPOCH + Duration::from_secs(1_700_000_200));
     assert_eq!(
         event.reasons.first().and_then(|r| r.policy_id.as_deref()),
