@@ -85,17 +85,24 @@ impl Slice {
         let mut parts: Vec<(Vec<(Policy, Cond)>, bool)> =
             tools.iter().map(|_| (Vec::new(), false)).collect();
         for p in policies.policies() {
-            // `None` until needed; then the EST, if Cedar could produce one (else no guard).
-            let mut est: Option<Option<Value>> = None;
+            // `None` until needed; then the EST, if Cedar could produce one (else no guard), and
+            // whether it reads a call count (read once per policy, not per tool).
+            let mut est: Option<(Option<Value>, bool)> = None;
             for ((tool, groups), (part, reads_calls)) in
                 tools.iter().zip(&groups).zip(parts.iter_mut())
             {
                 if !tool.can_apply(p, groups) {
                     continue;
                 }
-                let est = est.get_or_insert_with(|| p.to_json().ok()).as_ref();
-                *reads_calls |= est.is_none_or(reads_attribute_calls);
-                let cond = est.map_or(Cond::Opaque, |e| Cond::of_policy(e, tool.args, tool.entity));
+                let (est, reads) = est.get_or_insert_with(|| {
+                    let est = p.to_json().ok();
+                    let reads = est.as_ref().is_none_or(reads_attribute_calls);
+                    (est, reads)
+                });
+                *reads_calls |= *reads;
+                let cond = est
+                    .as_ref()
+                    .map_or(Cond::Opaque, |e| Cond::of_policy(e, tool.args, tool.entity));
                 part.push((p.clone(), cond));
             }
         }
