@@ -20,5 +20,7 @@ mod least_privilege;
 mod outage;
 mod retrieval;
 mod server;
+mod separation_of_duties;
 mod sessions;
+mod tenancy;
 mod tls;
