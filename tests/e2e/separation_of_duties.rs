@@ -58,7 +58,10 @@ fn assert_separation(err: &Error, who: &str) {
 fn assert_already_voted(err: &Error, who: &str) {
     assert_eq!(
         (err.code(), err.reason()),
-        (tonic::Code::FailedPrecondition, Some("APPROVAL_NOT_VOTABLE")),
+        (
+            tonic::Code::FailedPrecondition,
+            Some("APPROVAL_NOT_VOTABLE")
+        ),
         "{who}: {err:?}"
     );
 }
@@ -75,9 +78,18 @@ async fn the_user_under_another_case_cannot_approve(backend: DbBackend) {
             .unwrap_err();
         assert_separation(&err, who);
     }
-    let approved = h.approver("bob", REFUND_APPROVERS).await.approve(&id, "ok").await.unwrap();
+    let approved = h
+        .approver("bob", REFUND_APPROVERS)
+        .await
+        .approve(&id, "ok")
+        .await
+        .unwrap();
     assert_eq!(approved.status, ApprovalStatus::Approved);
-    assert!(agent.await_approval(&id, Duration::from_secs(5)).await.unwrap().is_allowed());
+    assert!(agent
+        .await_approval(&id, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_allowed());
 }
 both!(the_user_under_another_case_cannot_approve);
 
@@ -105,8 +117,12 @@ async fn the_user_by_email_cannot_approve(backend: DbBackend) {
     )
     .await;
     let (agent, id) = pending(&h, "payments.refund").await;
-    let carol = approver_with_email(&h, "u-1001", Some("CAROL@example.com"), REFUND_APPROVERS).await;
-    assert_separation(&carol.approve(&id, "me").await.unwrap_err(), "carol by email");
+    let carol =
+        approver_with_email(&h, "u-1001", Some("CAROL@example.com"), REFUND_APPROVERS).await;
+    assert_separation(
+        &carol.approve(&id, "me").await.unwrap_err(),
+        "carol by email",
+    );
     // Without the claim nobody can tell who votes: refused.
     let nameless = approver_with_email(&h, "u-1002", None, REFUND_APPROVERS).await;
     assert_separation(&nameless.approve(&id, "?").await.unwrap_err(), "no email");
@@ -114,7 +130,11 @@ async fn the_user_by_email_cannot_approve(backend: DbBackend) {
     let approved = bob.approve(&id, "ok").await.unwrap();
     assert_eq!(approved.status, ApprovalStatus::Approved);
     assert_eq!(approved.votes[0].person, "bob@example.com");
-    assert!(agent.await_approval(&id, Duration::from_secs(5)).await.unwrap().is_allowed());
+    assert!(agent
+        .await_approval(&id, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_allowed());
 }
 both!(the_user_by_email_cannot_approve);
 
@@ -125,14 +145,25 @@ async fn a_token_with_the_agent_role_never_votes(backend: DbBackend) {
     for who in ["billing-agent", "bob"] {
         let both_roles = ApprovalClient::connect(
             h.endpoint(),
-            h.token_full(who, &[Role::Agent, Role::Approver], None, None, REFUND_APPROVERS),
+            h.token_full(
+                who,
+                &[Role::Agent, Role::Approver],
+                None,
+                None,
+                REFUND_APPROVERS,
+            ),
         )
         .await
         .unwrap();
         assert_separation(&both_roles.approve(&id, "ok").await.unwrap_err(), who);
         assert_separation(&both_roles.deny(&id, "no").await.unwrap_err(), who);
     }
-    let a = h.approver("bob", REFUND_APPROVERS).await.get(&id).await.unwrap();
+    let a = h
+        .approver("bob", REFUND_APPROVERS)
+        .await
+        .get(&id)
+        .await
+        .unwrap();
     assert_eq!((a.status, a.votes.len()), (ApprovalStatus::Pending, 0));
 }
 both!(a_token_with_the_agent_role_never_votes);
@@ -142,13 +173,25 @@ async fn two_identities_of_one_person_make_no_quorum(backend: DbBackend) {
     let h = Harness::start(backend).await;
     let (agent, id) = pending(&h, "shell.exec").await;
     let first = h.approver("oncall-1", ONCALL).await;
-    assert_eq!(first.approve(&id, "ok").await.unwrap().status, ApprovalStatus::Pending);
+    assert_eq!(
+        first.approve(&id, "ok").await.unwrap().status,
+        ApprovalStatus::Pending
+    );
     for alias in ["OnCall-1@example.com", "ONCALL-1"] {
-        let err = h.approver(alias, ONCALL).await.approve(&id, "ok").await.unwrap_err();
+        let err = h
+            .approver(alias, ONCALL)
+            .await
+            .approve(&id, "ok")
+            .await
+            .unwrap_err();
         assert_already_voted(&err, alias);
     }
     assert_eq!(
-        agent.await_approval(&id, Duration::ZERO).await.unwrap().outcome,
+        agent
+            .await_approval(&id, Duration::ZERO)
+            .await
+            .unwrap()
+            .outcome,
         Outcome::PendingApproval
     );
 
@@ -163,15 +206,32 @@ async fn two_identities_of_one_person_make_no_quorum(backend: DbBackend) {
     .await;
     let (agent, id) = pending(&h, "shell.exec").await;
     let dana = approver_with_email(&h, "dana", Some("dana@example.com"), ONCALL).await;
-    assert_eq!(dana.approve(&id, "ok").await.unwrap().status, ApprovalStatus::Pending);
-    let dana_admin = approver_with_email(&h, "dana-admin", Some("Dana@Example.com"), ONCALL).await;
-    assert_already_voted(&dana_admin.approve(&id, "ok").await.unwrap_err(), "dana-admin");
     assert_eq!(
-        agent.await_approval(&id, Duration::ZERO).await.unwrap().outcome,
+        dana.approve(&id, "ok").await.unwrap().status,
+        ApprovalStatus::Pending
+    );
+    let dana_admin = approver_with_email(&h, "dana-admin", Some("Dana@Example.com"), ONCALL).await;
+    assert_already_voted(
+        &dana_admin.approve(&id, "ok").await.unwrap_err(),
+        "dana-admin",
+    );
+    assert_eq!(
+        agent
+            .await_approval(&id, Duration::ZERO)
+            .await
+            .unwrap()
+            .outcome,
         Outcome::PendingApproval
     );
     let erin = approver_with_email(&h, "erin", Some("erin@example.com"), ONCALL).await;
-    assert_eq!(erin.approve(&id, "ok").await.unwrap().status, ApprovalStatus::Approved);
-    assert!(agent.await_approval(&id, Duration::from_secs(5)).await.unwrap().is_allowed());
+    assert_eq!(
+        erin.approve(&id, "ok").await.unwrap().status,
+        ApprovalStatus::Approved
+    );
+    assert!(agent
+        .await_approval(&id, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_allowed());
 }
 both!(two_identities_of_one_person_make_no_quorum);

@@ -50,7 +50,12 @@ fn assert_tenant_mismatch(err: &Error, what: &str) {
     );
 }
 
-async fn approver_in(h: &Harness, sub: &str, roles: &[Role], tenant: Option<&str>) -> ApprovalClient {
+async fn approver_in(
+    h: &Harness,
+    sub: &str,
+    roles: &[Role],
+    tenant: Option<&str>,
+) -> ApprovalClient {
     ApprovalClient::connect(
         h.endpoint(),
         h.token_full(sub, roles, None, tenant, REFUND_APPROVERS),
@@ -80,20 +85,32 @@ async fn another_tenants_token_is_refused_everywhere(h: &Harness, intruder: Opti
         assert!(d.has_reason("TENANT_MISMATCH"), "{call_id}: {d:?}");
     }
     let (_, approval_id) = {
-        let d = owner.authorize(&session, "payments.refund", &refund(5000)).await.unwrap();
+        let d = owner
+            .authorize(&session, "payments.refund", &refund(5000))
+            .await
+            .unwrap();
         assert_eq!(d.outcome, Outcome::PendingApproval, "{d:?}");
         (d.clone(), d.approval_id.unwrap())
     };
     assert_tenant_mismatch(
-        &other.await_approval(&approval_id, Duration::ZERO).await.unwrap_err(),
+        &other
+            .await_approval(&approval_id, Duration::ZERO)
+            .await
+            .unwrap_err(),
         "await approval",
     );
     let doc = json!({"tenant": "acme", "collection": "kb", "classification": 0, "personal": false, "source": "s", "labels": []});
     assert_tenant_mismatch(
-        &other.authorize_retrieval(&session, &[("d1", &doc)]).await.unwrap_err(),
+        &other
+            .authorize_retrieval(&session, &[("d1", &doc)])
+            .await
+            .unwrap_err(),
         "retrieval",
     );
-    assert_tenant_mismatch(&other.retrieval_filter(&session).await.unwrap_err(), "filter");
+    assert_tenant_mismatch(
+        &other.retrieval_filter(&session).await.unwrap_err(),
+        "filter",
+    );
     assert_tenant_mismatch(
         &other
             .report_tool_result(&session, &owned.decision_id, true, &["untrusted"])
@@ -133,7 +150,10 @@ async fn a_tenantless_token_cannot_use_an_acme_session(backend: DbBackend) {
     let owner = agent_in(&h, None).await;
     let session = open(&owner).await;
     let acme = agent_in(&h, Some("acme")).await;
-    let d = acme.authorize(&session, "web.search", &search()).await.unwrap();
+    let d = acme
+        .authorize(&session, "web.search", &search())
+        .await
+        .unwrap();
     assert!(d.has_reason("TENANT_MISMATCH"), "{d:?}");
 }
 both!(a_tenantless_token_cannot_use_an_acme_session);
@@ -145,12 +165,21 @@ async fn a_tenant_switch_stops_the_tenants_sessions_whatever_the_token_says(back
     let switch = h
         .admin()
         .await
-        .engage(EngageRequest::new(KillSwitchScope::Tenant, "acme", "breach at acme"))
+        .engage(EngageRequest::new(
+            KillSwitchScope::Tenant,
+            "acme",
+            "breach at acme",
+        ))
         .await
         .unwrap();
-    let d = owner.authorize(&session, "web.search", &search()).await.unwrap();
+    let d = owner
+        .authorize(&session, "web.search", &search())
+        .await
+        .unwrap();
     assert!(
-        d.reason("KILL_SWITCH").and_then(|r| r.kill_switch_id.as_deref()) == Some(switch.id.as_str()),
+        d.reason("KILL_SWITCH")
+            .and_then(|r| r.kill_switch_id.as_deref())
+            == Some(switch.id.as_str()),
         "{d:?}"
     );
     for tenant in [Some("globex"), None] {
@@ -164,7 +193,11 @@ async fn a_tenant_switch_stops_the_tenants_sessions_whatever_the_token_says(back
         }
         // Its own sessions are not under the switch, but they are not acme's either.
         let own = open(&other).await;
-        assert!(other.authorize(&own, "web.search", &search()).await.unwrap().is_allowed());
+        assert!(other
+            .authorize(&own, "web.search", &search())
+            .await
+            .unwrap()
+            .is_allowed());
     }
 }
 both!(a_tenant_switch_stops_the_tenants_sessions_whatever_the_token_says);
@@ -173,7 +206,10 @@ async fn a_globex_approver_neither_sees_nor_approves_acme_approvals(backend: DbB
     let h = Harness::start(backend).await;
     let owner = agent_in(&h, Some("acme")).await;
     let session = open(&owner).await;
-    let d = owner.authorize(&session, "payments.refund", &refund(5000)).await.unwrap();
+    let d = owner
+        .authorize(&session, "payments.refund", &refund(5000))
+        .await
+        .unwrap();
     let id = d.approval_id.clone().unwrap();
 
     let globex = approver_in(&h, "gina", &[Role::Approver], Some("globex")).await;
@@ -181,7 +217,12 @@ async fn a_globex_approver_neither_sees_nor_approves_acme_approvals(backend: DbB
     let mut globex_watch = globex.watch().await.unwrap();
     for (who, approver) in [("globex", &globex), ("no tenant", &tenantless)] {
         assert!(
-            approver.list(ApprovalFilter::new()).await.unwrap().approvals.is_empty(),
+            approver
+                .list(ApprovalFilter::new())
+                .await
+                .unwrap()
+                .approvals
+                .is_empty(),
             "{who} lists nothing of acme's"
         );
         let err = approver.get(&id).await.unwrap_err();
@@ -194,7 +235,10 @@ async fn a_globex_approver_neither_sees_nor_approves_acme_approvals(backend: DbB
     let listed = admin.list(ApprovalFilter::new()).await.unwrap().approvals;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].tenant.as_deref(), Some("acme"));
-    assert_eq!(admin.get(&id).await.unwrap().status, ApprovalStatus::Pending);
+    assert_eq!(
+        admin.get(&id).await.unwrap().status,
+        ApprovalStatus::Pending
+    );
     assert_tenant_mismatch(&admin.approve(&id, "ok").await.unwrap_err(), "admin");
 
     // acme's approver sees it and decides it; globex's watcher heard nothing of it.
@@ -206,12 +250,28 @@ async fn a_globex_approver_neither_sees_nor_approves_acme_approvals(backend: DbB
         .unwrap()
         .unwrap();
     assert_eq!(first.approval_id, id);
-    assert_eq!(acme.list(ApprovalFilter::new()).await.unwrap().approvals.len(), 1);
-    assert_eq!(acme.approve(&id, "verified").await.unwrap().status, ApprovalStatus::Approved);
-    let d = owner.await_approval(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        acme.list(ApprovalFilter::new())
+            .await
+            .unwrap()
+            .approvals
+            .len(),
+        1
+    );
+    assert_eq!(
+        acme.approve(&id, "verified").await.unwrap().status,
+        ApprovalStatus::Approved
+    );
+    let d = owner
+        .await_approval(&id, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(d.is_allowed(), "{d:?}");
     let heard = tokio::time::timeout(Duration::from_millis(500), globex_watch.next()).await;
-    assert!(heard.is_err(), "globex's watcher heard acme's approval: {heard:?}");
+    assert!(
+        heard.is_err(),
+        "globex's watcher heard acme's approval: {heard:?}"
+    );
 }
 both!(a_globex_approver_neither_sees_nor_approves_acme_approvals);
 
@@ -221,14 +281,26 @@ async fn auditors_list_only_their_tenants_events(backend: DbBackend) {
     let acme_session = open(&acme).await;
     let globex = agent_in(&h, Some("globex")).await;
     let globex_session = open(&globex).await;
-    acme.authorize(&acme_session, "web.search", &search()).await.unwrap();
-    globex.authorize(&globex_session, "web.search", &search()).await.unwrap();
+    acme.authorize(&acme_session, "web.search", &search())
+        .await
+        .unwrap();
+    globex
+        .authorize(&globex_session, "web.search", &search())
+        .await
+        .unwrap();
 
     let auditor = |tenant: Option<&str>, roles: &[Role]| {
-        AuditClient::connect(h.endpoint(), h.token_in_tenant("security-team", roles, None, tenant))
+        AuditClient::connect(
+            h.endpoint(),
+            h.token_in_tenant("security-team", roles, None, tenant),
+        )
     };
     let sessions = |client: AuditClient| async move {
-        let events = client.list_events(AuditFilter::new().page_size(100)).await.unwrap().events;
+        let events = client
+            .list_events(AuditFilter::new().page_size(100))
+            .await
+            .unwrap()
+            .events;
         let mut ids: Vec<String> = events
             .into_iter()
             .map(|e| e.session_id)
@@ -239,7 +311,10 @@ async fn auditors_list_only_their_tenants_events(backend: DbBackend) {
         ids
     };
     let acme_auditor = auditor(Some("acme"), &[Role::Auditor]).await.unwrap();
-    assert_eq!(sessions(acme_auditor.clone()).await, vec![acme_session.clone()]);
+    assert_eq!(
+        sessions(acme_auditor.clone()).await,
+        vec![acme_session.clone()]
+    );
     // Asking for the other tenant's session by id finds nothing.
     let asked = acme_auditor
         .list_events(AuditFilter::new().session_id(&globex_session))
@@ -247,7 +322,10 @@ async fn auditors_list_only_their_tenants_events(backend: DbBackend) {
         .unwrap();
     assert!(asked.events.is_empty(), "{asked:?}");
     let tenantless = auditor(None, &[Role::Auditor]).await.unwrap();
-    assert!(sessions(tenantless).await.is_empty(), "no tenant is not every tenant");
+    assert!(
+        sessions(tenantless).await.is_empty(),
+        "no tenant is not every tenant"
+    );
     let admin = auditor(Some("acme"), &[Role::Admin]).await.unwrap();
     let mut every = vec![acme_session, globex_session];
     every.sort();

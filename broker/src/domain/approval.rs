@@ -310,7 +310,10 @@ mod tests {
     #[test]
     fn separation_of_duties() {
         let a = approval(1);
-        assert_eq!(check(&a, "agent-1", &["payments"], 1), Err(Refusal::IsAgent));
+        assert_eq!(
+            check(&a, "agent-1", &["payments"], 1),
+            Err(Refusal::IsAgent)
+        );
         assert_eq!(check(&a, "alice", &["payments"], 1), Err(Refusal::IsUser));
         assert!(matches!(
             check(&a, "bob", &["hr"], 1),
@@ -332,10 +335,22 @@ mod tests {
     #[test]
     fn the_user_under_another_spelling_is_still_the_user() {
         let a = approval(1);
-        for alias in ["Alice", "ALICE ", "alice@example.com", "Alice+x@Example.com"] {
-            assert_eq!(check(&a, alias, &["payments"], 1), Err(Refusal::IsUser), "{alias}");
+        for alias in [
+            "Alice",
+            "ALICE ",
+            "alice@example.com",
+            "Alice+x@Example.com",
+        ] {
+            assert_eq!(
+                check(&a, alias, &["payments"], 1),
+                Err(Refusal::IsUser),
+                "{alias}"
+            );
         }
-        assert_eq!(check(&a, "Agent-1", &["payments"], 1), Err(Refusal::IsAgent));
+        assert_eq!(
+            check(&a, "Agent-1", &["payments"], 1),
+            Err(Refusal::IsAgent)
+        );
         // The person claim counts as much as the subject.
         let mut v = vote("u-42", &["payments"], Vote::Approve);
         v.person = "alice@example.com".into();
@@ -370,7 +385,10 @@ mod tests {
             check_voter_token(&a, false, Some("ALICE"), Some("bob"), "sub"),
             Err(Refusal::IsUser)
         );
-        assert_eq!(check_voter_token(&a, false, None, Some("bob"), "sub"), Ok(()));
+        assert_eq!(
+            check_voter_token(&a, false, None, Some("bob"), "sub"),
+            Ok(())
+        );
     }
 
     #[test]
@@ -384,7 +402,8 @@ mod tests {
             ApprovalStatus::Pending,
             "the same approver counts once"
         );
-        a.votes.push(vote("Bob@Example.com", &["payments"], Vote::Approve));
+        a.votes
+            .push(vote("Bob@Example.com", &["payments"], Vote::Approve));
         assert_eq!(
             a.status_after_votes(),
             ApprovalStatus::Pending,
@@ -397,7 +416,8 @@ mod tests {
             "other groups do not count"
         );
         a.votes.push(vote("alice", &["payments"], Vote::Approve));
-        a.votes.push(vote("ALICE@example.com", &["payments"], Vote::Approve));
+        a.votes
+            .push(vote("ALICE@example.com", &["payments"], Vote::Approve));
         assert_eq!(
             a.status_after_votes(),
             ApprovalStatus::Pending,

@@ -25,7 +25,10 @@ use unicode_normalization::UnicodeNormalization;
 pub enum Identity {
     /// No domain: a user name, an IdP subject.
     Bare(String),
-    Email { local: String, domain: String },
+    Email {
+        local: String,
+        domain: String,
+    },
 }
 
 /// Code points that render as nothing (Unicode `Default_Ignorable_Code_Point`, the ranges that occur in
@@ -164,7 +167,16 @@ mod tests {
 
     #[test]
     fn normalising_twice_changes_nothing() {
-        for s in ["Alice", "ǅemal", "İstanbul", "ﬃ", "Ω", "K", "ａｂｃ", "straße"] {
+        for s in [
+            "Alice",
+            "ǅemal",
+            "İstanbul",
+            "ﬃ",
+            "Ω",
+            "K",
+            "ａｂｃ",
+            "straße",
+        ] {
             let once = normalise(s);
             assert_eq!(normalise(&once), once, "{s:?}");
         }

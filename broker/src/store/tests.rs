@@ -3207,7 +3207,11 @@ async fn listings_show_only_the_scoped_tenant(db: &TestDb) -> TestResult {
     let g = open_and_request(store, &globex, "c1", 1, T0 + 2).await?;
     let n = open_and_request(store, &none, "c1", 1, T0 + 3).await?;
     assert_eq!(
-        store.approval(&a.id).await?.and_then(|a| a.tenant).as_deref(),
+        store
+            .approval(&a.id)
+            .await?
+            .and_then(|a| a.tenant)
+            .as_deref(),
         Some("acme"),
         "the tenant is stored"
     );
@@ -3243,7 +3247,8 @@ async fn listings_show_only_the_scoped_tenant(db: &TestDb) -> TestResult {
         expires_at: None,
         released: None,
     };
-    let engaged = EventBody::for_kill_switch(EventKind::KillSwitchEngaged, &switch, "admin-1", T0 + 4);
+    let engaged =
+        EventBody::for_kill_switch(EventKind::KillSwitchEngaged, &switch, "admin-1", T0 + 4);
     store.engage_kill_switch(&switch, engaged).await?;
     let sessions = |tenant: TenantScope| {
         let filter = EventFilter {
@@ -3252,13 +3257,20 @@ async fn listings_show_only_the_scoped_tenant(db: &TestDb) -> TestResult {
         };
         async move {
             let (events, _) = store.list_events(&filter, Page::default()).await?;
-            let mut ids: Vec<Option<String>> = events.into_iter().map(|e| e.body.session_id).collect();
+            let mut ids: Vec<Option<String>> =
+                events.into_iter().map(|e| e.body.session_id).collect();
             ids.dedup();
             Ok::<_, Error>(ids)
         }
     };
-    assert_eq!(sessions(only(Some("acme"))).await?, vec![Some(acme.id.clone())]);
-    assert_eq!(sessions(only(Some("globex"))).await?, vec![Some(globex.id.clone())]);
+    assert_eq!(
+        sessions(only(Some("acme"))).await?,
+        vec![Some(acme.id.clone())]
+    );
+    assert_eq!(
+        sessions(only(Some("globex"))).await?,
+        vec![Some(globex.id.clone())]
+    );
     assert_eq!(
         sessions(only(None)).await?,
         vec![Some(none.id.clone()), None],
@@ -3304,7 +3316,11 @@ async fn two_identities_of_one_person_voting_at_once_count_once(db: &TestDb) -> 
     }
     for a in &approvals {
         let stored = store.approval(&a.id).await?.ok_or("approval gone")?;
-        assert_eq!(stored.status, ApprovalStatus::Pending, "a quorum of 2 is not met by one person");
+        assert_eq!(
+            stored.status,
+            ApprovalStatus::Pending,
+            "a quorum of 2 is not met by one person"
+        );
         assert_eq!(stored.votes.len(), 1);
     }
     // The person is stored with the vote and named in its event.
