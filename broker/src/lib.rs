@@ -257,6 +257,7 @@ pub async fn start(
         store_bound: config.store.commit_timeout,
         quarantine: config.kill_switch.quarantine.clone(),
         approvals: config.approvals.clone(),
+        person_claim: config.auth.person_claim.clone(),
     };
     let webhook = config
         .approvals

@@ -13,6 +13,7 @@ use broker::checkpoint::{self, Signer, VerifyingKey};
 use broker::clock::{rfc3339, SystemClock};
 use broker::config::{Config, Overrides};
 use broker::domain::decision::Outcome;
+use broker::domain::tenancy::TenantScope;
 use broker::policy::{fixtures, PolicyEngine};
 use broker::store::{EventFilter, Page, Store};
 
@@ -548,6 +549,8 @@ async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 }),
                 since: since.map(|s| parse_time("since", &s)).transpose()?,
                 until: until.map(|s| parse_time("until", &s)).transpose()?,
+                // The operator reads the database itself: every tenant.
+                tenant: TenantScope::All,
             };
             let (events, _) = store
                 .list_events(

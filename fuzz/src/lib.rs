@@ -263,6 +263,7 @@ fn fixture() -> &'static Fixture {
                 // No auto-quarantine: denials are most of what a fuzzer produces.
                 quarantine: Vec::new(),
                 approvals: broker::config::ApprovalsConfig::default(),
+                person_claim: "sub".to_owned(),
             };
             let switchboard = broker::domain::switchboard::Switchboard::start(
                 store.clone(),
@@ -277,6 +278,7 @@ fn fixture() -> &'static Fixture {
                 subject: "fuzz-agent".to_owned(),
                 user: Some("alice".to_owned()),
                 tenant: Some("acme".to_owned()),
+                person: Some("fuzz-agent".to_owned()),
                 groups: Default::default(),
                 roles: [Role::Agent].into_iter().collect(),
                 token_id: None,

@@ -181,6 +181,9 @@ impl From<proto::ApprovalRequirement> for ApprovalRequirement {
 pub struct ApprovalVote {
     /// The approver (their JWT `sub`).
     pub approver: String,
+    /// The person who voted (the broker's configured person claim; `sub` by default): one person's
+    /// several tokens count once toward a quorum.
+    pub person: String,
     /// Yes or no.
     pub vote: Vote,
     /// Their comment; empty when they left none.
@@ -196,6 +199,12 @@ impl TryFrom<proto::ApprovalVote> for ApprovalVote {
         Ok(Self {
             vote: Vote::from_wire(&vote.vote)?,
             at: required(vote.at, "at")?,
+            // A broker from before persons were recorded: the subject was the person.
+            person: if vote.person.is_empty() {
+                vote.approver.clone()
+            } else {
+                vote.person
+            },
             approver: vote.approver,
             comment: vote.comment,
         })
@@ -212,6 +221,8 @@ pub struct Approval {
     pub status: ApprovalStatus,
     /// The session the call was made in.
     pub session_id: String,
+    /// The session's tenant, if it has one: only approvers of this tenant vote on it.
+    pub tenant: Option<String>,
     /// The agent that asked (it can never approve its own call).
     pub agent: String,
     /// The user the agent acts for, if any (who can never approve the call either).
@@ -266,6 +277,7 @@ impl TryFrom<proto::Approval> for Approval {
                 .collect::<Result<_, _>>()?,
             approval_id: approval.approval_id,
             session_id: approval.session_id,
+            tenant: non_empty(approval.tenant),
             agent: approval.agent,
             user: non_empty(approval.user),
             tool: approval.tool,
@@ -466,6 +478,7 @@ mod tests {
         let with_vote = |vote: &str, at| proto::Approval {
             votes: vec![proto::ApprovalVote {
                 approver: "carol".into(),
+                person: String::new(),
                 vote: vote.into(),
                 comment: String::new(),
                 at,

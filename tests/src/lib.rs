@@ -48,6 +48,8 @@ pub struct Options {
     /// Serve over TLS (and mTLS when `client_ca` is set).
     pub tls: Option<broker::config::TlsConfig>,
     pub webhook: Option<broker::notify::WebhookConfig>,
+    /// `auth.person_claim` (`sub` when unset).
+    pub person_claim: Option<String>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             commit_timeout: Duration::from_secs(2),
             tls: None,
             webhook: None,
+            person_claim: None,
         }
     }
 }
@@ -120,6 +123,10 @@ impl Harness {
             },
             ..Config::default()
         };
+        let mut config = config;
+        if let Some(claim) = opts.person_claim {
+            config.auth.person_claim = claim;
+        }
         let clock = ManualClock::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = broker::start(config.clone(), Some(listener), Arc::new(clock.clone()))

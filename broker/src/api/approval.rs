@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{authn, convert, status};
 use crate::domain::approval::{ApprovalStatus, Vote};
 use crate::domain::broker::Broker;
+use crate::domain::tenancy::TenantScope;
 use crate::store::ApprovalFilter;
 
 pub struct ApprovalApi {
@@ -49,6 +50,8 @@ impl ApprovalService for ApprovalApi {
             status,
             tool: non_empty(r.tool),
             agent: non_empty(r.agent),
+            // Set by the domain from the caller.
+            tenant: TenantScope::default(),
         };
         let (approvals, next) = self
             .broker
@@ -118,18 +121,20 @@ impl ApprovalService for ApprovalApi {
         req: Request<pb::WatchApprovalsRequest>,
     ) -> Result<Response<ApprovalStream>, Status> {
         let caller = authn::principal(&req)?;
-        let (pending, changes) = self
+        let (pending, changes, scope) = self
             .broker
             .watch_approvals(&caller)
             .await
             .map_err(status::from_domain)?;
         let first: Vec<Result<pb::Approval, Status>> =
             pending.iter().map(|a| Ok(convert::approval(a))).collect();
-        let updates = BroadcastStream::new(changes).map(|c| match c {
-            Ok(a) => Ok(convert::approval(&a)),
-            Err(BroadcastStreamRecvError::Lagged(n)) => Err(Status::data_loss(format!(
+        let updates = BroadcastStream::new(changes).filter_map(move |c| match c {
+            Ok(a) if scope.sees(a.tenant.as_deref()) => Some(Ok(convert::approval(&a))),
+            // Another tenant's change: not this watcher's to see.
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(format!(
                 "watcher fell {n} changes behind; watch again"
-            ))),
+            )))),
         });
         let mut stopping = self.stopping.clone();
         let stopped = async move {

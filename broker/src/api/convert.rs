@@ -11,6 +11,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::decision::{Decision, Outcome, Reason};
 use crate::domain::killswitch::{KillSwitch, Scope};
 use crate::domain::session::{Session, SessionState};
+use crate::domain::tenancy::TenantScope;
 use crate::store::{EventFilter, Page};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -142,6 +143,8 @@ pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page),
         outcome,
         since: r.since.as_ref().map(|t| micros("since", t)).transpose()?,
         until: r.until.as_ref().map(|t| micros("until", t)).transpose()?,
+        // Set by the domain from the caller.
+        tenant: TenantScope::default(),
     };
     Ok((filter, page(r.page_size, &r.page_token)?))
 }
@@ -183,6 +186,7 @@ pub fn approval(a: &Approval) -> pb::Approval {
         approval_id: a.id.clone(),
         status: status.into(),
         session_id: a.session_id.clone(),
+        tenant: a.tenant.clone().unwrap_or_default(),
         agent: a.agent.clone(),
         user: a.user.clone().unwrap_or_default(),
         tool: a.tool.clone(),
@@ -205,6 +209,7 @@ pub fn approval(a: &Approval) -> pb::Approval {
             .iter()
             .map(|v| pb::ApprovalVote {
                 approver: v.approver.clone(),
+                person: v.person.clone(),
                 vote: v.vote.as_str().to_owned(),
                 comment: v.comment.clone(),
                 at: Some(timestamp(v.at)),

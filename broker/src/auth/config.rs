@@ -49,6 +49,10 @@ pub struct AuthConfig {
     /// Claim holding the caller's groups (a string or an array of strings); approvers are matched
     /// against the groups an approval policy names.
     pub groups_claim: String,
+    /// Claim naming the person behind a token, for separation of duties: `sub` (the default), or a
+    /// claim such as `email` that stays the same across a person's several accounts. An approver whose
+    /// token lacks it cannot vote.
+    pub person_claim: String,
     /// File holding the HMAC secret (hex, or raw bytes), at least 32 bytes once decoded.
     pub hmac_secret_file: Option<PathBuf>,
     /// PEM public keys (RSA, EC P-256/P-384, Ed25519).
@@ -88,6 +92,7 @@ impl Default for AuthConfig {
             user_claim: "on_behalf_of".to_owned(),
             tenant_claim: "tenant".to_owned(),
             groups_claim: "groups".to_owned(),
+            person_claim: "sub".to_owned(),
             hmac_secret_file: None,
             public_keys: Vec::new(),
             jwks_file: None,
@@ -208,6 +213,23 @@ impl AuthConfig {
             return Err(invalid(
                 "`roles_claim`, `user_claim`, `tenant_claim` and `groups_claim` must be different claims",
             ));
+        }
+        // `sub` is the default; any other registered claim, or one of the above, names no person.
+        let person = &self.person_claim;
+        if person != "sub" {
+            if person.is_empty() {
+                return Err(invalid("`person_claim` must not be empty"));
+            }
+            if REGISTERED_CLAIMS.contains(&person.as_str()) {
+                return Err(invalid(format!(
+                    "`person_claim` is `{person}`, a registered claim other than `sub`"
+                )));
+            }
+            if let Some((field, _)) = claims.iter().find(|(_, n)| *n == person) {
+                return Err(invalid(format!(
+                    "`person_claim` is `{person}`, already used as `{field}`"
+                )));
+            }
         }
         Ok(())
     }

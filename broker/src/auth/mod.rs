@@ -101,6 +101,9 @@ pub struct Principal {
     pub user: Option<String>,
     /// From [`AuthConfig::tenant_claim`].
     pub tenant: Option<String>,
+    /// Who the person behind the token is, from [`AuthConfig::person_claim`] (`sub` by default, so
+    /// then the subject): what separation of duties compares (`domain::person`).
+    pub person: Option<String>,
     /// From [`AuthConfig::groups_claim`]: who an approver approves for.
     pub groups: BTreeSet<String>,
     /// From [`AuthConfig::roles_claim`]; empty when the claim is missing.

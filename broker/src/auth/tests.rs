@@ -159,6 +159,7 @@ async fn valid_hs256_token_gives_its_principal() {
             subject: "agent-7".to_owned(),
             user: Some("alice@example.com".to_owned()),
             tenant: Some("acme".to_owned()),
+            person: Some("agent-7".to_owned()),
             roles: [Role::Agent, Role::Auditor].into_iter().collect(),
             groups: Default::default(),
             token_id: Some("tok-1".to_owned()),
@@ -227,6 +228,37 @@ async fn configured_claim_names_are_used() {
     assert_eq!(p.roles.into_iter().collect::<Vec<_>>(), vec![Role::Admin]);
     assert_eq!(p.user.as_deref(), Some("bob"));
     assert_eq!(p.tenant.as_deref(), Some("initech"));
+}
+
+#[tokio::test]
+async fn the_person_is_the_subject_or_the_configured_claim() {
+    let p = dev_verifier().await.verify(&hs256(&claims())).unwrap();
+    assert_eq!(p.person, Some(p.subject.clone()), "`sub` by default");
+
+    let cfg = AuthConfig {
+        person_claim: "email".to_owned(),
+        ..AuthConfig::default()
+    };
+    let verifier = Verifier::from_config(&cfg, Some(SECRET.to_vec()))
+        .await
+        .unwrap();
+    let p = verifier
+        .verify(&hs256(&with(claims(), "email", json!("Bob@Example.com"))))
+        .unwrap();
+    assert_eq!(p.person.as_deref(), Some("Bob@Example.com"));
+    assert_eq!(verifier.verify(&hs256(&claims())).unwrap().person, None);
+    assert_eq!(
+        token_error(verifier.verify(&hs256(&with(claims(), "email", json!(["a"]))))),
+        TokenError::InvalidClaim("email".to_owned())
+    );
+
+    for bad in ["", "exp", "roles", "groups", "tenant", "on_behalf_of"] {
+        let cfg = AuthConfig {
+            person_claim: bad.to_owned(),
+            ..AuthConfig::default()
+        };
+        assert!(cfg.validate().is_err(), "person_claim `{bad}`");
+    }
 }
 
 #[tokio::test]

@@ -111,6 +111,7 @@ mod tests {
             subject: subject.to_owned(),
             user: Some("alice".to_owned()),
             tenant: None,
+            person: Some(subject.to_owned()),
             groups: Default::default(),
             roles: Default::default(),
             token_id: None,

@@ -46,6 +46,7 @@ struct Inner {
     user_claim: String,
     tenant_claim: String,
     groups_claim: String,
+    person_claim: String,
 }
 
 impl Drop for Inner {
@@ -311,6 +312,7 @@ impl Verifier {
                 user_claim: cfg.user_claim.clone(),
                 tenant_claim: cfg.tenant_claim.clone(),
                 groups_claim: cfg.groups_claim.clone(),
+                person_claim: cfg.person_claim.clone(),
             }),
         })
     }
@@ -398,6 +400,12 @@ impl Verifier {
                 return Err(TokenError::InvalidClaim(optional.to_owned()));
             }
         }
+        // Read before the claims below are taken out of the map (validate() keeps it apart from them).
+        let person = if inner.person_claim == "sub" {
+            Some(subject.clone())
+        } else {
+            optional_string(&mut claims, &inner.person_claim)?
+        };
         let token_id = optional_string(&mut claims, "jti")?;
         let user = optional_string(&mut claims, &inner.user_claim)?;
         let tenant = optional_string(&mut claims, &inner.tenant_claim)?;
@@ -407,6 +415,7 @@ impl Verifier {
             subject,
             user,
             tenant,
+            person,
             roles,
             groups,
             token_id,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::decision::Reason;
+use super::person;
 use crate::clock::Micros;
 
 pub const MAX_COMMENT_LEN: usize = 2048;
@@ -76,7 +77,11 @@ impl Vote {
 /// One approver's say, with the groups their token carried when they said it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteRecord {
+    /// The token's `sub`.
     pub approver: String,
+    /// The person, from the configured `auth.person_claim` (`sub` by default), as the token said it;
+    /// compared normalised ([`super::person`]). Votes stored before it existed carry the approver.
+    pub person: String,
     pub groups: Vec<String>,
     pub vote: Vote,
     pub comment: String,
@@ -89,6 +94,8 @@ pub struct Approval {
     pub id: String,
     pub status: ApprovalStatus,
     pub session_id: String,
+    /// The session's tenant: only callers of this tenant wait on it or vote on it.
+    pub tenant: Option<String>,
     pub agent: String,
     pub user: Option<String>,
     pub tool: String,
@@ -119,6 +126,10 @@ pub enum Refusal {
     IsAgent,
     #[error("the user the agent acts for cannot approve the call")]
     IsUser,
+    #[error("a token with role `agent` never votes on approvals")]
+    AgentToken,
+    #[error("the token has no `{0}` claim, which identifies the person voting")]
+    NoPerson(String),
     #[error("approver is in none of the required groups ({0})")]
     NotInGroup(String),
     #[error("approver has already decided this approval")]
@@ -137,55 +148,63 @@ impl Approval {
         }
     }
 
-    /// Separation of duties: who may vote on this approval.
-    pub fn check_voter(
-        &self,
-        approver: &str,
-        groups: &[String],
-        now: Micros,
-    ) -> Result<(), Refusal> {
+    /// Separation of duties: whether `vote` may be cast on this approval now. Checked before the vote and
+    /// again inside the store's transaction, where every vote so far is visible. People are compared as
+    /// [`super::person`] says: by the token's subject and the configured person claim, normalised.
+    pub fn check_voter(&self, vote: &VoteRecord, now: Micros) -> Result<(), Refusal> {
         let status = self.status_at(now);
         if status != ApprovalStatus::Pending {
             return Err(Refusal::NotPending(status.as_str()));
         }
-        if approver == self.agent {
+        let voter = vote.identities();
+        if person::any_same(voter, [self.agent.as_str()]) {
             return Err(Refusal::IsAgent);
         }
-        if self.user.as_deref() == Some(approver) {
-            return Err(Refusal::IsUser);
+        if let Some(user) = self.user.as_deref() {
+            if person::any_same(voter, [user]) {
+                return Err(Refusal::IsUser);
+            }
         }
-        if !self.requirements.iter().any(|r| groups.contains(&r.group)) {
+        if !self
+            .requirements
+            .iter()
+            .any(|r| vote.groups.contains(&r.group))
+        {
             let wanted: Vec<&str> = self.requirements.iter().map(|r| r.group.as_str()).collect();
             return Err(Refusal::NotInGroup(wanted.join(", ")));
         }
-        if self.votes.iter().any(|v| v.approver == approver) {
+        if self.votes.iter().any(|v| v.same_person(vote)) {
             return Err(Refusal::AlreadyVoted);
         }
         Ok(())
     }
 
-    /// True when every requirement has its quorum of distinct approving members of its group, counting
-    /// only votes that could have been cast (never the agent or its user).
+    /// True when every requirement has its quorum of distinct approving people in its group, counting
+    /// only votes that could have been cast (never the agent or its user): two tokens of one person
+    /// (`bob`, `Bob@example.com`) count once.
     pub fn quorum_met(&self) -> bool {
         self.requirements
             .iter()
             .all(|req| self.approvals_from(&req.group) >= quorum(req))
     }
 
-    /// How many distinct members of `group` approved, counting only votes that could have been cast.
+    /// How many distinct people of `group` approved, counting only votes that could have been cast.
     fn approvals_from(&self, group: &str) -> usize {
-        let mut approvers: Vec<&str> = self
+        let requester: Vec<&str> = std::iter::once(self.agent.as_str())
+            .chain(self.user.as_deref())
+            .collect();
+        let mut counted: Vec<&VoteRecord> = Vec::new();
+        for v in self
             .votes
             .iter()
             .filter(|v| v.vote == Vote::Approve && v.groups.iter().any(|g| g == group))
-            .filter(|v| {
-                v.approver != self.agent && self.user.as_deref() != Some(v.approver.as_str())
-            })
-            .map(|v| v.approver.as_str())
-            .collect();
-        approvers.sort_unstable();
-        approvers.dedup();
-        approvers.len()
+            .filter(|v| !person::any_same(v.identities(), requester.iter().copied()))
+        {
+            if !counted.iter().any(|c| c.same_person(v)) {
+                counted.push(v);
+            }
+        }
+        counted.len()
     }
 
     /// What of `requirements` (the policies in effect now) this approval's votes do not meet, for
@@ -246,6 +265,43 @@ fn quorum(req: &Requirement) -> usize {
     usize::try_from(req.quorum).unwrap_or(usize::MAX)
 }
 
+impl VoteRecord {
+    /// The strings that identify who voted: subject and person.
+    fn identities(&self) -> [&str; 2] {
+        [self.approver.as_str(), self.person.as_str()]
+    }
+
+    /// Whether two votes may come from one person (any identity of one matching any of the other).
+    pub fn same_person(&self, other: &VoteRecord) -> bool {
+        person::any_same(self.identities(), other.identities())
+    }
+}
+
+/// What no vote from this token may get past, whatever the approval: agents never vote (an agent that
+/// could approve would approve itself through another session), a token acting for a user votes for
+/// nobody's request of that user, and the person must be known.
+pub fn check_voter_token(
+    approval: &Approval,
+    is_agent: bool,
+    acts_for: Option<&str>,
+    person: Option<&str>,
+    person_claim: &str,
+) -> Result<(), Refusal> {
+    if is_agent {
+        return Err(Refusal::AgentToken);
+    }
+    if person.is_none() {
+        return Err(Refusal::NoPerson(person_claim.to_owned()));
+    }
+    if let Some(acts_for) = acts_for {
+        let requester = std::iter::once(approval.agent.as_str()).chain(approval.user.as_deref());
+        if person::any_same([acts_for], requester) {
+            return Err(Refusal::IsUser);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +311,7 @@ mod tests {
             id: "apr_1".into(),
             status: ApprovalStatus::Pending,
             session_id: "ses_1".into(),
+            tenant: None,
             agent: "agent-1".into(),
             user: Some("alice".into()),
             tool: "payments.refund".into(),
@@ -280,6 +337,7 @@ mod tests {
     fn vote(who: &str, groups: &[&str], v: Vote) -> VoteRecord {
         VoteRecord {
             approver: who.into(),
+            person: who.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             vote: v,
             comment: String::new(),
@@ -287,28 +345,31 @@ mod tests {
         }
     }
 
+    fn check(a: &Approval, who: &str, groups: &[&str], now: Micros) -> Result<(), Refusal> {
+        a.check_voter(&vote(who, groups, Vote::Approve), now)
+    }
+
     #[test]
     fn separation_of_duties() {
         let a = approval(1);
-        let payments = vec!["payments".to_owned()];
         assert_eq!(
-            a.check_voter("agent-1", &payments, 1),
+            check(&a, "agent-1", &["payments"], 1),
             Err(Refusal::IsAgent)
         );
-        assert_eq!(a.check_voter("alice", &payments, 1), Err(Refusal::IsUser));
+        assert_eq!(check(&a, "alice", &["payments"], 1), Err(Refusal::IsUser));
         assert!(matches!(
-            a.check_voter("bob", &["hr".to_owned()], 1),
+            check(&a, "bob", &["hr"], 1),
             Err(Refusal::NotInGroup(_))
         ));
-        assert_eq!(a.check_voter("bob", &payments, 1), Ok(()));
+        assert_eq!(check(&a, "bob", &["payments"], 1), Ok(()));
         assert_eq!(
-            a.check_voter("bob", &payments, 1_000),
+            check(&a, "bob", &["payments"], 1_000),
             Err(Refusal::NotPending("EXPIRED"))
         );
         let mut voted = a.clone();
         voted.votes.push(vote("bob", &["payments"], Vote::Approve));
         assert_eq!(
-            voted.check_voter("bob", &payments, 1),
+            check(&voted, "bob", &["payments"], 1),
             Err(Refusal::AlreadyVoted)
         );
     }
@@ -342,6 +403,65 @@ mod tests {
     }
 
     #[test]
+    fn the_user_under_another_spelling_is_still_the_user() {
+        let a = approval(1);
+        for alias in [
+            "Alice",
+            "ALICE ",
+            "alice@example.com",
+            "Alice+x@Example.com",
+        ] {
+            assert_eq!(
+                check(&a, alias, &["payments"], 1),
+                Err(Refusal::IsUser),
+                "{alias}"
+            );
+        }
+        assert_eq!(
+            check(&a, "Agent-1", &["payments"], 1),
+            Err(Refusal::IsAgent)
+        );
+        // The person claim counts as much as the subject.
+        let mut v = vote("u-42", &["payments"], Vote::Approve);
+        v.person = "alice@example.com".into();
+        assert_eq!(a.check_voter(&v, 1), Err(Refusal::IsUser));
+    }
+
+    #[test]
+    fn a_second_identity_of_a_voter_has_already_voted() {
+        let mut a = approval(2);
+        a.votes.push(vote("bob", &["payments"], Vote::Approve));
+        assert_eq!(
+            check(&a, "Bob@example.com", &["payments"], 1),
+            Err(Refusal::AlreadyVoted)
+        );
+        let mut other_sub = vote("bob-admin", &["payments"], Vote::Approve);
+        other_sub.person = "BOB".into();
+        assert_eq!(a.check_voter(&other_sub, 1), Err(Refusal::AlreadyVoted));
+    }
+
+    #[test]
+    fn agent_tokens_and_unknown_people_never_vote() {
+        let a = approval(1);
+        assert_eq!(
+            check_voter_token(&a, true, None, Some("bob"), "sub"),
+            Err(Refusal::AgentToken)
+        );
+        assert_eq!(
+            check_voter_token(&a, false, None, None, "email"),
+            Err(Refusal::NoPerson("email".into()))
+        );
+        assert_eq!(
+            check_voter_token(&a, false, Some("ALICE"), Some("bob"), "sub"),
+            Err(Refusal::IsUser)
+        );
+        assert_eq!(
+            check_voter_token(&a, false, None, Some("bob"), "sub"),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn quorum_counts_distinct_members_of_the_group() {
         let mut a = approval(2);
         a.votes.push(vote("bob", &["payments"], Vote::Approve));
@@ -352,6 +472,13 @@ mod tests {
             ApprovalStatus::Pending,
             "the same approver counts once"
         );
+        a.votes
+            .push(vote("Bob@Example.com", &["payments"], Vote::Approve));
+        assert_eq!(
+            a.status_after_votes(),
+            ApprovalStatus::Pending,
+            "the same person under another identity counts once"
+        );
         a.votes.push(vote("eve", &["marketing"], Vote::Approve));
         assert_eq!(
             a.status_after_votes(),
@@ -359,10 +486,12 @@ mod tests {
             "other groups do not count"
         );
         a.votes.push(vote("alice", &["payments"], Vote::Approve));
+        a.votes
+            .push(vote("ALICE@example.com", &["payments"], Vote::Approve));
         assert_eq!(
             a.status_after_votes(),
             ApprovalStatus::Pending,
-            "the user never counts"
+            "the user never counts, under any spelling"
         );
         a.votes.push(vote("carol", &["payments"], Vote::Approve));
         assert_eq!(a.status_after_votes(), ApprovalStatus::Approved);

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::approval::{Approval, ApprovalStatus, Refusal, Vote, VoteRecord, MAX_COMMENT_LEN};
+use super::approval::{
+    check_voter_token, Approval, ApprovalStatus, Refusal, Vote, VoteRecord, MAX_COMMENT_LEN,
+};
 use super::audit::CallFacts;
-use super::broker::{invalid, require, Broker, Error};
+use super::broker::{invalid, require, tenant_mismatch, Broker, Error};
 use super::decision::{Decision, Outcome, Reason, ReasonCode};
 use super::killswitch::{KillSwitch, Subject};
+use super::tenancy::{self, TenantScope};
 use crate::auth::{Principal, Role};
 use crate::clock::{micros_of, Micros};
 use crate::ids;
@@ -35,6 +38,8 @@ impl Broker {
             id: ids::approval_id(),
             status: ApprovalStatus::Pending,
             session_id: decision.session_id.clone(),
+            // The session's tenant: `decide_and_record` asks only in sessions of the caller's tenant.
+            tenant: caller.tenant.clone(),
             agent: caller.subject.clone(),
             user: caller.user.clone(),
             tool: decision.tool.clone(),
@@ -63,7 +68,12 @@ impl Broker {
             ));
         }
         match self.bounded(self.store.approval(approval_id)).await? {
-            Some(a) if a.agent == caller.subject && a.user == caller.user => Ok(a),
+            Some(a) if a.agent == caller.subject && a.user == caller.user => {
+                if !tenancy::same_tenant(caller, a.tenant.as_deref()) {
+                    return Err(tenant_mismatch("approval", approval_id));
+                }
+                Ok(a)
+            }
             _ => Err(Error::NotFound(format!(
                 "no approval `{approval_id}` for this agent"
             ))),
@@ -328,9 +338,11 @@ impl Broker {
                 "not an approval id (`apr_` and 32 hex digits)",
             ));
         }
+        // Another tenant's approval is not found: its id reveals nothing outside its tenant.
         self.store
             .approval(approval_id)
             .await?
+            .filter(|a| TenantScope::of(caller).sees(a.tenant.as_deref()))
             .ok_or_else(|| Error::NotFound(format!("no approval `{approval_id}`")))
     }
 
@@ -341,6 +353,10 @@ impl Broker {
         page: Page,
     ) -> Result<(Vec<Approval>, Option<i64>), Error> {
         require(caller, Role::Approver)?;
+        let filter = ApprovalFilter {
+            tenant: TenantScope::of(caller),
+            ..filter
+        };
         Ok(self.store.list_approvals(&filter, page).await?)
     }
 
@@ -360,19 +376,39 @@ impl Broker {
                 format!("at most {MAX_COMMENT_LEN} characters"),
             ));
         }
-        let current = self.get_approval(caller, approval_id).await?;
-        let groups: Vec<String> = caller.groups.iter().cloned().collect();
+        if !ids::is_well_formed(approval_id, "apr_") {
+            return Err(invalid(
+                "approval_id",
+                "not an approval id (`apr_` and 32 hex digits)",
+            ));
+        }
+        let current = self
+            .bounded(self.store.approval(approval_id))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no approval `{approval_id}`")))?;
+        // Refused, not hidden: the caller holds the id. Even an admin, who sees every tenant's
+        // approvals, votes only in its own.
+        if !tenancy::same_tenant(caller, current.tenant.as_deref()) {
+            return Err(tenant_mismatch("approval", approval_id));
+        }
+        check_voter_token(
+            &current,
+            caller.has_role(Role::Agent),
+            caller.user.as_deref(),
+            caller.person.as_deref(),
+            &self.settings.person_claim,
+        )
+        .map_err(refused)?;
         let now = self.now();
-        current
-            .check_voter(&caller.subject, &groups, now)
-            .map_err(refused)?;
         let record = VoteRecord {
             approver: caller.subject.clone(),
-            groups,
+            person: caller.person.clone().unwrap_or_default(),
+            groups: caller.groups.iter().cloned().collect(),
             vote,
             comment: comment.to_owned(),
             at: now,
         };
+        current.check_voter(&record, now).map_err(refused)?;
         match self
             .store
             .vote_on_approval(approval_id, record, now)
@@ -387,14 +423,18 @@ impl Broker {
         }
     }
 
-    /// Pending approvals now, and every approval change from here on (through any broker).
+    /// Pending approvals now, and every approval change from here on (through any broker); the watcher
+    /// passes on only the changes the scope sees (the caller's tenant's, see `tenancy`).
     pub async fn watch_approvals(
         &self,
         caller: &Principal,
-    ) -> Result<(Vec<Approval>, broadcast::Receiver<Approval>), Error> {
+    ) -> Result<(Vec<Approval>, broadcast::Receiver<Approval>, TenantScope), Error> {
         require(caller, Role::Approver)?;
+        let scope = TenantScope::of(caller);
         let changes = self.approval_changes.subscribe();
-        Ok((self.store.pending_approvals().await?, changes))
+        let mut pending = self.store.pending_approvals().await?;
+        pending.retain(|a| scope.sees(a.tenant.as_deref()));
+        Ok((pending, changes, scope))
     }
 
     /// A kill switch cancels the pending approvals it covers.
@@ -440,6 +480,7 @@ impl Broker {
                 json!({
                     "approval_id": approval.id,
                     "session_id": approval.session_id,
+                    "tenant": approval.tenant,
                     "agent": approval.agent,
                     "user": approval.user,
                     "tool": approval.tool,
@@ -456,7 +497,11 @@ impl Broker {
 
 fn refused(r: Refusal) -> Error {
     match r {
-        Refusal::IsAgent | Refusal::IsUser | Refusal::NotInGroup(_) => Error::Refused {
+        Refusal::IsAgent
+        | Refusal::IsUser
+        | Refusal::AgentToken
+        | Refusal::NoPerson(_)
+        | Refusal::NotInGroup(_) => Error::Refused {
             code: "SEPARATION_OF_DUTIES",
             message: r.to_string(),
             permission: true,

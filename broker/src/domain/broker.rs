@@ -15,6 +15,7 @@ use super::quarantine::Quarantine;
 use super::session::{is_tool_name, Session, ToolScope, MAX_TOOL_NAME_LEN};
 use super::session_cache::SessionCache;
 use super::switchboard::{Change, Switchboard};
+use super::tenancy::{self, TenantScope};
 use crate::auth::{Principal, Role};
 use crate::clock::{micros_of, Micros, SharedClock};
 use crate::config::{AuditConfig, Limits, SessionConfig};
@@ -117,6 +118,8 @@ pub struct Settings {
     pub store_bound: Duration,
     pub quarantine: Vec<crate::config::QuarantineRule>,
     pub approvals: crate::config::ApprovalsConfig,
+    /// `auth.person_claim`, named when a vote is refused for lacking it.
+    pub person_claim: String,
 }
 
 #[derive(Clone)]
@@ -145,6 +148,15 @@ pub struct Engage {
     pub target: String,
     pub reason: String,
     pub expires_at: Option<Micros>,
+}
+
+/// A call on another tenant's session or approval (see `tenancy`).
+pub(super) fn tenant_mismatch(what: &str, id: &str) -> Error {
+    Error::Refused {
+        code: tenancy::TENANT_MISMATCH,
+        message: tenancy::mismatch_message(what, id),
+        permission: true,
+    }
 }
 
 pub(super) fn require(principal: &Principal, role: Role) -> Result<(), Error> {
@@ -369,7 +381,12 @@ impl Broker {
             ));
         }
         match self.bounded(self.store.session(session_id)).await? {
-            Some(s) if s.agent == caller.subject && s.user == caller.user => Ok(s),
+            Some(s) if s.agent == caller.subject && s.user == caller.user => {
+                if !tenancy::same_tenant(caller, s.tenant.as_deref()) {
+                    return Err(tenant_mismatch("session", session_id));
+                }
+                Ok(s)
+            }
             _ => Err(Error::NotFound(format!(
                 "no session `{session_id}` for this agent"
             ))),
@@ -511,6 +528,14 @@ impl Broker {
                             "session `{}` belongs to another agent or user",
                             req.session_id
                         ),
+                    ));
+                }
+                // The session's tenant counts, not the token's: a TENANT switch on it holds for every caller.
+                Some(s) if !tenancy::same_tenant(caller, s.tenant.as_deref()) => {
+                    remember = false;
+                    decision.reasons.push(Reason::new(
+                        ReasonCode::TenantMismatch,
+                        tenancy::mismatch_message("session", &req.session_id),
                     ));
                 }
                 Some(s) => {
@@ -912,6 +937,10 @@ impl Broker {
         page: Page,
     ) -> Result<(Vec<audit::AuditEvent>, Option<i64>), Error> {
         require_auditor(caller)?;
+        let filter = EventFilter {
+            tenant: TenantScope::of(caller),
+            ..filter
+        };
         Ok(self.store.list_events(&filter, page).await?)
     }
 

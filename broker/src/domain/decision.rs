@@ -49,6 +49,8 @@ pub enum ReasonCode {
     SessionNotFound,
     /// The session belongs to another agent.
     SessionNotOwned,
+    /// The session belongs to another tenant than the caller's token names (or the token names none).
+    TenantMismatch,
     SessionExpired,
     SessionClosed,
     BudgetExhausted,
@@ -82,6 +84,7 @@ impl ReasonCode {
             ReasonCode::NotInSessionScope => "NOT_IN_SESSION_SCOPE",
             ReasonCode::SessionNotFound => "SESSION_NOT_FOUND",
             ReasonCode::SessionNotOwned => "SESSION_NOT_OWNED",
+            ReasonCode::TenantMismatch => "TENANT_MISMATCH",
             ReasonCode::SessionExpired => "SESSION_EXPIRED",
             ReasonCode::SessionClosed => "SESSION_CLOSED",
             ReasonCode::BudgetExhausted => "BUDGET_EXHAUSTED",

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::audit::{EventBody, EventKind};
-use super::broker::{invalid, require, session_facts, Broker, Error};
+use super::broker::{invalid, require, session_facts, tenant_mismatch, Broker, Error};
 use super::decision::{Outcome, Reason, ReasonCode};
 use super::session::{Session, SessionState};
+use super::tenancy;
 use crate::auth::{Principal, Role};
 use crate::ids;
 use crate::policy::{Caller, RetrievalFilter};
@@ -85,6 +86,10 @@ impl Broker {
                 ReasonCode::SessionNotOwned,
                 format!("session `{session_id}` belongs to another agent or user"),
             )),
+            // Refused outright, not a DENY per document: nothing is recorded in another tenant's session.
+            Some(s) if !tenancy::same_tenant(caller, s.tenant.as_deref()) => {
+                return Err(tenant_mismatch("session", session_id))
+            }
             Some(s) => match s.state(now) {
                 SessionState::Closed => Err(Reason::new(
                     ReasonCode::SessionClosed,

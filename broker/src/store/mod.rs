@@ -55,6 +55,7 @@ use crate::domain::audit::{
 use crate::domain::decision::{Decision, Outcome};
 use crate::domain::killswitch::{KillSwitch, Release};
 use crate::domain::session::Session;
+use crate::domain::tenancy::TenantScope;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -165,6 +166,8 @@ pub struct ApprovalFilter {
     pub status: Option<ApprovalStatus>,
     pub tool: Option<String>,
     pub agent: Option<String>,
+    /// Whose approvals: the domain sets it from the caller (`domain::tenancy`).
+    pub tenant: TenantScope,
 }
 
 /// What [`Store::vote_on_approval`] did.
@@ -193,6 +196,9 @@ pub struct EventFilter {
     pub since: Option<Micros>,
     /// Events strictly before this time.
     pub until: Option<Micros>,
+    /// Whose events: those in sessions of one tenant (`Only(None)`: in sessions without a tenant, and
+    /// every event outside a known session of a tenant, such as kill switches); the domain sets it.
+    pub tenant: TenantScope,
 }
 
 /// A page of events in `seq` order: those after `after_seq` (0 for the first page), at most `limit`
@@ -481,6 +487,20 @@ impl Store {
                 args.push(arg);
                 sql.push_str(&format!(" AND {condition} ${}", args.len()));
             }
+        }
+        match &filter.tenant {
+            TenantScope::All => {}
+            TenantScope::Only(Some(tenant)) => {
+                args.push(Arg::Text(tenant));
+                sql.push_str(&format!(
+                    " AND session_id IN (SELECT id FROM sessions WHERE tenant = ${})",
+                    args.len()
+                ));
+            }
+            TenantScope::Only(None) => sql.push_str(
+                " AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = audit_events.session_id \
+                 AND s.tenant IS NOT NULL)",
+            ),
         }
         args.push(Arg::Int(i64::from(limit) + 1));
         sql.push_str(&format!(" ORDER BY seq LIMIT ${}", args.len()));
@@ -864,7 +884,7 @@ impl Store {
 
     /// Records `vote` on approval `id`, in the writer's transaction: reads the approval and its votes,
     /// refuses a voter [`Approval::check_voter`] refuses (at `now`), stores the vote (the same approver
-    /// counts once), appends `APPROVAL_VOTED` (by the approver, detail `{"vote", "comment"}`), and when the
+    /// counts once), appends `APPROVAL_VOTED` (by the approver, detail `{"vote", "comment", "person"}`), and when the
     /// votes settle it ([`Approval::status_after_votes`]) sets the status and appends `APPROVAL_APPROVED` or
     /// `APPROVAL_DENIED` (a denied approval drops its kept arguments). Writer transactions are serialised
     /// across brokers, so concurrent votes on several brokers all count and the quorum sees them all.
@@ -1280,6 +1300,7 @@ fn check_new_approval(a: &Approval) -> Result<(), Error> {
     check_key("approval.session_id", &a.session_id)?;
     check_key("approval.agent", &a.agent)?;
     check_opt_key("approval.user", a.user.as_deref())?;
+    check_opt_key("approval.tenant", a.tenant.as_deref())?;
     check_key("approval.tool", &a.tool)?;
     check_key("approval.call_id", &a.call_id)?;
     check_key("approval.decision_id", &a.decision_id)?;
@@ -1302,6 +1323,7 @@ fn check_new_approval(a: &Approval) -> Result<(), Error> {
 
 fn check_vote(v: &VoteRecord) -> Result<(), Error> {
     check_key("vote.approver", &v.approver)?;
+    check_key("vote.person", &v.person)?;
     for g in &v.groups {
         check_key("vote.groups", g)?;
     }

@@ -11,6 +11,7 @@ use crate::domain::audit::{AuditEvent, EventBody, EventKind};
 use crate::domain::decision::{Decision, Outcome, Reason};
 use crate::domain::killswitch::{KillSwitch, Release, Scope};
 use crate::domain::session::Session;
+use crate::domain::tenancy::TenantScope;
 
 /// The key of the Postgres advisory lock that serialises chain appends across broker processes.
 pub(crate) const CHAIN_LOCK_KEY: i64 = 0x6272_6f6b_6572_0001;
@@ -533,7 +534,8 @@ pub(crate) const APPROVAL_CHANNEL: &str = "broker_approvals";
 
 const APPROVAL_COLUMNS: &str =
     "id, request_seq, status, session_id, agent, user_id, tool, call_id, decision_id, arguments_redacted, \
-     arguments_digest, requirements, reasons, requested_at, expires_at, consumed_at, consumed_by, updated_at";
+     arguments_digest, requirements, reasons, requested_at, expires_at, consumed_at, consumed_by, updated_at, \
+     tenant";
 
 /// A value bound to a query built at run time.
 pub(crate) enum Arg<'a> {
@@ -586,8 +588,8 @@ where
         None => String::new(),
     };
     let sql = format!(
-        "SELECT a.*, v.approver AS v_approver, v.groups AS v_groups, v.vote AS v_vote, \
-         v.comment AS v_comment, v.at AS v_at \
+        "SELECT a.*, v.approver AS v_approver, v.person AS v_person, v.groups AS v_groups, \
+         v.vote AS v_vote, v.comment AS v_comment, v.at AS v_at \
          FROM (SELECT {APPROVAL_COLUMNS} FROM approvals WHERE {condition} ORDER BY {order}{limit}) AS a \
          LEFT JOIN approval_votes v ON v.approval_id = a.id \
          ORDER BY {order}, v.at, v.approver"
@@ -632,6 +634,7 @@ fn approval_from_row(row: &AnyRow) -> Result<Approval, Error> {
         id: column(row, "id")?,
         status,
         session_id: column(row, "session_id")?,
+        tenant: column(row, "tenant")?,
         agent: column(row, "agent")?,
         user: column(row, "user_id")?,
         tool: column(row, "tool")?,
@@ -657,8 +660,11 @@ fn vote_from_row(row: &AnyRow) -> Result<Option<VoteRecord>, Error> {
     };
     let groups: String = column(row, "v_groups")?;
     let vote: String = column(row, "v_vote")?;
+    // Votes stored before persons were recorded: the subject was the only identity.
+    let person = column::<Option<String>>(row, "v_person")?.unwrap_or_else(|| approver.clone());
     Ok(Some(VoteRecord {
         approver,
+        person,
         groups: from_json("vote groups", &groups)?,
         vote: Vote::parse(&vote).ok_or_else(|| Error::corrupt(format!("unknown vote `{vote}`")))?,
         comment: column(row, "v_comment")?,
@@ -736,6 +742,14 @@ where
             args.push(arg);
             conditions.push(format!("{condition} ${}", args.len()));
         }
+    }
+    match &filter.tenant {
+        TenantScope::All => {}
+        TenantScope::Only(Some(tenant)) => {
+            args.push(Arg::Text(tenant));
+            conditions.push(format!("tenant = ${}", args.len()));
+        }
+        TenantScope::Only(None) => conditions.push("tenant IS NULL".to_owned()),
     }
     fetch_sequenced_approvals(
         ex,
@@ -832,7 +846,7 @@ pub(crate) async fn insert_approval(
 ) -> Result<(), Error> {
     let sql = format!(
         "INSERT INTO approvals ({APPROVAL_COLUMNS}, arguments) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, NULL, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, NULL, $16, $17, $18)"
     );
     sqlx::query(&sql)
         .bind(&approval.id)
@@ -851,6 +865,7 @@ pub(crate) async fn insert_approval(
         .bind(approval.requested_at)
         .bind(approval.expires_at)
         .bind(now)
+        .bind(&approval.tenant)
         .bind(arguments)
         .execute(conn)
         .await
@@ -917,8 +932,8 @@ pub(crate) async fn insert_vote(
     vote: &VoteRecord,
 ) -> Result<bool, Error> {
     let done = sqlx::query(
-        "INSERT INTO approval_votes (approval_id, approver, groups, vote, comment, at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (approval_id, approver) DO NOTHING",
+        "INSERT INTO approval_votes (approval_id, approver, groups, vote, comment, at, person) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (approval_id, approver) DO NOTHING",
     )
     .bind(approval_id)
     .bind(&vote.approver)
@@ -926,6 +941,7 @@ pub(crate) async fn insert_vote(
     .bind(vote.vote.as_str())
     .bind(&vote.comment)
     .bind(vote.at)
+    .bind(&vote.person)
     .execute(conn)
     .await
     .map_err(db)?;

@@ -13,6 +13,7 @@ use crate::domain::audit::{AuditEvent, CallFacts, EventBody, EventKind, GENESIS_
 use crate::domain::decision::{Decision, Outcome, Reason, ReasonCode};
 use crate::domain::killswitch::{KillSwitch, Release, Scope};
 use crate::domain::session::{Session, SessionState, ToolScope};
+use crate::domain::tenancy::TenantScope;
 use crate::ids;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -71,6 +72,8 @@ contract_tests!(
     approvals_changed_since_come_in_order,
     concurrent_votes_on_two_brokers_both_count,
     approvals_list_newest_first_filtered_and_paged,
+    listings_show_only_the_scoped_tenant,
+    two_identities_of_one_person_voting_at_once_count_once,
     session_collections_and_labels_round_trip,
     labels_accumulate_and_every_call_is_audited,
     labels_for_a_missing_session_or_a_bad_event_write_nothing,
@@ -1285,6 +1288,7 @@ fn request(s: &Session, call_id: &str, quorum: u32, at: Micros) -> (DecisionReco
         id: ids::approval_id(),
         status: ApprovalStatus::Pending,
         session_id: s.id.clone(),
+        tenant: s.tenant.clone(),
         agent: s.agent.clone(),
         user: s.user.clone(),
         tool: REFUND.into(),
@@ -1335,6 +1339,7 @@ fn consume(s: &Session, a: &Approval, call_id: &str, at: Micros) -> DecisionReco
 fn vote(approver: &str, groups: &[&str], vote: Vote, at: Micros) -> VoteRecord {
     VoteRecord {
         approver: approver.into(),
+        person: approver.into(),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         vote,
         comment: format!("{approver} says {}", vote.as_str()),
@@ -3246,5 +3251,149 @@ async fn postgres_writer_reconnects_after_its_connection_is_terminated() -> Test
     assert!(allowed >= 3, "{allowed} of 4 allowed after the reconnect");
     let report = store.verify_chain().await?;
     assert_eq!((report.ok, report.events_checked), (true, 2 + allowed));
+    Ok(())
+}
+
+async fn listings_show_only_the_scoped_tenant(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let in_tenant = |tenant: Option<&str>| Session {
+        tenant: tenant.map(str::to_owned),
+        ..session(10)
+    };
+    let (acme, globex, none) = (
+        in_tenant(Some("acme")),
+        in_tenant(Some("globex")),
+        in_tenant(None),
+    );
+    let a = open_and_request(store, &acme, "c1", 1, T0 + 1).await?;
+    let g = open_and_request(store, &globex, "c1", 1, T0 + 2).await?;
+    let n = open_and_request(store, &none, "c1", 1, T0 + 3).await?;
+    assert_eq!(
+        store
+            .approval(&a.id)
+            .await?
+            .and_then(|a| a.tenant)
+            .as_deref(),
+        Some("acme"),
+        "the tenant is stored"
+    );
+
+    let approvals = |tenant: TenantScope| {
+        let filter = ApprovalFilter {
+            tenant,
+            ..ApprovalFilter::default()
+        };
+        async move {
+            let (found, _) = store.list_approvals(&filter, Page::default()).await?;
+            Ok::<_, Error>(found.into_iter().map(|a| a.id).collect::<Vec<_>>())
+        }
+    };
+    let only = |t: Option<&str>| TenantScope::Only(t.map(str::to_owned));
+    assert_eq!(approvals(only(Some("acme"))).await?, vec![a.id.clone()]);
+    assert_eq!(approvals(only(Some("globex"))).await?, vec![g.id.clone()]);
+    assert_eq!(approvals(only(None)).await?, vec![n.id.clone()]);
+    assert!(approvals(only(Some("initech"))).await?.is_empty());
+    assert_eq!(
+        approvals(TenantScope::All).await?,
+        vec![n.id.clone(), g.id.clone(), a.id.clone()]
+    );
+
+    // Events: those of the tenant's sessions; without a tenant, also those of no known session.
+    let switch = KillSwitch {
+        id: ids::kill_switch_id(),
+        scope: Scope::Global,
+        target: String::new(),
+        reason: "drill".into(),
+        engaged_by: "admin-1".into(),
+        engaged_at: T0 + 4,
+        expires_at: None,
+        released: None,
+    };
+    let engaged =
+        EventBody::for_kill_switch(EventKind::KillSwitchEngaged, &switch, "admin-1", T0 + 4);
+    store.engage_kill_switch(&switch, engaged).await?;
+    let sessions = |tenant: TenantScope| {
+        let filter = EventFilter {
+            tenant,
+            ..EventFilter::default()
+        };
+        async move {
+            let (events, _) = store.list_events(&filter, Page::default()).await?;
+            let mut ids: Vec<Option<String>> =
+                events.into_iter().map(|e| e.body.session_id).collect();
+            ids.dedup();
+            Ok::<_, Error>(ids)
+        }
+    };
+    assert_eq!(
+        sessions(only(Some("acme"))).await?,
+        vec![Some(acme.id.clone())]
+    );
+    assert_eq!(
+        sessions(only(Some("globex"))).await?,
+        vec![Some(globex.id.clone())]
+    );
+    assert_eq!(
+        sessions(only(None)).await?,
+        vec![Some(none.id.clone()), None],
+        "the kill switch belongs to no tenant"
+    );
+    assert_eq!(sessions(TenantScope::All).await?.len(), 4);
+    Ok(())
+}
+
+async fn two_identities_of_one_person_voting_at_once_count_once(db: &TestDb) -> TestResult {
+    let store = db.store();
+    let replica = db.connect_another(TestDb::test_config()).await?;
+    let s = session(10);
+    let mut approvals = Vec::new();
+    for i in 0..5 {
+        approvals.push(open_and_request(store, &s, &format!("c{i}"), 2, T0 + i).await?);
+    }
+    // Two tokens of one person (`bob`, `Bob@example.com`), one on each broker, at once: whichever the
+    // writer takes second finds the first's vote inside its transaction and is refused.
+    let votes = approvals.iter().map(|a| {
+        let (store, replica, id) = (store.clone(), replica.clone(), a.id.clone());
+        async move {
+            let at = T0 + 100;
+            let mut second = vote("bob-laptop", &["payments"], Vote::Approve, at);
+            second.person = "Bob@example.com".into();
+            tokio::join!(
+                store.vote_on_approval(&id, vote("bob", &["payments"], Vote::Approve, at), at),
+                replica.vote_on_approval(&id, second, at),
+            )
+        }
+    });
+    for (one, other) in futures::future::join_all(votes).await {
+        let results = [one?, other?];
+        let refused = results
+            .iter()
+            .filter(|r| **r == VoteResult::Refused(Refusal::AlreadyVoted))
+            .count();
+        let pending = results
+            .iter()
+            .filter(|r| matches!(r, VoteResult::Counted(a) if a.status == ApprovalStatus::Pending))
+            .count();
+        assert_eq!((refused, pending), (1, 1), "{results:?}");
+    }
+    for a in &approvals {
+        let stored = store.approval(&a.id).await?.ok_or("approval gone")?;
+        assert_eq!(
+            stored.status,
+            ApprovalStatus::Pending,
+            "a quorum of 2 is not met by one person"
+        );
+        assert_eq!(stored.votes.len(), 1);
+    }
+    // The person is stored with the vote and named in its event.
+    let voted = events_of_kind(store, EventKind::ApprovalVoted).await?;
+    assert_eq!(voted.len(), 5);
+    for e in &voted {
+        let person = detail(e)?["person"].as_str().map(str::to_owned);
+        assert!(
+            matches!(person.as_deref(), Some("bob" | "Bob@example.com")),
+            "{person:?}"
+        );
+    }
     Ok(())
 }

@@ -971,7 +971,9 @@ async fn vote_on_approval(
     let Some(mut approval) = sql::fetch_approval(&mut *tx, id).await? else {
         return Ok(VoteResult::NotFound);
     };
-    if let Err(refusal) = approval.check_voter(&vote.approver, &vote.groups, now) {
+    // The same check as before the vote, now with every vote so far: two tokens of one person voting at
+    // once on two brokers meet here, one after the other.
+    if let Err(refusal) = approval.check_voter(vote, now) {
         return Ok(VoteResult::Refused(refusal));
     }
     if !sql::insert_vote(tx, id, vote).await? {
@@ -994,7 +996,7 @@ async fn vote_on_approval(
         &approval,
         &vote.approver,
         now,
-        serde_json::json!({ "vote": vote.vote.as_str(), "comment": vote.comment }),
+        serde_json::json!({ "vote": vote.vote.as_str(), "comment": vote.comment, "person": vote.person }),
     );
     chain.append(tx, voted).await?;
     if status != approval.status {

@@ -72,6 +72,7 @@ async fn list_sends_the_filter_and_reads_every_field() {
             approval_id: "apr_1".into(),
             status: ApprovalStatus::Pending,
             session_id: "ses_1".into(),
+            tenant: None,
             agent: "agent-1".into(),
             user: Some("alice".into()),
             tool: "payments.refund".into(),
@@ -101,6 +102,7 @@ async fn list_sends_the_filter_and_reads_every_field() {
         second.votes,
         [ApprovalVote {
             approver: "carol".into(),
+            person: "carol".into(),
             vote: Vote::Approve,
             comment: "ok".into(),
             at: at(1_700_000_300),

@@ -196,6 +196,7 @@ pub fn approval(approval_id: &str, status: proto::ApprovalStatus) -> proto::Appr
         votes: Vec::new(),
         consumed_at: None,
         decision_id: String::new(),
+        tenant: String::new(),
     }
 }
 
@@ -208,6 +209,7 @@ pub fn voted(
 ) -> proto::Approval {
     approval.votes.push(proto::ApprovalVote {
         approver: approver.into(),
+        person: String::new(),
         vote: vote.into(),
         comment: comment.into(),
         at: timestamp(1_700_000_300),
