@@ -47,6 +47,14 @@ pub struct Config {
     pub policies: PathBuf,
     /// Issue dev tokens signed with a key kept in the data dir, when no other key source is configured.
     pub dev_issuer: bool,
+    /// Serve with the dev issuer on an address other than loopback. Refused without it: anyone who can
+    /// read the data dir mints any role, and TLS does not change that. Development on a network only.
+    pub allow_dev_issuer_on_network: bool,
+    /// At SIGTERM or SIGINT, how long calls in flight may still finish; those still running then are
+    /// answered UNAVAILABLE (nothing allowed). The audit writer is flushed and the last checkpoint
+    /// written after it, within a few seconds more.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     pub auth: AuthConfig,
     pub store: StoreConfig,
     pub session: SessionConfig,
@@ -66,6 +74,8 @@ impl Default for Config {
             database_url: String::new(),
             policies: PathBuf::from("policies"),
             dev_issuer: true,
+            allow_dev_issuer_on_network: false,
+            shutdown_grace: Duration::from_secs(10),
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
             session: SessionConfig::default(),
@@ -276,10 +286,15 @@ pub struct Overrides {
     pub policies: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_dev_issuer_on_network: Option<bool>,
 }
 
 /// More request threads than this is a typo, not a tuning.
 const MAX_WORKER_THREADS: usize = 1024;
+/// A longer grace outlasts what orchestrators wait before SIGKILL (Kubernetes 30 s, systemd 90 s):
+/// the broker would be killed without its final checkpoint.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
 
 /// Top-level keys read from `BROKER_*`; other `BROKER_` variables (e.g. test settings) are not config.
 const ENV_KEYS: &[&str] = &[
@@ -291,6 +306,8 @@ const ENV_KEYS: &[&str] = &[
     "database_url",
     "policies",
     "dev_issuer",
+    "allow_dev_issuer_on_network",
+    "shutdown_grace",
     "auth",
     "store",
     "session",
@@ -358,6 +375,41 @@ impl Config {
         }
     }
 
+    /// Whether tokens are verified with the dev issuer's key (no other key source configured).
+    pub fn uses_dev_issuer(&self) -> bool {
+        let a = &self.auth;
+        self.dev_issuer
+            && a.hmac_secret_file.is_none()
+            && a.public_keys.is_empty()
+            && a.jwks_file.is_none()
+            && a.jwks_url.is_none()
+    }
+
+    /// The dev issuer signs tokens of any role with a key kept on disk: on loopback only, unless the
+    /// operator says otherwise. TLS does not help (it protects tokens in transit, not their minting).
+    fn check_dev_issuer(&self) -> Result<(), Error> {
+        let ip = self.listen.ip().to_canonical();
+        if !self.uses_dev_issuer() || ip.is_loopback() || self.allow_dev_issuer_on_network {
+            return Ok(());
+        }
+        let tls = if self.tls.is_some() {
+            "with TLS"
+        } else {
+            "without TLS"
+        };
+        Err(invalid(
+            "dev_issuer",
+            format!(
+                "the dev issuer is on (dev_issuer = true and no key source under [auth]) and `listen` = `{}` is not a loopback address ({tls}): \
+                 anyone who can read the key in the data dir mints tokens of any role for this broker; \
+                 fix: configure a key source (auth.jwks_url, auth.jwks_file, auth.public_keys or auth.hmac_secret_file) and set dev_issuer = false, \
+                 or listen on 127.0.0.1; for development on a network only, set allow_dev_issuer_on_network = true \
+                 (BROKER_ALLOW_DEV_ISSUER_ON_NETWORK=true, or `serve --allow-dev-issuer-on-network`)",
+                self.listen
+            ),
+        ))
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.worker_threads > MAX_WORKER_THREADS {
             return Err(invalid(
@@ -368,6 +420,16 @@ impl Config {
         self.auth
             .validate()
             .map_err(|e| invalid("auth", e.to_string()))?;
+        self.check_dev_issuer()?;
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(invalid(
+                "shutdown_grace",
+                format!(
+                    "at most {}: orchestrators kill a broker that takes longer to stop",
+                    humantime::format_duration(MAX_SHUTDOWN_GRACE)
+                ),
+            ));
+        }
         let url = self.effective_database_url();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -528,6 +590,85 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn the_dev_issuer_is_refused_on_a_network_address_with_or_without_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "not checked here").unwrap();
+        let tls = TlsConfig {
+            cert: pem.clone(),
+            key: pem,
+            client_ca: None,
+        };
+        let at = |listen: &str, tls: Option<TlsConfig>| Config {
+            listen: listen.parse().unwrap(),
+            tls,
+            ..Config::default()
+        };
+        for listen in [
+            "0.0.0.0:50051",
+            "[::]:50051",
+            "10.1.2.3:50051",
+            "192.168.0.10:50051",
+        ] {
+            for tls in [None, Some(tls.clone())] {
+                let with_tls = tls.is_some();
+                let err = at(listen, tls.clone()).validate().unwrap_err().to_string();
+                assert!(err.contains("`dev_issuer`"), "{err}");
+                assert!(err.contains(&format!("`listen` = `{listen}`")), "{err}");
+                assert!(
+                    err.contains(if with_tls { "with TLS" } else { "without TLS" }),
+                    "{err}"
+                );
+                assert!(err.contains("allow_dev_issuer_on_network = true"), "{err}");
+                assert!(err.contains("dev_issuer = false"), "{err}");
+                let allowed = Config {
+                    allow_dev_issuer_on_network: true,
+                    ..at(listen, tls)
+                };
+                allowed.validate().unwrap();
+            }
+        }
+        // Loopback, with or without TLS: a laptop.
+        for listen in [
+            "127.0.0.1:50051",
+            "127.8.9.1:1",
+            "[::1]:50051",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            at(listen, None).validate().unwrap();
+            at(listen, Some(tls.clone())).validate().unwrap();
+        }
+        // With a key source the dev issuer is off, whatever `dev_issuer` says.
+        let mut keyed = at("0.0.0.0:50051", None);
+        keyed.auth.jwks_url = Some("https://idp.example.com/jwks.json".into());
+        keyed.validate().unwrap();
+        let off = Config {
+            dev_issuer: false,
+            ..at("0.0.0.0:50051", None)
+        };
+        off.validate().unwrap();
+    }
+
+    #[test]
+    fn the_dev_issuer_flag_and_shutdown_grace_load_from_the_environment() {
+        std::env::set_var("BROKER_LISTEN", "0.0.0.0:50051");
+        let err = Config::load(None, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`dev_issuer`"), "{err}");
+        std::env::set_var("BROKER_ALLOW_DEV_ISSUER_ON_NETWORK", "true");
+        std::env::set_var("BROKER_SHUTDOWN_GRACE", "2s");
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert!(c.allow_dev_issuer_on_network);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(2));
+        std::env::set_var("BROKER_SHUTDOWN_GRACE", "1h");
+        let err = Config::load(None, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`shutdown_grace`: at most 5m"), "{err}");
     }
 
     #[test]

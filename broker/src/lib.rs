@@ -12,10 +12,12 @@ pub mod ids;
 pub mod json;
 pub mod notify;
 pub mod policy;
+pub mod printable;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -64,32 +66,28 @@ pub struct Running {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), api::Error>>,
     checkpointer: Option<Checkpointer>,
+    /// `shutdown_grace`: how long calls in flight may still finish once a shutdown begins.
+    grace: Duration,
 }
 
+/// Past the grace period (every call answered), how long connections may take to close before the
+/// server is dropped with them.
+const CLOSE_BOUND: Duration = Duration::from_secs(2);
+/// How long the audit writer may take to drain its queue at shutdown: milliseconds on a healthy
+/// database, and a broker stopping while its database is down must not hang on it.
+const FLUSH_BOUND: Duration = Duration::from_secs(3);
+
 impl Running {
-    /// Stops accepting, finishes in-flight calls, and returns.
-    /// Then writes a last audit checkpoint if the chain moved.
+    /// Stops: no new connections; calls in flight get `shutdown_grace`, then UNAVAILABLE; the audit
+    /// writer is flushed and a last checkpoint written if the chain moved. Bounded: about
+    /// `shutdown_grace` + 8 s at worst.
     pub async fn shutdown(self) -> Result<(), api::Error> {
-        let Running {
-            shutdown,
-            task,
-            checkpointer,
-            ..
-        } = self;
-        let _ = shutdown.send(());
-        let served = task.await;
-        stop_checkpointer(checkpointer).await;
-        served.map_err(|e| api::Error::Serve(e.to_string()))?
+        self.run_until(std::future::ready(())).await
     }
 
     /// Serves until the server stops by itself.
     pub async fn wait(self) -> Result<(), api::Error> {
-        let served = self.task.await;
-        stop_checkpointer(self.checkpointer).await;
-        match served {
-            Ok(r) => r,
-            Err(e) => Err(api::Error::Serve(e.to_string())),
-        }
+        self.run_until(std::future::pending()).await
     }
 
     /// Stops on the first of `signal` or the server ending by itself.
@@ -98,21 +96,52 @@ impl Running {
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), api::Error> {
         let Running {
+            store,
             shutdown,
             mut task,
             checkpointer,
+            grace,
             ..
         } = self;
-        tokio::select! {
-            r = &mut task => {
-                stop_checkpointer(checkpointer).await;
-                return r.map_err(|e| api::Error::Serve(e.to_string()))?;
+        let served = tokio::select! {
+            r = &mut task => Some(r),
+            () = signal => None,
+        };
+        let served = match served {
+            Some(r) => {
+                tracing::warn!("the server stopped by itself; flushing the audit writer");
+                r
             }
-            () = signal => {}
+            None => {
+                tracing::info!(
+                    grace = %humantime::format_duration(grace),
+                    "shutting down: no new connections; calls in flight may finish within the grace period, then are answered UNAVAILABLE"
+                );
+                let _ = shutdown.send(());
+                match tokio::time::timeout(grace.saturating_add(CLOSE_BOUND), &mut task).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Every call was answered at the end of the grace period; what remains is a
+                        // connection that would not close (a client streaming health checks, say).
+                        tracing::warn!(
+                            "connections still open after the grace period: dropping them"
+                        );
+                        task.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        let flushed = store.flush(FLUSH_BOUND).await;
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "the audit writer could not be flushed: writes still queued are not covered by the last checkpoint");
         }
-        let _ = shutdown.send(());
-        let served = task.await;
-        stop_checkpointer(checkpointer).await;
+        let checkpoint = stop_checkpointer(checkpointer).await;
+        tracing::info!(
+            audit_flushed = flushed.is_ok(),
+            final_checkpoint = checkpoint.map(|head| head.seq),
+            "shutdown complete"
+        );
         served.map_err(|e| api::Error::Serve(e.to_string()))?
     }
 }
@@ -129,10 +158,11 @@ fn migrate_error(e: store::Error) -> StartError {
     }
 }
 
-/// Once the server has stopped (no more decisions), the last checkpoint.
-async fn stop_checkpointer(checkpointer: Option<Checkpointer>) {
-    if let Some(c) = checkpointer {
-        c.stop().await;
+/// Once the server has stopped (no more decisions), the last checkpoint: the event it names.
+async fn stop_checkpointer(checkpointer: Option<Checkpointer>) -> Option<store::ChainHead> {
+    match checkpointer {
+        Some(c) => c.stop().await,
+        None => None,
     }
 }
 
@@ -183,12 +213,7 @@ async fn self_check(
 
 /// Whether tokens are verified with the dev issuer's key (no other key source configured).
 pub fn uses_dev_issuer(config: &Config) -> bool {
-    let a = &config.auth;
-    config.dev_issuer
-        && a.hmac_secret_file.is_none()
-        && a.public_keys.is_empty()
-        && a.jwks_file.is_none()
-        && a.jwks_url.is_none()
+    config.uses_dev_issuer()
 }
 
 /// Starts the broker: keys, then policies (strictly validated), then the database (migrated), and
@@ -200,6 +225,9 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     config.validate()?;
     let dev_secret = if uses_dev_issuer(&config) {
+        if !config.listen.ip().to_canonical().is_loopback() {
+            tracing::warn!(listen = %config.listen, "allow_dev_issuer_on_network is set: the dev issuer serves on a network address, and anyone who can read its key mints tokens of any role; development only");
+        }
         let (secret, created) = auth::dev::load_or_create_secret(&config.data_dir)?;
         if created {
             tracing::info!(path = %config.data_dir.join("dev-signing-key").display(), "created a development signing key");
@@ -299,6 +327,7 @@ pub async fn start(
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let limits = config.limits.clone();
     let tls = config.tls.clone();
+    let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
         api::serve(
             broker,
@@ -307,8 +336,11 @@ pub async fn start(
             &limits,
             tls.as_ref(),
             listener,
-            async {
-                let _ = shutdown_rx.await;
+            api::Shutdown {
+                signal: async {
+                    let _ = shutdown_rx.await;
+                },
+                grace,
             },
         )
         .await
@@ -322,5 +354,6 @@ pub async fn start(
         shutdown: shutdown_tx,
         task,
         checkpointer,
+        grace,
     })
 }

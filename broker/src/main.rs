@@ -1,5 +1,6 @@
 //! The `broker` command: serve, migrate, dev tokens, policy checks and the audit trail.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,10 +16,53 @@ use broker::config::{Config, Overrides};
 use broker::domain::decision::Outcome;
 use broker::domain::tenancy::TenantScope;
 use broker::policy::{fixtures, PolicyEngine};
+use broker::printable;
 use broker::store::{EventFilter, Page, Store};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Standard output was closed by its reader (`broker audit list | head`): the command stops there, quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+struct StdoutClosed;
+
+/// Writes to standard output through a handle: `println!` panics when the reader has gone (EPIPE).
+fn emit(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("writing to standard output"),
+        })
+}
+
+/// `println!` that returns the closed pipe as [`StdoutClosed`] instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// Prints a command's whole report, whose exit code was decided before: a reader that went away does not
+/// turn a failed check into a success.
+fn report(text: &str, code: ExitCode) -> anyhow::Result<ExitCode> {
+    match emit(format_args!("{text}")) {
+        Err(e) if e.is::<StdoutClosed>() => Ok(code),
+        Err(e) => Err(e),
+        Ok(()) => Ok(code),
+    }
+}
+
+/// `eprintln!` that ignores a closed standard error (nothing is left to tell it to).
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// Authorization broker for AI agents: every tool call is checked against sessions and Cedar policies,
 /// and recorded in a tamper-evident audit trail, before it happens.
@@ -52,11 +96,16 @@ struct Global {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker.
+    /// Run the broker. SIGTERM or SIGINT stops it cleanly: calls in flight get `shutdown_grace`, the audit
+    /// trail is flushed and a last checkpoint signed, then it exits 0.
     Serve {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// Serve with the dev issuer on a non-loopback address (development only: anyone who can read
+        /// its key mints tokens of any role). Same as `allow_dev_issuer_on_network = true`.
+        #[arg(long)]
+        allow_dev_issuer_on_network: bool,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -266,8 +315,10 @@ fn init_tracing(json: bool) {
 fn main() -> ExitCode {
     match start(Cli::parse()) {
         Ok(code) => code,
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can quote what a server or the database sent.
+            tell!("error: {}", printable::lines(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -276,11 +327,19 @@ fn main() -> ExitCode {
 /// The configuration first: it says how many threads the runtime gets.
 fn start(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = cli.global;
+    let allow_dev_issuer_on_network = matches!(
+        cli.command,
+        Command::Serve {
+            allow_dev_issuer_on_network: true,
+            ..
+        }
+    );
     let overrides = Overrides {
         listen: g.listen,
         database_url: g.database_url,
         policies: g.policies,
         data_dir: g.data_dir,
+        allow_dev_issuer_on_network: allow_dev_issuer_on_network.then_some(true),
     };
     let config = Config::load(g.config.as_deref(), &overrides)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -291,23 +350,26 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(cli.command, config))
+    let code = runtime.block_on(run(cli.command, config));
+    // A task still running (a connection the shutdown gave up on) does not hold the process.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { log_json } => serve(config, log_json).await,
+        Command::Serve { log_json, .. } => serve(config, log_json).await,
         Command::Migrate => {
             let store = Store::connect(&config.store_config()).await?;
             store.migrate().await?;
-            println!(
+            say!(
                 "migrations applied ({})",
                 redact_url(&config.effective_database_url())
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCommand::Grants { role }) => {
-            print!("{}", broker::store::postgres_grants(&role)?);
+            emit(format_args!("{}", broker::store::postgres_grants(&role)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::CheckpointKey) => checkpoint_key(&config),
@@ -315,7 +377,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { dir }) => {
             let dir = dir.unwrap_or(config.policies);
             let engine = PolicyEngine::load(&dir)?;
-            println!(
+            say!(
                 "{}: {} policies over {} tools are valid (version {})",
                 dir.display(),
                 engine.policy_count(),
@@ -345,7 +407,15 @@ fn redact_url(url: &str) -> String {
 async fn serve(config: Config, log_json: bool) -> anyhow::Result<ExitCode> {
     init_tracing(log_json);
     let dev = broker::uses_dev_issuer(&config);
-    let running = broker::start(config.clone(), None, Arc::new(SystemClock)).await?;
+    let mut stop = std::pin::pin!(stop_signal()?);
+    // A stop during startup (a database slow to answer, say) ends it there: nothing was served yet.
+    let running = tokio::select! {
+        started = broker::start(config.clone(), None, Arc::new(SystemClock)) => started?,
+        () = &mut stop => {
+            tracing::info!("stopped before serving");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     tracing::info!(
         listen = %running.addr,
         database = %redact_url(&config.effective_database_url()),
@@ -360,13 +430,23 @@ async fn serve(config: Config, log_json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     reload_policies_on_sighup(config.policies.clone(), running.policies.clone())?;
-    running
-        .run_until(async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        })
-        .await?;
+    running.run_until(stop).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (systemd, Docker, Kubernetes) or SIGINT (Ctrl-C): both stop the broker cleanly. Listened for
+/// from the start, so that neither can kill it mid-write.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "stop requested");
+    })
 }
 
 /// `kill -HUP` reloads the policy directory. A set that fails strict validation is refused and the one in
@@ -424,7 +504,7 @@ fn token(config: &Config, args: TokenArgs) -> anyhow::Result<ExitCode> {
         issuer: config.auth.issuer.clone(),
         audience: config.auth.audience.clone(),
     };
-    println!("{}", dev::mint(&secret, &config.auth, &req)?);
+    say!("{}", dev::mint(&secret, &config.auth, &req)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -432,22 +512,33 @@ fn policy_test(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let engine = PolicyEngine::load(&dir)?;
     let results = fixtures::run_dir(&engine, &dir.join(fixtures::FIXTURES_DIR))?;
     let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
+    let mut out = String::new();
     for r in &results {
-        match &r.failure {
-            None => println!("ok    {}", r.name),
-            Some(f) => println!("FAIL  {} ({}): {f}", r.name, r.file.display()),
-        }
+        let name = printable::text(&r.name);
+        let _ = match &r.failure {
+            None => writeln!(out, "ok    {name}"),
+            Some(f) => writeln!(
+                out,
+                "FAIL  {name} ({}): {}",
+                printable::text(&r.file.display().to_string()),
+                printable::text(f)
+            ),
+        };
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{} passed, {} failed",
         results.len() - failed.len(),
         failed.len()
     );
-    Ok(if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    report(
+        &out,
+        if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 fn checkpoint_key(config: &Config) -> anyhow::Result<ExitCode> {
@@ -457,12 +548,12 @@ fn checkpoint_key(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         let (signer, created) = Signer::load_or_create(&path)?;
         if created {
-            eprintln!("created the checkpoint signing key `{}`", path.display());
+            tell!("created the checkpoint signing key `{}`", path.display());
         }
         signer
     };
-    println!("{}", hex::encode(signer.public_key().as_bytes()));
-    eprintln!(
+    say!("{}", hex::encode(signer.public_key().as_bytes()));
+    tell!(
         "key id {} (signing key `{}`): keep this public key away from the broker's host and pass it to `broker audit verify --public-key`",
         signer.key_id(),
         path.display()
@@ -470,8 +561,13 @@ fn checkpoint_key(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The key checkpoints are checked with: the flag, the configured one, or the local signing key's.
-fn checkpoint_public_key(config: &Config, flag: Option<&str>) -> anyhow::Result<VerifyingKey> {
+/// The key checkpoints are checked with: the flag, the configured one, or the local signing key's (then
+/// with a note for the report).
+fn checkpoint_public_key(
+    config: &Config,
+    flag: Option<&str>,
+    out: &mut String,
+) -> anyhow::Result<VerifyingKey> {
     if let Some(key) = flag.or(config.audit.checkpoints.public_key.as_deref()) {
         return Ok(checkpoint::parse_public_key(key)?);
     }
@@ -481,7 +577,8 @@ fn checkpoint_public_key(config: &Config, flag: Option<&str>) -> anyhow::Result<
             "no public key to check checkpoints with: pass `--public-key HEX|PATH` (printed by `broker audit checkpoint-key`)"
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "note: checkpoints checked with the public half of the local signing key `{}`; pass `--public-key` with the copy kept elsewhere for an independent check",
         path.display()
     );
@@ -498,36 +595,52 @@ async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             public_key,
             no_checkpoints,
         } => {
-            let report = store.verify_chain().await?;
-            let mut ok = match report.first_break {
+            // The whole report first, then printed: its exit code never depends on the reader.
+            let mut out = String::new();
+            let chain = store.verify_chain().await?;
+            let mut ok = match chain.first_break {
                 None => {
-                    println!("audit chain ok: {} events verified", report.events_checked);
+                    let _ = writeln!(
+                        out,
+                        "audit chain ok: {} events verified",
+                        chain.events_checked
+                    );
                     true
                 }
                 Some(b) => {
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "audit chain BROKEN at event {} ({}): {}; {} events before it verified",
-                        b.seq, b.event_id, b.problem, report.events_checked
+                        b.seq,
+                        printable::text(&b.event_id),
+                        printable::text(&b.problem),
+                        chain.events_checked
                     );
                     false
                 }
             };
             if no_checkpoints {
-                println!("checkpoints not checked (--no-checkpoints): the chain alone cannot show a rewrite of every hash or a cut tail");
+                let _ = writeln!(out, "checkpoints not checked (--no-checkpoints): the chain alone cannot show a rewrite of every hash or a cut tail");
             } else if checkpoints.is_none() && !config.audit.checkpoints.enabled {
-                println!("checkpoints not checked: audit.checkpoints.enabled is false");
+                let _ = writeln!(
+                    out,
+                    "checkpoints not checked: audit.checkpoints.enabled is false"
+                );
             } else {
                 let path = checkpoints.unwrap_or_else(|| config.checkpoint_path());
-                let key = checkpoint_public_key(config, public_key.as_deref())?;
+                let key = checkpoint_public_key(config, public_key.as_deref(), &mut out)?;
                 let against = checkpoint::verify::verify(&store, &path, &key).await?;
-                println!("{}", against.to_string().trim_end());
+                let _ = writeln!(out, "{}", printable::lines(against.to_string().trim_end()));
                 ok &= against.ok();
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            report(
+                &out,
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
         }
         AuditCommand::List {
             session,
@@ -563,7 +676,7 @@ async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 .await?;
             for e in &events {
                 if json {
-                    println!("{}", serde_json::to_string(e)?);
+                    say!("{}", printable::json(&serde_json::to_string(e)?));
                 } else {
                     let b = &e.body;
                     let reasons: Vec<String> = b
@@ -571,17 +684,17 @@ async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|r| r.code.as_str().to_owned())
                         .collect();
-                    println!(
+                    say!(
                         "{:>6} {} {:<17} {:<6} agent={} user={} session={} tool={} {}",
                         e.seq,
                         rfc3339(b.time),
                         b.kind.as_str(),
                         b.outcome.map_or("-", Outcome::as_str),
-                        b.agent,
-                        b.user.as_deref().unwrap_or("-"),
-                        b.session_id.as_deref().unwrap_or("-"),
-                        b.tool.as_deref().unwrap_or("-"),
-                        reasons.join(",")
+                        printable::field(&b.agent),
+                        printable::field(b.user.as_deref().unwrap_or("-")),
+                        printable::field(b.session_id.as_deref().unwrap_or("-")),
+                        printable::field(b.tool.as_deref().unwrap_or("-")),
+                        printable::text(&reasons.join(","))
                     );
                 }
             }
@@ -590,31 +703,36 @@ async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_switch(k: &broker_sdk::KillSwitch) {
+fn print_switch(k: &broker_sdk::KillSwitch) -> anyhow::Result<()> {
     let state = if k.active {
         "ACTIVE".to_owned()
     } else {
         format!(
             "released by {}: {}",
-            k.released_by.as_deref().unwrap_or("-"),
-            k.release_reason.as_deref().unwrap_or("-")
+            printable::text(k.released_by.as_deref().unwrap_or("-")),
+            printable::text(k.release_reason.as_deref().unwrap_or("-"))
         )
     };
     let expires = k
         .expires_at
         .map(|t| format!(" expires {}", humantime::format_rfc3339_seconds(t)))
         .unwrap_or_default();
-    println!(
+    say!(
         "{} {:<7} {:<24} by {} at {}{} [{}] {}",
-        k.id,
+        printable::text(&k.id),
         k.scope.as_str(),
-        if k.target.is_empty() { "*" } else { &k.target },
-        k.engaged_by,
+        if k.target.is_empty() {
+            "*".into()
+        } else {
+            printable::text(&k.target)
+        },
+        printable::text(&k.engaged_by),
         humantime::format_rfc3339_seconds(k.engaged_at),
         expires,
         state,
-        k.reason
+        printable::text(&k.reason)
     );
+    Ok(())
 }
 
 fn default_endpoint(config: &Config) -> String {
@@ -626,49 +744,53 @@ fn default_endpoint(config: &Config) -> String {
     format!("{scheme}://{}", config.listen)
 }
 
-fn print_approval(a: &broker_sdk::Approval, full: bool) {
+fn print_approval(a: &broker_sdk::Approval, full: bool) -> anyhow::Result<()> {
     let who = a
         .user
         .as_deref()
-        .map(|u| format!(" for {u}"))
+        .map(|u| format!(" for {}", printable::text(u)))
         .unwrap_or_default();
     let needs: Vec<String> = a
         .requirements
         .iter()
-        .map(|r| format!("{} of {}", r.quorum, r.group))
+        .map(|r| format!("{} of {}", r.quorum, printable::text(&r.group)))
         .collect();
-    println!(
+    say!(
         "{} {:<9} {} by {}{} in {} needs {} (expires {})",
-        a.approval_id,
+        printable::text(&a.approval_id),
         a.status.as_str(),
-        a.tool,
-        a.agent,
+        printable::text(&a.tool),
+        printable::text(&a.agent),
         who,
-        a.session_id,
+        printable::text(&a.session_id),
         needs.join(" and "),
         humantime::format_rfc3339_seconds(a.expires_at)
     );
     if full {
-        println!("  arguments: {}", a.arguments_redacted_json);
-        println!("  digest:    {}", a.arguments_digest);
+        say!(
+            "  arguments: {}",
+            printable::json(&a.arguments_redacted_json)
+        );
+        say!("  digest:    {}", printable::text(&a.arguments_digest));
         for r in &a.reasons {
-            println!(
+            say!(
                 "  why:       {} {} ({})",
-                r.code,
-                r.policy_id.as_deref().unwrap_or("-"),
-                r.message
+                printable::text(&r.code),
+                printable::text(r.policy_id.as_deref().unwrap_or("-")),
+                printable::text(&r.message)
             );
         }
         for v in &a.votes {
-            println!(
+            say!(
                 "  vote:      {} {} at {}: {}",
-                v.approver,
+                printable::text(&v.approver),
                 v.vote.as_str(),
                 humantime::format_rfc3339_seconds(v.at),
-                v.comment
+                printable::text(&v.comment)
             );
         }
     }
+    Ok(())
 }
 
 async fn approvals(config: &Config, args: ApprovalArgs) -> anyhow::Result<ExitCode> {
@@ -684,15 +806,15 @@ async fn approvals(config: &Config, args: ApprovalArgs) -> anyhow::Result<ExitCo
                 filter = filter.status(broker_sdk::ApprovalStatus::Pending);
             }
             for a in client.list(filter).await?.approvals {
-                print_approval(&a, false);
+                print_approval(&a, false)?;
             }
         }
-        ApprovalCommand::Show { id } => print_approval(&client.get(&id).await?, true),
+        ApprovalCommand::Show { id } => print_approval(&client.get(&id).await?, true)?,
         ApprovalCommand::Approve { id, comment } => {
-            print_approval(&client.approve(&id, &comment).await?, true)
+            print_approval(&client.approve(&id, &comment).await?, true)?
         }
         ApprovalCommand::Deny { id, comment } => {
-            print_approval(&client.deny(&id, &comment).await?, true)
+            print_approval(&client.deny(&id, &comment).await?, true)?
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -716,12 +838,12 @@ async fn kill(config: &Config, args: KillArgs) -> anyhow::Result<ExitCode> {
             if let Some(d) = expires_in {
                 req = req.expires_at(std::time::SystemTime::now() + d);
             }
-            print_switch(&client.engage(req).await?);
+            print_switch(&client.engage(req).await?)?;
         }
-        KillCommand::Release { id, reason } => print_switch(&client.release(&id, &reason).await?),
+        KillCommand::Release { id, reason } => print_switch(&client.release(&id, &reason).await?)?,
         KillCommand::List { all } => {
             for k in client.list(all).await? {
-                print_switch(&k);
+                print_switch(&k)?;
             }
         }
     }

@@ -6,6 +6,7 @@ mod approval;
 mod audit;
 mod authn;
 mod convert;
+mod grace;
 mod http2;
 mod killswitch;
 mod status;
@@ -53,8 +54,17 @@ fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, Error> {
     Ok(cfg)
 }
 
-/// Serves the broker on `listener` until `shutdown` resolves. Health reports SERVING from the start:
-/// the caller only gets here once migrations ran and the policies loaded.
+/// When to stop serving, and how long calls in flight may take then.
+pub struct Shutdown<F> {
+    pub signal: F,
+    /// From the signal on, calls in flight may finish within this; those still running are then
+    /// answered UNAVAILABLE (`SHUTTING_DOWN`).
+    pub grace: Duration,
+}
+
+/// Serves the broker on `listener` until `shutdown.signal` resolves: then stops accepting, ends the watch
+/// streams, and returns once every call in flight is answered and the connections closed. Health reports
+/// SERVING from the start: the caller only gets here once migrations ran and the policies loaded.
 pub async fn serve(
     broker: Broker,
     verifier: Verifier,
@@ -62,7 +72,7 @@ pub async fn serve(
     limits: &Limits,
     tls: Option<&TlsConfig>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown<impl Future<Output = ()> + Send>,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -114,16 +124,29 @@ pub async fn serve(
             .tls_config(tls_config(tls)?)
             .map_err(|e| Error::Tls(e.to_string()))?;
     }
+    let (grace_over_tx, grace_over) = tokio::sync::watch::channel(false);
     // HTTP/2 limits, explicit: a client cannot hold unbounded streams, headers or reset storms.
     let mut server = http2::limit(server, limits)
         // Outermost: past `max_in_flight` requests, shed at once with RESOURCE_EXHAUSTED rather than queue.
         .layer(
             tower::ServiceBuilder::new()
                 .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight)),
+                .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
+                // Inside the limit: a call answered at the end of the grace period frees its slot.
+                .layer(grace::GraceLayer::new(grace_over)),
         );
+    let Shutdown { signal, grace } = shutdown;
+    let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
+    // The grace period runs from the signal, while the server drains; it never ends the server itself.
+    let grace_timer = async move {
+        if began.await.is_ok() {
+            tokio::time::sleep(grace).await;
+            let _ = grace_over_tx.send(true);
+        }
+        std::future::pending::<()>().await;
+    };
 
-    server
+    let serving = server
         .add_service(health_service)
         .add_service(reflection)
         // Authentication wraps each broker service, so no handler runs without a verified principal.
@@ -141,12 +164,15 @@ pub async fn serve(
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60))),
             async move {
-                shutdown.await;
+                signal.await;
                 let _ = stopping_tx.send(true);
+                let _ = began_tx.send(());
             },
-        )
-        .await
-        .map_err(|e| Error::Serve(e.to_string()))?;
+        );
+    tokio::select! {
+        served = serving => served.map_err(|e| Error::Serve(e.to_string()))?,
+        () = grace_timer => {}
+    }
     health
         .set_not_serving::<AgentServiceServer<agent::AgentApi>>()
         .await;

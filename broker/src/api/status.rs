@@ -86,6 +86,15 @@ pub fn from_domain(e: Error) -> Status {
     }
 }
 
+/// A call still running when the shutdown's grace period ended: nothing was allowed.
+pub fn shutting_down() -> Status {
+    status(
+        Code::Unavailable,
+        "SHUTTING_DOWN",
+        "the broker is shutting down; nothing was allowed, retry later".into(),
+    )
+}
+
 pub fn unauthenticated(e: &TokenError) -> Status {
     status(Code::Unauthenticated, e.reason(), e.to_string())
 }

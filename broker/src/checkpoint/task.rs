@@ -23,7 +23,7 @@ const STOP_BOUND: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct Checkpointer {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    task: JoinHandle<Option<ChainHead>>,
 }
 
 impl Checkpointer {
@@ -53,10 +53,21 @@ impl Checkpointer {
     }
 
     /// Writes a last checkpoint if the head moved since the last one, and stops; gives up after 3 s.
-    pub async fn stop(self) {
+    /// Returns the head the file's last checkpoint names, as far as this broker knows.
+    pub async fn stop(self) -> Option<ChainHead> {
         let _ = self.stop.send(());
-        if tokio::time::timeout(STOP_BOUND, self.task).await.is_err() {
-            tracing::error!("the audit checkpointer did not finish its last checkpoint in time");
+        match tokio::time::timeout(STOP_BOUND, self.task).await {
+            Ok(Ok(last)) => last,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the audit checkpointer failed");
+                None
+            }
+            Err(_) => {
+                tracing::error!(
+                    "the audit checkpointer did not finish its last checkpoint in time"
+                );
+                None
+            }
         }
     }
 }
@@ -76,7 +87,11 @@ struct State {
 }
 
 impl State {
-    async fn run(mut self, poll: Duration, mut stopped: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        poll: Duration,
+        mut stopped: oneshot::Receiver<()>,
+    ) -> Option<ChainHead> {
         self.resume().await;
         let mut ticks = tokio::time::interval(poll);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -86,7 +101,7 @@ impl State {
                 // Stopped, or the handle dropped (the broker went away without stopping): a last look.
                 _ = &mut stopped => {
                     let _ = tokio::time::timeout(STOP_BOUND, self.tick(true)).await;
-                    return;
+                    return self.last;
                 }
             }
         }

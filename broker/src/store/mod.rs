@@ -237,7 +237,7 @@ struct Inner {
     pool: AnyPool,
     backend: Backend,
     options: AnyConnectOptions,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<writer::Queued>,
     connect_timeout: Duration,
     commit_timeout: Duration,
     read_timeout: Duration,
@@ -420,6 +420,28 @@ impl Store {
             conn.ping().await.map_err(db)
         })
         .await
+    }
+
+    /// Waits, at most `bound`, until every write queued before this call is answered (committed, or
+    /// refused): at shutdown, so that the last checkpoint covers every write a call left behind.
+    pub async fn flush(&self, bound: Duration) -> Result<(), Error> {
+        let (done, flushed) = oneshot::channel();
+        let flushing = async {
+            self.inner
+                .jobs
+                .send(writer::Queued::Flush(done))
+                .await
+                .map_err(|_| Error::unavailable("the audit writer has stopped"))?;
+            flushed
+                .await
+                .map_err(|_| Error::unavailable("the audit writer has stopped"))
+        };
+        tokio::time::timeout(bound, flushing).await.map_err(|_| {
+            Error::timeout(format!(
+                "the audit writer did not drain its queue within {} ms",
+                bound.as_millis()
+            ))
+        })?
     }
 
     /// Closes the pool: later calls fail with `Unavailable`. For shutdown and tests.
@@ -957,7 +979,8 @@ impl Store {
     /// Queues a job for the writer and waits for its answer, at most `commit_timeout`.
     async fn submit<T>(&self, job: impl FnOnce(writer::Reply<T>) -> Job) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.try_send(job(reply)).map_err(|e| match e {
+        let queued = writer::Queued::Job(job(reply));
+        self.inner.jobs.try_send(queued).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 Error::new(ErrorKind::Overloaded, "the audit writer queue is full")
             }

@@ -81,6 +81,7 @@ contract_tests!(
     allows_decided_on_fewer_labels_are_stale_and_write_nothing,
     allows_decided_on_a_call_count_that_moved_are_stale,
     a_writer_sees_what_another_broker_changed_between_its_batches,
+    flush_waits_for_every_write_queued_before_it,
 );
 
 // -------------------------------------------------------------------------------------------------
@@ -578,6 +579,36 @@ async fn a_busy_writer_commits_every_queued_decision(db: &TestDb) -> TestResult 
     );
     let report = store.verify_chain().await?;
     assert_eq!((report.ok, report.events_checked), (true, 201));
+    Ok(())
+}
+
+/// At shutdown the broker flushes the writer before its last checkpoint: writes whose callers went away
+/// (a call cut at the end of the grace period) are still committed, and the flush returns only once every
+/// write queued before it is.
+async fn flush_waits_for_every_write_queued_before_it(db: &TestDb) -> TestResult {
+    use futures::FutureExt as _;
+    let store = db.store();
+    store.flush(Duration::from_secs(10)).await?;
+    let s = session(1000);
+    store.open_session(&s, opened(&s)).await?;
+    for i in 0..300 {
+        // Polled once: the write is queued, then its caller goes away.
+        let queued = if i % 50 == 0 {
+            let other = session(1);
+            store
+                .open_session(&other, opened(&other))
+                .now_or_never()
+                .is_none()
+        } else {
+            let rec = allow(&s, "web.search", &format!("c{i}"), T0 + 1);
+            store.record_decision(rec).now_or_never().is_none()
+        };
+        assert!(queued);
+    }
+    store.flush(Duration::from_secs(10)).await?;
+    assert_eq!(last_seq(store).await?, 301);
+    let report = store.verify_chain().await?;
+    assert_eq!((report.ok, report.events_checked), (true, 301));
     Ok(())
 }
 

@@ -98,6 +98,17 @@ pub(crate) enum Job {
     },
 }
 
+/// What the writer's queue carries: a write, or a flush, answered once every write queued before it
+/// is answered (committed or refused); it takes no part in any transaction.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the queue held jobs of this size before; boxing them would allocate per write for a rare flush"
+)]
+pub(crate) enum Queued {
+    Job(Job),
+    Flush(oneshot::Sender<()>),
+}
+
 /// A job's answer, held until the batch commits.
 enum Answer {
     Event(Result<AuditEvent, Error>),
@@ -324,7 +335,7 @@ pub(crate) enum OwnConnection {
 pub(crate) async fn run(
     pool: AnyPool,
     cfg: WriterConfig,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Queued>,
     mut own: OwnConnection,
 ) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
@@ -332,11 +343,24 @@ pub(crate) async fn run(
     // start is not first handed the largest batch.
     let mut limit = cfg.max_batch.clamp(1, 32);
     let mut held: Option<PoolConnection<Any>> = None;
+    // A flush met while filling a batch: answered once that batch is.
+    let mut flush = None;
     while let Some(first) = jobs.recv().await {
-        batch.push(first);
+        match first {
+            // Every earlier batch is answered already.
+            Queued::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Queued::Job(job) => batch.push(job),
+        }
         while batch.len() < limit {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Queued::Job(job)) => batch.push(job),
+                Ok(Queued::Flush(done)) => {
+                    flush = Some(done);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -377,6 +401,9 @@ pub(crate) async fn run(
                     reply.send(Err(e.clone()));
                 }
             }
+        }
+        if let Some(done) = flush.take() {
+            let _ = done.send(());
         }
     }
     tracing::debug!("audit writer stopped: every store handle is gone");
@@ -445,7 +472,7 @@ async fn commit_batch(
     own: &mut OwnConnection,
     cfg: WriterConfig,
     work: Vec<Work>,
-    queue: &mpsc::Receiver<Job>,
+    queue: &mpsc::Receiver<Queued>,
 ) -> Result<Vec<Answer>, Error> {
     let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
     if work.iter().all(|w| plain_decision(w).is_some()) {
