@@ -89,14 +89,17 @@ impl Switchboard {
 
     /// A switch engaged through this broker: enforce it here at once, then re-read.
     pub fn engaged_here(&self, switch: KillSwitch) {
-        self.made_here()
-            .engaged
-            .insert(switch.id.clone(), switch.clone());
-        self.local.send_modify(|s| {
-            let mut next = (**s).clone();
-            next.switches.push(switch);
-            *s = Arc::new(next);
-        });
+        {
+            // Under the lock a refresh publishes under too: its snapshot either holds this switch or
+            // is published before it, never after without it.
+            let mut made = self.made_here();
+            made.engaged.insert(switch.id.clone(), switch.clone());
+            self.local.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.switches.push(switch);
+                *s = Arc::new(next);
+            });
+        }
         self.poke.notify_one();
     }
 
@@ -106,12 +109,12 @@ impl Switchboard {
             let mut made = self.made_here();
             made.engaged.remove(id);
             made.released.insert(id.to_owned());
+            self.local.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.switches.retain(|k| k.id != id);
+                *s = Arc::new(next);
+            });
         }
-        self.local.send_modify(|s| {
-            let mut next = (**s).clone();
-            next.switches.retain(|k| k.id != id);
-            *s = Arc::new(next);
-        });
         self.poke.notify_one();
     }
 
@@ -237,6 +240,16 @@ impl Switchboard {
             }
         }
         *known = active.iter().map(|k| (k.id.clone(), k.clone())).collect();
+        // Published under the lock, with what was engaged or released here since the merge above
+        // (while this refresh awaited the store): a switch engaged meanwhile is never dropped, which
+        // would let calls through it until the next refresh.
+        let made = self.made_here();
+        active.retain(|k| !made.released.contains(&k.id));
+        for (id, k) in &made.engaged {
+            if !active.iter().any(|a| &a.id == id) {
+                active.push(k.clone());
+            }
+        }
         self.local.send_replace(Arc::new(Snapshot::loaded(active)));
         Ok(())
     }
