@@ -83,10 +83,15 @@ async fn each_retrieval_policy_withholds_what_it_should(backend: DbBackend) {
             }
         }
     }
-    // One audit event for the batch, naming allowed and denied ids.
-    let events = h
-        .auditor()
-        .await
+    // One audit event for the batch, naming allowed and denied ids (read by an auditor of the
+    // session's tenant: auditors see their own tenant's trail).
+    let auditor = broker_sdk::AuditClient::connect(
+        h.endpoint(),
+        h.token_in_tenant("security-team", &[Role::Auditor], None, Some("acme")),
+    )
+    .await
+    .unwrap();
+    let events = auditor
         .list_events(broker_sdk::AuditFilter::new().session_id(&s))
         .await
         .unwrap()
