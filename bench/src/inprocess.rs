@@ -122,9 +122,15 @@ pub fn retrieval(examples: &Path, budget: Duration) -> anyhow::Result<RetrievalT
         .map(|i| {
             let tenant = if i % 7 == 0 { "globex" } else { mix::TENANT };
             let collection = if i % 5 == 0 { "hr" } else { "kb" };
+            // Confidential and above carry their label, as the example policies require.
+            let labels = if i % 4 >= 2 {
+                json!(["internal", "confidential"])
+            } else {
+                json!(["internal"])
+            };
             let v = json!({"tenant": tenant, "collection": collection, "classification": i % 4,
                            "personal": i % 11 == 0, "owner": mix::USER, "source": "wiki",
-                           "labels": ["internal"]});
+                           "labels": labels});
             (format!("doc-{i}"), v)
         })
         .collect();

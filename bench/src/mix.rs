@@ -19,6 +19,8 @@ pub const SESSION_TOOLS: [&str; 4] = [
 pub const SESSION_PURPOSE: &str = "benchmark";
 /// Distinct calls in the pool the workers cycle through.
 pub const POOL: usize = 800;
+/// The second attendee of the mix's events: people in the example directory (`internal_recipients`).
+pub const ATTENDEES: [&str; 2] = ["bob@example.com", "carol@example.com"];
 
 pub fn agent_name(index: usize) -> String {
     format!("bench-agent-{index}")
@@ -54,7 +56,7 @@ pub fn call(i: usize) -> Call {
             "file.read",
             json!({"path": format!("/srv/reports/q{k}.txt")}),
         ),
-        // System configuration: DENY.
+        // Outside the example roots (`/srv/`, `/workspace/`): DENY.
         3 => ("file.read", json!({"path": "/etc/passwd"})),
         // At most 1000: no approval needed.
         4 => (
@@ -67,11 +69,12 @@ pub fn call(i: usize) -> Call {
             "payments.refund",
             json!({"payment_id": format!("pay_{i}"), "amount": 250_000, "currency": "EUR"}),
         ),
+        // Attendees from the company directory: an outsider would need an approval.
         6 => (
             "calendar.create_event",
             json!({"title": format!("sync {k}"), "start": "2026-03-01T10:00:00Z",
                    "duration_minutes": 30 + k % 90,
-                   "attendees": ["alice@example.com", format!("guest-{k}@partner-{}.com", k % 20)]}),
+                   "attendees": ["alice@example.com", ATTENDEES.get(k % ATTENDEES.len())]}),
         ),
         _ => (
             "file.read",

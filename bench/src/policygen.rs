@@ -11,6 +11,8 @@ use broker::policy::{ENTITIES_FILE, SCHEMA_FILE};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
+use crate::mix;
+
 /// The seed every run uses, so that sets of one size are the same on every machine.
 pub const SEED: u64 = 6;
 /// Policies per generated `.cedar` file.
@@ -88,11 +90,14 @@ fn rule(i: usize, agents: usize, rng: &mut StdRng) -> String {
         ),
         3 => format!(
             "{}forbid (principal, action == Action::\"calendar.create_event\", resource)\n\
-             when {{ context.args.duration_minutes > {} && context.args.attendees.contains(\"guest-{}@partner-{}.com\") }};",
-            head("long meetings with this guest are not booked by agents"),
+             when {{ context.args.duration_minutes > {} && context.args.title == \"sync {}\" && context.args.attendees.contains(\"{}\") }};",
+            head("long meetings on this subject with this person are not booked by agents"),
             rng.gen_range(15..120),
             x % 200,
-            rng.gen_range(0..20)
+            mix::ATTENDEES
+                .get(rng.gen_range(0..20) % mix::ATTENDEES.len())
+                .copied()
+                .unwrap_or_default()
         ),
         4 => format!(
             "{}permit (principal == Agent::\"bench-agent-{a}\", action == Action::\"shell.exec\", resource)\n\
@@ -173,7 +178,6 @@ mod tests {
     use broker::policy::{PolicyEngine, SessionFacts, ToolCall};
 
     use super::*;
-    use crate::mix;
 
     fn examples() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")

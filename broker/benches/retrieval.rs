@@ -45,8 +45,10 @@ fn main() {
     let docs: Vec<(String, Value)> = (0..1000)
         .map(|i| {
             let tenant = if i % 7 == 0 { "globex" } else { "acme" };
+            // Confidential and above carry their label, as the example policies require.
+            let labels = if i % 4 >= 2 { json!(["internal", "confidential"]) } else { json!(["internal"]) };
             let v = json!({"tenant": tenant, "collection": if i % 5 == 0 { "hr" } else { "kb" }, "classification": i % 4,
-                           "personal": i % 11 == 0, "owner": "alice", "source": "wiki", "labels": ["internal"]});
+                           "personal": i % 11 == 0, "owner": "alice", "source": "wiki", "labels": labels});
             (format!("doc-{i}"), v)
         })
         .collect();

@@ -12,7 +12,7 @@ async fn every_decision_is_audited_with_digest_and_redaction(backend: DbBackend)
         .await
         .unwrap();
     let allow = agent
-        .authorize(&s.session_id, "email.send", &json!({"to": "bob@example.com", "subject": "hi", "body": "b", "cc": ["c@example.com"]}))
+        .authorize(&s.session_id, "email.send", &json!({"to": "bob@example.com", "subject": "hi", "body": "b", "cc": ["carol@example.com"]}))
         .await
         .unwrap();
     assert!(allow.is_allowed(), "{allow:?}");

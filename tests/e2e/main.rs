@@ -13,6 +13,7 @@ mod approval_requirements;
 mod approvals;
 mod audit_trail;
 mod decisions;
+mod example_policies;
 mod fuzz_seeds;
 mod hostile_input;
 mod identity;

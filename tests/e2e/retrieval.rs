@@ -59,7 +59,17 @@ async fn each_retrieval_policy_withholds_what_it_should(backend: DbBackend) {
             doc("acme", "hr", 0, &[]),
             Some("session-collections-only"),
         ),
-        ("ok-2", doc("acme", "tickets", 2, &[]), None),
+        ("ok-2", doc("acme", "tickets", 2, &["confidential"]), None),
+        (
+            "unlabelled-confidential",
+            doc("acme", "tickets", 2, &[]),
+            Some("confidential-documents-carry-their-label"),
+        ),
+        (
+            "unknown-level",
+            doc("acme", "kb", -1, &[]),
+            Some("classification-known-levels"),
+        ),
     ];
     let docs: Vec<(&str, &Value)> = candidates.iter().map(|(id, v, _)| (*id, v)).collect();
     let r = c.authorize_retrieval(&s, &docs).await.unwrap();
@@ -286,11 +296,18 @@ async fn the_pre_filter_agrees_with_the_post_filter(backend: DbBackend) {
         ("acme", "tickets", 1, true, Some("alice")),
         ("acme", "tickets", 1, true, Some("bob")),
         ("acme", "tickets", 1, true, None),
+        ("acme", "kb", -1, false, None),
     ]
     .into_iter()
     .enumerate()
     {
-        let mut v = json!({"tenant": tenant, "collection": collection, "classification": classification, "personal": personal, "source": "s", "labels": []});
+        // Confidential and above carry their label, as the example policies require.
+        let labels: &[&str] = if classification >= 2 {
+            &["confidential"]
+        } else {
+            &[]
+        };
+        let mut v = json!({"tenant": tenant, "collection": collection, "classification": classification, "personal": personal, "source": "s", "labels": labels});
         if let Some(o) = owner {
             v["owner"] = json!(o);
         }

@@ -336,7 +336,10 @@ fn filter_for_the_example_policies() {
     assert_eq!(
         f.filter,
         json!({"and": [
+            {"ge": ["classification", 0]},
+            {"le": ["classification", 3]},
             {"le": ["classification", 2]},
+            {"or": [{"lt": ["classification", 2]}, {"contains": ["labels", "confidential"]}]},
             {"or": [{"eq": ["personal", false]}, {"and": [{"exists": "owner"}, {"eq": ["owner", "alice"]}]}]},
             {"eq": ["tenant", "acme"]},
             {"in": ["collection", ["eng", "hr"]]}

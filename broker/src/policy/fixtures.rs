@@ -1,12 +1,16 @@
 //! Decision fixtures: JSON files under `<policies>/fixtures/` stating a request and the decision and
 //! deciding policies expected for it. They run in the tests and through `broker policy test`.
+//!
+//! A request is a tool call (`tool` and `args`) or the retrieval of one document (`document`: its
+//! attributes); a retrieval fixture also checks that the pre-filter, when complete, admits the document
+//! exactly when the post-filter allows it.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{PolicyEngine, SessionFacts, ToolCall};
-use crate::domain::decision::Outcome;
+use super::{Caller, PolicyEngine, SessionFacts, ToolCall, Verdict};
+use crate::domain::decision::{Outcome, ReasonCode};
 
 pub const FIXTURES_DIR: &str = "fixtures";
 
@@ -21,8 +25,13 @@ pub struct Fixture {
     pub tenant: Option<String>,
     #[serde(default = "default_roles")]
     pub roles: Vec<String>,
-    pub tool: String,
-    pub args: serde_json::Value,
+    #[serde(default)]
+    pub tool: Option<String>,
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
+    /// A retrieval candidate's attributes, instead of `tool` and `args`.
+    #[serde(default)]
+    pub document: Option<serde_json::Value>,
     #[serde(default)]
     pub session: FixtureSession,
     /// People approved the call: `context.approval`.
@@ -120,27 +129,54 @@ pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<FixtureResult>, 
 }
 
 fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
-    let verdict = engine.decide(&ToolCall {
+    let session = SessionFacts {
+        id: "ses_fixture",
+        purpose: &f.session.purpose,
+        calls: f.session.calls,
+        max_calls: f.session.max_calls,
+        user: f.user.as_deref().unwrap_or_default(),
+        collections: f.session.collections.iter().map(String::as_str).collect(),
+        labels: f.session.labels.iter().map(String::as_str).collect(),
+    };
+    let caller = Caller {
         agent: &f.agent,
         user: f.user.as_deref(),
         tenant: f.tenant.as_deref(),
         roles: f.roles.iter().map(String::as_str).collect(),
-        tool: &f.tool,
-        args: &f.args,
-        session: SessionFacts {
-            id: "ses_fixture",
-            purpose: &f.session.purpose,
-            calls: f.session.calls,
-            max_calls: f.session.max_calls,
-            user: f.user.as_deref().unwrap_or_default(),
-            collections: f.session.collections.iter().map(String::as_str).collect(),
-            labels: f.session.labels.iter().map(String::as_str).collect(),
-        },
-        approval: f.approval.as_ref().map(|a| super::ApprovalFacts {
-            id: &a.id,
-            approvers: a.approvers.iter().map(String::as_str).collect(),
+    };
+    let verdict = match (&f.tool, &f.args, &f.document) {
+        (Some(tool), Some(args), None) => engine.decide(&ToolCall {
+            agent: caller.agent,
+            user: caller.user,
+            tenant: caller.tenant,
+            roles: caller.roles.clone(),
+            tool,
+            args,
+            session: session.clone(),
+            approval: f.approval.as_ref().map(|a| super::ApprovalFacts {
+                id: &a.id,
+                approvers: a.approvers.iter().map(String::as_str).collect(),
+            }),
         }),
-    });
+        (None, None, Some(document)) if f.approval.is_none() => {
+            let Some(verdict) = engine
+                .decide_retrieval(&caller, &session, &[("doc_fixture", document)])
+                .pop()
+            else {
+                return Some("no verdict for the document".to_owned());
+            };
+            if let Some(problem) = filter_disagrees(engine, &caller, &session, document, &verdict) {
+                return Some(problem);
+            }
+            verdict
+        }
+        _ => {
+            return Some(
+                "a fixture states either `tool` and `args`, or `document` (without `approval`)"
+                    .to_owned(),
+            )
+        }
+    };
     let mut got: Vec<&str> = verdict.policy_ids();
     got.sort_unstable();
     let mut want: Vec<&str> = f.expect.policies.iter().map(String::as_str).collect();
@@ -166,5 +202,35 @@ fn check(engine: &PolicyEngine, f: &Fixture) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+/// A complete pre-filter must admit the document exactly when the post-filter allowed it.
+fn filter_disagrees(
+    engine: &PolicyEngine,
+    caller: &Caller<'_>,
+    session: &SessionFacts<'_>,
+    document: &serde_json::Value,
+    verdict: &Verdict,
+) -> Option<String> {
+    // The filter speaks of well-typed documents; the post-filter denies the others by itself.
+    let ill_typed = verdict
+        .reasons
+        .iter()
+        .any(|r| r.code == ReasonCode::InvalidArguments);
+    let filter = engine.retrieval_filter(caller, session);
+    if !filter.complete || ill_typed {
+        return None;
+    }
+    let allowed = verdict.outcome == Outcome::Allow;
+    match super::filter_admits(&filter.filter, document) {
+        Ok(admits) if admits == allowed => None,
+        Ok(admits) => Some(format!(
+            "the pre-filter {} the document, the post-filter {} it (filter {})",
+            if admits { "admits" } else { "withholds" },
+            if allowed { "allows" } else { "denies" },
+            filter.filter
+        )),
+        Err(e) => Some(format!("the pre-filter cannot read the document: {e}")),
     }
 }

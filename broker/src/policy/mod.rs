@@ -787,6 +787,8 @@ fn approval_policies(
 }
 
 #[cfg(test)]
+mod example_tests;
+#[cfg(test)]
 mod guard_diff_tests;
 #[cfg(test)]
 mod slice_tests;

@@ -5,15 +5,15 @@ use serde_json::json;
 use super::*;
 use crate::domain::approval::Requirement;
 
-fn example_dir() -> PathBuf {
+pub(super) fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
-fn example() -> PolicyEngine {
+pub(super) fn example() -> PolicyEngine {
     PolicyEngine::load(&example_dir()).unwrap()
 }
 
-fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
+pub(super) fn call<'a>(tool: &'a str, args: &'a serde_json::Value) -> ToolCall<'a> {
     ToolCall {
         agent: "agent-1",
         user: Some("alice"),
