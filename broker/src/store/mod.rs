@@ -229,12 +229,12 @@ struct Inner {
     pool: AnyPool,
     backend: Backend,
     options: AnyConnectOptions,
-    /// Postgres with TLS: where sqlx's connections go (see [`pg_tunnel`]).
-    tunnel: Option<Arc<pg_tunnel::Tunnel>>,
     jobs: mpsc::Sender<Job>,
     connect_timeout: Duration,
     commit_timeout: Duration,
     read_timeout: Duration,
+    /// Postgres with TLS: where sqlx's connections go (see [`pg_tunnel`]).
+    tunnel: Option<Arc<pg_tunnel::Tunnel>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -385,11 +385,11 @@ impl Store {
                 pool,
                 backend,
                 options,
-                tunnel: routes.and_then(|r| r.tunnel),
                 jobs,
                 connect_timeout: cfg.connect_timeout,
                 commit_timeout: cfg.commit_timeout,
                 read_timeout: cfg.connect_timeout.saturating_add(transaction_timeout),
+                tunnel: routes.and_then(|r| r.tunnel),
             }),
         })
     }

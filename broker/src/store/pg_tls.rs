@@ -802,6 +802,32 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_client_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "not read").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&format!(
+            "postgres://u@db/db?sslmode=require&sslcert=/c.pem&sslkey={}",
+            key.display()
+        ))
+        .unwrap()
+        .client_config("sslmode=require")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        // The certificate is read first: a missing one is named before the key.
+        assert!(e.contains("sslcert `/c.pem` cannot be read"), "{e}");
+        assert!(key_file_is_private(&key)
+            .unwrap_err()
+            .contains("chmod 0600"));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(key_file_is_private(&key).is_ok());
+    }
+
     #[test]
     fn missing_files_are_named() {
         let e =
