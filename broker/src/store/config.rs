@@ -89,6 +89,9 @@ impl StoreConfig {
                     "store.database_url must name a SQLite file, not an in-memory database",
                 ));
             }
+        } else {
+            // TLS parameters (`sslmode`, `sslrootcert`, ...): checked here, their files read at connect.
+            super::pg_tls::PgUrl::parse(&self.database_url)?;
         }
         if self.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be at least 1"));
@@ -135,7 +138,7 @@ pub(crate) fn sqlite_path(url: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::invalid("store.database_url has a malformed percent-encoded path"))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {

@@ -121,6 +121,11 @@ impl Error {
         };
         let message = match &err {
             E::PoolTimedOut => "timed out waiting for a database connection".to_owned(),
+            // The TLS tunnel's refusal (`pg_tunnel`): its message names the setting and the file as
+            // they are written (a path keeps its case).
+            E::Database(db) if db.code().as_deref() == Some(super::pg_tunnel::REFUSED_SQLSTATE) => {
+                db.message().to_owned()
+            }
             other => other.to_string().to_lowercase(),
         };
         Self::new(kind, message)

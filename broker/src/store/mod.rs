@@ -21,6 +21,8 @@ mod decisions;
 mod error;
 mod grants;
 mod hashes;
+mod pg_tls;
+mod pg_tunnel;
 mod pg_writer;
 mod schema;
 mod selfcheck;
@@ -241,6 +243,8 @@ struct Inner {
     connect_timeout: Duration,
     commit_timeout: Duration,
     read_timeout: Duration,
+    /// Postgres with TLS: where sqlx's connections go (see [`pg_tunnel`]).
+    tunnel: Option<Arc<pg_tunnel::Tunnel>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -319,7 +323,16 @@ impl Store {
         if backend == Backend::Sqlite {
             create_sqlite_file(&cfg.database_url)?;
         }
-        let options = AnyConnectOptions::from_str(&cfg.database_url).map_err(|e| {
+        // Postgres: TLS as the URL's `sslmode` asks, for every connection (see `pg_tls`).
+        let routes = match backend {
+            Backend::Postgres => Some(pg_tunnel::PgRoutes::new(
+                &cfg.database_url,
+                cfg.connect_timeout,
+            )?),
+            Backend::Sqlite => None,
+        };
+        let url = routes.as_ref().map_or(&cfg.database_url, |r| &r.sqlx_url);
+        let options = AnyConnectOptions::from_str(url).map_err(|e| {
             Error::invalid(format!(
                 "store.database_url cannot be used: {}",
                 Error::from_sqlx(e).message()
@@ -365,8 +378,12 @@ impl Store {
                 &sqlite_settings(settings.busy_timeout_ms),
             )?),
             Backend::Postgres => {
+                let routes = routes.as_ref().ok_or_else(|| {
+                    Error::internal("postgres store without its connection routes")
+                })?;
                 writer::OwnConnection::Postgres(Box::new(pg_writer::PgWriter::new(
-                    &cfg.database_url,
+                    &routes.writer_url,
+                    &routes.tls,
                     cfg.connect_timeout,
                     &postgres_settings(settings.statement_timeout_ms),
                 )?))
@@ -382,6 +399,7 @@ impl Store {
                 connect_timeout: cfg.connect_timeout,
                 commit_timeout: cfg.commit_timeout,
                 read_timeout: cfg.connect_timeout.saturating_add(transaction_timeout),
+                tunnel: routes.and_then(|r| r.tunnel),
             }),
         })
     }
@@ -679,6 +697,7 @@ impl Store {
             Backend::Sqlite => Ok(None),
             Backend::Postgres => ChangeListener::connect(
                 &self.inner.options,
+                self.inner.tunnel.clone(),
                 self.inner.connect_timeout,
                 channel,
                 what,
@@ -1039,6 +1058,8 @@ pub struct ChangeListener {
     connect_timeout: Duration,
     /// `None` after a failure: the next `recv` connects afresh.
     listener: Option<sqlx::postgres::PgListener>,
+    /// Where `options` points when the connection is encrypted: kept open as long as the listener.
+    _tunnel: Option<Arc<pg_tunnel::Tunnel>>,
 }
 
 impl std::fmt::Debug for ChangeListener {
@@ -1053,6 +1074,7 @@ impl std::fmt::Debug for ChangeListener {
 impl ChangeListener {
     async fn connect(
         any: &AnyConnectOptions,
+        tunnel: Option<Arc<pg_tunnel::Tunnel>>,
         connect_timeout: Duration,
         channel: &'static str,
         what: &'static str,
@@ -1067,6 +1089,7 @@ impl ChangeListener {
             options,
             connect_timeout,
             listener: Some(listener),
+            _tunnel: tunnel,
         })
     }
 

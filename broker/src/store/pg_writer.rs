@@ -28,14 +28,15 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Connection, NoTls, Row, SimpleQueryMessage, Socket, Statement};
+use tokio_postgres::{Client, Connection, Row, SimpleQueryMessage, Socket, Statement};
 
 use super::bulk::{event_rows, tool_call_rows, CallKey, EVENT_TYPES};
 use super::decisions::{self, Found, Wanted, Writes};
+use super::pg_tls::{HandshakeError, MakeRustls, RustlsStream, Tls};
 use super::sql::{
     session_row, stored_call, ChainHead, CHAIN_HEAD_SQL, CHAIN_LOCK_KEY, EVENT_COLUMNS,
     SESSION_COLUMNS,
@@ -50,6 +51,10 @@ type Answers = Vec<Result<Recorded, Error>>;
 /// after any batch that failed (a failed batch's connection is closed, which rolls it back).
 pub(crate) struct PgWriter {
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` asks (plaintext connections keep the raw socket, as with `NoTls`).
+    tls: MakeRustls,
+    /// `sslmode=...`, for connection errors.
+    tls_label: String,
     /// Run once per connection: the pool's per-connection settings.
     settings: String,
     live: Option<Live>,
@@ -60,7 +65,7 @@ struct Live {
     /// Driven only while the writer awaits an answer, by the writer's own task ([`drive`]): a task of its
     /// own would add two wake-ups across threads to every round trip. Dropped, it closes the connection,
     /// and the database rolls back whatever it had open.
-    connection: Connection<Socket, NoTlsStream>,
+    connection: Connection<Socket, RustlsStream>,
     statements: Statements,
     /// How far the next transaction has started (a chained commit begins it).
     next: Begun,
@@ -158,10 +163,12 @@ struct Statements {
 }
 
 impl PgWriter {
-    /// Reads the connection settings from `url` (connecting waits for the first batch: the migrations
-    /// that create what its statements use run after the store connects).
+    /// Reads the connection settings from `url`, a URL without its TLS parameters, which `tls` holds
+    /// (connecting waits for the first batch: the migrations that create what its statements use run
+    /// after the store connects).
     pub(crate) fn new(
         url: &str,
+        tls: &Arc<Tls>,
         connect_timeout: Duration,
         settings: &[String],
     ) -> Result<Self, Error> {
@@ -173,8 +180,11 @@ impl PgWriter {
         })?;
         config.connect_timeout(connect_timeout);
         config.application_name("agent-broker audit writer");
+        config.ssl_mode(tls.driver_mode());
         Ok(Self {
             config,
+            tls: tls.connector(),
+            tls_label: tls.label().to_owned(),
             // Its statements are prepared once and run for every batch; planned anew each time (a custom
             // plan for each set of arrays) they cost the database more than they run. The planner
             // settings the pool's transactions set with `SET LOCAL` hold here for the connection, which
@@ -217,6 +227,15 @@ impl PgWriter {
         }
     }
 
+    /// Connects now rather than at the first batch: for tests of the connection's settings (TLS).
+    pub(crate) async fn connect_now(&mut self) -> Result<(), Error> {
+        if self.live.is_none() {
+            let live = Live::connect(&self.config, &self.tls, &self.tls_label, &self.settings);
+            self.live = Some(live.await?);
+        }
+        Ok(())
+    }
+
     /// Ends the transaction a chained commit left open (it holds nothing yet, or only the chain lock),
     /// before the writer's other connection needs the lock. A connection that cannot, by `deadline`, is
     /// closed (which ends the transaction too).
@@ -241,9 +260,7 @@ impl PgWriter {
         deadline: tokio::time::Instant,
         more_waiting: &(dyn Fn() -> bool + Sync),
     ) -> Result<Answers, Error> {
-        if self.live.is_none() {
-            self.live = Some(Live::connect(&self.config, &self.settings).await?);
-        }
+        self.connect_now().await?;
         let live = self
             .live
             .as_mut()
@@ -312,8 +329,16 @@ fn before_commit(deadline: tokio::time::Instant) -> Result<(), Error> {
 }
 
 impl Live {
-    async fn connect(config: &tokio_postgres::Config, settings: &str) -> Result<Live, Error> {
-        let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+    async fn connect(
+        config: &tokio_postgres::Config,
+        tls: &MakeRustls,
+        tls_label: &str,
+        settings: &str,
+    ) -> Result<Live, Error> {
+        let (client, mut connection) = config
+            .connect(tls.clone())
+            .await
+            .map_err(|e| connect_error(e, tls_label))?;
         let prepared = drive(&mut connection, async {
             client.batch_execute(settings).await?;
             Ok(Statements {
@@ -569,7 +594,7 @@ async fn send_start(c: &Client, start: Option<&str>) -> Result<(), tokio_postgre
 /// Runs `work` (requests on the connection's client) while driving `connection`, which sends them and
 /// routes the answers back. Fails when the connection ends first.
 async fn drive<F: Future>(
-    connection: &mut Connection<Socket, NoTlsStream>,
+    connection: &mut Connection<Socket, RustlsStream>,
     work: F,
 ) -> Result<F::Output, Error> {
     tokio::select! {
@@ -625,6 +650,29 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> R
 
 fn session_from_row(row: &Row) -> Result<Session, Error> {
     session_row!(get, row).into_session()
+}
+
+/// A failed connect, naming `sslmode` when TLS is involved: the handshake's own message as it is (it
+/// names the parameter, the host, the CA file), anything else classified as usual.
+fn connect_error(err: tokio_postgres::Error, tls_label: &str) -> Error {
+    use std::error::Error as _;
+    if let Some(handshake) = err
+        .source()
+        .and_then(|s| s.downcast_ref::<HandshakeError>())
+    {
+        return Error::unavailable(format!("audit writer's connection: {}", handshake.0));
+    }
+    let e = pg(err);
+    match e.message().contains("tls") {
+        true => Error::new(
+            e.kind(),
+            format!(
+                "store.database_url {tls_label}: audit writer's connection: {}",
+                e.message()
+            ),
+        ),
+        false => e,
+    }
 }
 
 fn pg(err: tokio_postgres::Error) -> Error {

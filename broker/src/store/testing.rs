@@ -77,6 +77,17 @@ async fn admin_connection(url: &str) -> Result<AnyConnection, Error> {
         .map_err(db)
 }
 
+/// Opens only the Postgres audit writer's own connection to `database_url` (a migrated database), with
+/// TLS as the URL asks, then closes it: the store's pool connects first and would fail before it.
+pub async fn connect_postgres_writer(database_url: &str) -> Result<(), Error> {
+    let routes = super::pg_tunnel::PgRoutes::new(database_url, ADMIN_TIMEOUT)?;
+    let mut writer =
+        super::pg_writer::PgWriter::new(&routes.writer_url, &routes.tls, ADMIN_TIMEOUT, &[])?;
+    tokio::time::timeout(ADMIN_TIMEOUT, writer.connect_now())
+        .await
+        .map_err(|_| Error::unavailable("timed out connecting the audit writer"))?
+}
+
 impl TestDb {
     /// The store configuration tests start from: generous timeouts, so a loaded machine does not fail
     /// tests that are not about timeouts.

@@ -3033,8 +3033,13 @@ async fn plain_batches_store_the_same_rows_on_both_paths(backend: Backend) -> Te
         Backend::Postgres => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let recs: Vec<&DecisionRecord> = batch.iter().collect();
-            super::pg_writer::PgWriter::new(
+            let routes = super::pg_tunnel::PgRoutes::new(
                 &fast_db.config().database_url,
+                Duration::from_secs(5),
+            )?;
+            super::pg_writer::PgWriter::new(
+                &routes.writer_url,
+                &routes.tls,
                 Duration::from_secs(5),
                 &super::postgres_settings(5_000),
             )?

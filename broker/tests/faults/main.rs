@@ -26,6 +26,7 @@ mod figures;
 mod load;
 mod mode;
 mod overload;
+mod pg_tls;
 mod postgres;
 mod preserved;
 mod reconcile;

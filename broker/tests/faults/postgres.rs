@@ -48,6 +48,16 @@ pub struct Postgres {
     bin: PathBuf,
     as_postgres_user: bool,
     state: State,
+    /// `-c name=value` settings beyond the suite's own (see [`Postgres::start_new_with`]).
+    settings: Vec<String>,
+}
+
+/// What [`Postgres::start_new_with`] adds to a cluster: files in its directory (owned by the server's
+/// user, mode 0600, as Postgres wants a key file) and settings, where `{dir}` stands for that directory.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub files: Vec<(String, String)>,
+    pub settings: Vec<(String, String)>,
 }
 
 /// Where the Postgres binaries are: `FAULTS_PG_BIN`, else the Debian path of version 15, else `pg_config`.
@@ -147,6 +157,11 @@ fn is_postgres(pid: u32) -> bool {
 impl Postgres {
     /// A fresh cluster (`initdb`), started: trust authentication, `fsync=on`, `synchronous_commit=on`.
     pub async fn start_new() -> Postgres {
+        Self::start_new_with(Extra::default()).await
+    }
+
+    /// [`start_new`](Self::start_new), with `extra` files and settings (e.g. `ssl=on` and its certificate).
+    pub async fn start_new_with(extra: Extra) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("broker-faults-pg-")
             .tempdir()
@@ -163,7 +178,25 @@ impl Postgres {
             bin: bin_dir(),
             as_postgres_user,
             state: State::Stopped,
+            settings: Vec::new(),
         };
+        let shown = pg.dir.path().display().to_string();
+        pg.settings = extra
+            .settings
+            .iter()
+            .map(|(k, v)| format!("-c {k}={}", v.replace("{dir}", &shown)))
+            .collect();
+        for (name, text) in &extra.files {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = pg.dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_postgres_user {
+                let mut chown = tokio::process::Command::new("chown");
+                chown.arg("postgres:postgres").arg(&path);
+                run(chown, "chown postgres").await;
+            }
+        }
         let mut initdb = pg.command("initdb");
         initdb
             .arg("-D")
@@ -216,6 +249,10 @@ impl Postgres {
         format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A superuser connection to `database`, opened within 10 s; each statement on it bounded to 30 s.
     pub async fn superuser(&self, database: &str) -> sqlx::PgConnection {
         let url = self.url("postgres", database);
@@ -232,12 +269,16 @@ impl Postgres {
     }
 
     async fn try_start(&mut self) -> Result<(), String> {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on \
              -c synchronous_commit=on -c max_connections=300",
             self.port,
             self.dir.path().display()
         );
+        for setting in &self.settings {
+            options.push(' ');
+            options.push_str(setting);
+        }
         let mut cmd = self.command("pg_ctl");
         cmd.arg("-D")
             .arg(self.data_dir())
