@@ -123,6 +123,7 @@ async fn open_sessions(store: &Store, n: i64) {
             closed_at: None,
             collections: vec![],
             labels: vec![],
+            ancestors: vec![],
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, i);
         store.open_session(&session, event).await.unwrap();
