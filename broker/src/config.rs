@@ -133,19 +133,36 @@ impl Default for KillSwitchConfig {
         Self {
             poll_interval: Duration::from_millis(500),
             stale_after: Duration::from_secs(3),
-            quarantine: vec![QuarantineRule {
-                scope: QuarantineScope::Session,
-                denials: Some(10),
-                calls: None,
-                within: Duration::from_secs(60),
-                expires_after: None,
-            }],
+            quarantine: vec![
+                QuarantineRule {
+                    scope: QuarantineScope::Session,
+                    denials: Some(10),
+                    calls: None,
+                    foreign_sessions: None,
+                    within: Duration::from_secs(60),
+                    expires_after: DEFAULT_QUARANTINE_EXPIRY,
+                },
+                // An agent that keeps naming sessions it does not own is probing: stop the agent.
+                QuarantineRule {
+                    scope: QuarantineScope::Agent,
+                    denials: None,
+                    calls: None,
+                    foreign_sessions: Some(20),
+                    within: Duration::from_secs(60),
+                    expires_after: DEFAULT_QUARANTINE_EXPIRY,
+                },
+            ],
         }
     }
 }
 
-/// Engage a switch on a session or an agent when it is denied `denials` times, or makes `calls` calls,
-/// within `within`.
+/// How long an automatic quarantine holds when its rule names no `expires_after`: every one expires, so
+/// a rule tripped by mistake (or by someone else's doing) cannot stop a session or an agent for ever.
+pub const DEFAULT_QUARANTINE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// Engage a switch on a session or an agent when it is denied `denials` times, makes `calls` calls, or
+/// (scope `agent` only) names `foreign_sessions` times a session that is not its own, within `within`.
+/// A session's windows count only its owner's calls; an agent's count every call it made.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineRule {
@@ -154,11 +171,48 @@ pub struct QuarantineRule {
     pub denials: Option<u32>,
     #[serde(default)]
     pub calls: Option<u32>,
+    /// Calls naming a session that does not exist or belongs to another agent or user.
+    #[serde(default)]
+    pub foreign_sessions: Option<u32>,
     #[serde(with = "humantime_serde")]
     pub within: Duration,
-    /// The switch releases itself after this long; unset: until an admin releases it.
-    #[serde(default, with = "humantime_serde")]
-    pub expires_after: Option<Duration>,
+    /// The switch releases itself after this long (default [`DEFAULT_QUARANTINE_EXPIRY`], 1h).
+    #[serde(default = "default_quarantine_expiry", with = "humantime_serde")]
+    pub expires_after: Duration,
+}
+
+fn default_quarantine_expiry() -> Duration {
+    DEFAULT_QUARANTINE_EXPIRY
+}
+
+impl QuarantineRule {
+    /// What is wrong with this rule, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let counts = [self.denials, self.calls, self.foreign_sessions];
+        let max = crate::domain::quarantine::MAX_RULE_COUNT;
+        if counts.iter().flatten().count() != 1 {
+            return Some("set exactly one of `denials`, `calls` or `foreign_sessions`".into());
+        }
+        if counts.iter().flatten().any(|n| *n == 0 || *n > max) {
+            return Some(format!("the count must be 1 to {max}"));
+        }
+        if self.foreign_sessions.is_some() && self.scope != QuarantineScope::Agent {
+            return Some(
+                "`foreign_sessions` needs scope `agent`: the calls are counted against their caller"
+                    .into(),
+            );
+        }
+        if self.within.is_zero() {
+            return Some("`within` must be positive".into());
+        }
+        if self.expires_after.is_zero() {
+            return Some(
+                "`expires_after` must be positive (every automatic quarantine expires; default 1h)"
+                    .into(),
+            );
+        }
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +238,12 @@ pub struct SessionConfig {
     /// `context.session.calls` as spent through other brokers, and the reason given for a DENY.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Taint labels belong to the agent acting for a user (agent, user, tenant), not only to the session
+    /// that read: what was read is in the agent's context. They are copied at once to the principal's
+    /// other open sessions, and a new session starts with every label a session of the principal held
+    /// that is still open or expired (or reported its last result) less than this long ago.
+    #[serde(with = "humantime_serde")]
+    pub taint_carry_over: Duration,
 }
 
 impl Default for SessionConfig {
@@ -194,6 +254,7 @@ impl Default for SessionConfig {
             default_max_tool_calls: 100,
             max_tool_calls: 100_000,
             cache_ttl: Duration::from_secs(5),
+            taint_carry_over: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -495,14 +556,10 @@ impl Config {
             ));
         }
         for (i, rule) in k.quarantine.iter().enumerate() {
-            if rule.denials.is_some() == rule.calls.is_some()
-                || rule.denials == Some(0)
-                || rule.calls == Some(0)
-                || rule.within.is_zero()
-            {
+            if let Some(problem) = rule.problem() {
                 return Err(invalid(
                     "kill_switch.quarantine",
-                    format!("rule {i}: set exactly one of `denials` or `calls` (positive) and a positive `within`"),
+                    format!("rule {i}: {problem}"),
                 ));
             }
         }
@@ -689,5 +746,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.policies, PathBuf::from("/from/flag"));
+    }
+    #[test]
+    fn every_quarantine_rule_expires_and_bad_rules_are_refused() {
+        let defaults = KillSwitchConfig::default();
+        assert!(defaults
+            .quarantine
+            .iter()
+            .all(|r| r.expires_after == DEFAULT_QUARANTINE_EXPIRY && r.problem().is_none()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "[[kill_switch.quarantine]]\nscope = \"session\"\ndenials = 3\nwithin = \"10s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.kill_switch.quarantine[0].expires_after,
+            Duration::from_secs(3600),
+            "a rule without `expires_after` expires after the default, 1h"
+        );
+        for (rule, problem) in [
+            (
+                "scope = \"session\"\ndenials = 3\nwithin = \"10s\"\nexpires_after = \"0s\"",
+                "expires_after",
+            ),
+            (
+                "scope = \"session\"\nforeign_sessions = 3\nwithin = \"10s\"",
+                "scope `agent`",
+            ),
+            (
+                "scope = \"agent\"\ndenials = 3\ncalls = 3\nwithin = \"10s\"",
+                "exactly one",
+            ),
+            (
+                "scope = \"agent\"\ncalls = 10001\nwithin = \"10s\"",
+                "1 to 10000",
+            ),
+        ] {
+            std::fs::write(&file, format!("[[kill_switch.quarantine]]\n{rule}\n")).unwrap();
+            let err = Config::load(Some(&file), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("kill_switch.quarantine") && err.contains(problem),
+                "{rule}: {err}"
+            );
+        }
     }
 }

@@ -123,6 +123,7 @@ async fn open_sessions(store: &Store, n: i64) {
             closed_at: None,
             collections: vec![],
             labels: vec![],
+            ancestors: vec![],
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, i);
         store.open_session(&session, event).await.unwrap();
@@ -806,6 +807,7 @@ async fn open_session_as(store: &Store, agent: &str, user: &str) {
         closed_at: None,
         collections: vec![],
         labels: vec![],
+        ancestors: vec![],
     };
     let event = EventBody::for_session(EventKind::SessionOpened, &session, 1);
     store.open_session(&session, event).await.unwrap();

@@ -417,3 +417,173 @@ async fn unreadable_switches_stop_everything_until_readable(backend: DbBackend) 
     }
 }
 both!(unreadable_switches_stop_everything_until_readable);
+
+async fn another_agents_calls_never_quarantine_a_victims_session(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (victim, s1) = agent_with_session(&h, "agent-1", "alice", None).await;
+    let (intruder, own) = agent_with_session(&h, "agent-2", "mallory", None).await;
+    // More than the default session rule's 10 denials, all naming the victim's session.
+    for _ in 0..19 {
+        let d = search(&intruder, &s1).await;
+        assert!(d.has_reason("SESSION_NOT_OWNED"), "{d:?}");
+    }
+    assert!(
+        search(&victim, &s1).await.is_allowed(),
+        "someone else's denials do not quarantine the session"
+    );
+    assert!(h.admin().await.list(false).await.unwrap().is_empty());
+    // Probing sessions that are not its own counts against the prober (default: 20 within 60 s).
+    search(&intruder, &s1).await;
+    let d = search(&intruder, &own).await;
+    let r = d
+        .reason("KILL_SWITCH")
+        .unwrap_or_else(|| panic!("the prober is quarantined: {d:?}"));
+    assert!(r.message.contains("AUTO_QUARANTINE"), "{r:?}");
+    let switches = h.admin().await.list(false).await.unwrap();
+    assert_eq!(switches.len(), 1, "{switches:?}");
+    assert_eq!(
+        (switches[0].scope, switches[0].target.as_str()),
+        (KillSwitchScope::Agent, "agent-2")
+    );
+    assert!(search(&victim, &s1).await.is_allowed());
+}
+both!(another_agents_calls_never_quarantine_a_victims_session);
+
+async fn an_auto_quarantine_expires_by_itself(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let a1 = h.agent("agent-1", Some("alice")).await;
+    // Outlives the quarantine.
+    let s1 = a1
+        .open_session(SessionRequest::new(["web.search"]).ttl(Duration::from_secs(3 * 3600)))
+        .await
+        .unwrap()
+        .session_id;
+    let too_many = json!({"query": "x", "max_results": 1000});
+    for _ in 0..10 {
+        a1.authorize(&s1, "web.search", &too_many).await.unwrap();
+    }
+    let d = search(&a1, &s1).await;
+    let id = d
+        .reason("KILL_SWITCH")
+        .unwrap()
+        .kill_switch_id
+        .clone()
+        .unwrap();
+    let k = h.admin().await.list(false).await.unwrap().remove(0);
+    assert_eq!(k.id, id);
+    assert_eq!(
+        k.expires_at
+            .and_then(|e| e.duration_since(k.engaged_at).ok()),
+        Some(Duration::from_secs(3600)),
+        "the default rule's quarantine lasts 1h: {k:?}"
+    );
+    h.clock.advance(Duration::from_secs(3599));
+    assert!(killed_by(&search(&a1, &s1).await, &id));
+    h.clock.advance(Duration::from_secs(2));
+    assert!(
+        search(&a1, &s1).await.is_allowed(),
+        "the quarantine ended by itself"
+    );
+}
+both!(an_auto_quarantine_expires_by_itself);
+
+async fn a_session_switch_stops_the_sessions_descendants(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (a1, root) = agent_with_session(&h, "agent-1", "alice", None).await;
+    let child_of = |parent: &str| {
+        SessionRequest::new(["web.search", "payments.refund"]).parent(parent.to_owned())
+    };
+    let child = a1.open_session(child_of(&root)).await.unwrap().session_id;
+    let grandchild = a1.open_session(child_of(&child)).await.unwrap().session_id;
+    let (_, unrelated) = agent_with_session(&h, "agent-1", "alice", None).await;
+    let args = json!({"query": "retry me"});
+    assert!(a1
+        .authorize_with_call_id(&grandchild, "web.search", &args, "call-1")
+        .await
+        .unwrap()
+        .is_allowed());
+    // A pending approval in the grandchild, cancelled by the switch on the root.
+    let refund = json!({"payment_id": "p", "amount": 5000, "currency": "EUR"});
+    let pending = a1
+        .authorize(&grandchild, "payments.refund", &refund)
+        .await
+        .unwrap();
+    assert_eq!(pending.outcome, Outcome::PendingApproval, "{pending:?}");
+    let approval = pending.approval_id.unwrap();
+    // And an approved one in the child, never used under the switch.
+    let approved = a1
+        .authorize(
+            &child,
+            "payments.refund",
+            &json!({"payment_id": "q", "amount": 6000, "currency": "EUR"}),
+        )
+        .await
+        .unwrap()
+        .approval_id
+        .unwrap();
+    let bob = h.approver("bob", &["payments-approvers"]).await;
+    bob.approve(&approved, "ok").await.unwrap();
+
+    let admin = h.admin().await;
+    let k = admin
+        .engage(EngageRequest::new(
+            KillSwitchScope::Session,
+            root.clone(),
+            "runaway tree",
+        ))
+        .await
+        .unwrap();
+    for s in [&root, &child, &grandchild] {
+        assert!(killed_by(&search(&a1, s).await, &k.id), "{s}");
+    }
+    let retried = a1
+        .authorize_with_call_id(&grandchild, "web.search", &args, "call-1")
+        .await
+        .unwrap();
+    assert!(
+        killed_by(&retried, &k.id),
+        "no replay under the switch: {retried:?}"
+    );
+    assert!(
+        search(&a1, &unrelated).await.is_allowed(),
+        "siblings outside the tree run"
+    );
+    assert_eq!(
+        bob.get(&approval).await.unwrap().status,
+        broker_sdk::ApprovalStatus::Cancelled,
+        "a descendant's pending approval is cancelled"
+    );
+    let used = a1.await_approval(&approved, Duration::ZERO).await.unwrap();
+    assert!(killed_by(&used, &k.id), "{used:?}");
+    let doc = json!({"tenant": "acme", "collection": "kb", "classification": 0, "personal": false,
+                     "source": "wiki", "labels": []});
+    let r = a1
+        .authorize_retrieval(&grandchild, &[("d", &doc)])
+        .await
+        .unwrap();
+    assert!(
+        r.documents.iter().all(|d| d.outcome == Outcome::Deny
+            && d.reasons
+                .iter()
+                .any(|x| x.kill_switch_id.as_deref() == Some(k.id.as_str()))),
+        "{r:?}"
+    );
+    // Sessions opened later under the tree are refused, with the switch named.
+    let err = a1.open_session(child_of(&grandchild)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(&k.id), "{err:?}");
+
+    // A switch on a child stops the child's subtree, not its parent.
+    admin.release(&k.id, "contained").await.unwrap();
+    let k2 = admin
+        .engage(EngageRequest::new(
+            KillSwitchScope::Session,
+            child.clone(),
+            "just this branch",
+        ))
+        .await
+        .unwrap();
+    assert!(search(&a1, &root).await.is_allowed());
+    assert!(killed_by(&search(&a1, &grandchild).await, &k2.id));
+}
+both!(a_session_switch_stops_the_sessions_descendants);

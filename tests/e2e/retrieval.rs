@@ -1,5 +1,7 @@
 //! RAG retrieval: only documents the agent's user may see, and sessions that remember what they read.
 
+use std::time::Duration;
+
 use broker::auth::Role;
 use broker_e2e::{both, DbBackend, Harness};
 use broker_sdk::{Client, Outcome, SessionRequest};
@@ -12,13 +14,13 @@ fn doc(tenant: &str, collection: &str, classification: i64, labels: &[&str]) -> 
 
 /// alice (clearance 2) at acme, through an agent, in a session that may read `kb` and `tickets`.
 async fn reader(h: &Harness) -> (Client, String) {
+    reader_for(h, "alice").await
+}
+
+/// `user` at acme, through the same agent, in a new session that may read `kb` and `tickets`.
+async fn reader_for(h: &Harness, user: &str) -> (Client, String) {
     let c = h
-        .client_with_token(h.token_in_tenant(
-            "rag-agent",
-            &[Role::Agent],
-            Some("alice"),
-            Some("acme"),
-        ))
+        .client_with_token(h.token_in_tenant("rag-agent", &[Role::Agent], Some(user), Some("acme")))
         .await;
     let s = c
         .open_session(
@@ -225,8 +227,9 @@ async fn what_a_session_read_narrows_what_it_may_do(backend: DbBackend) {
         Some("untrusted-content-email-needs-approval")
     );
 
-    // A denied document's labels do not count; an allowed confidential one stops outbound tools.
-    let (c2, s2) = reader(&h).await;
+    // A denied document's labels do not count; an allowed confidential one stops outbound tools. (Another
+    // user: labels follow the agent acting for a user from session to session.)
+    let (c2, s2) = reader_for(&h, "carol").await;
     let secret_elsewhere = doc("globex", "kb", 0, &["confidential"]);
     assert!(c2
         .authorize_retrieval(&s2, &[("x", &secret_elsewhere)])
@@ -349,6 +352,21 @@ async fn changes_made_through_another_broker_hold_at_once(backend: DbBackend) {
         .unwrap();
     assert!(first.is_allowed(), "{first:?}");
 
+    // (Before the label below: a session of the same agent and user opened after it carries it.)
+    let (_, s2) = reader(&h).await;
+    assert!(here
+        .authorize(&s2, "web.search", &search("q3"))
+        .await
+        .unwrap()
+        .is_allowed());
+    there.close_session(&s2).await.unwrap();
+    let d = here
+        .authorize(&s2, "web.search", &search("q4"))
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    assert!(d.reason("SESSION_CLOSED").is_some(), "{d:?}");
+
     let labelled = there
         .report_tool_result(&s, &first.decision_id, true, &["confidential"])
         .await
@@ -365,20 +383,56 @@ async fn changes_made_through_another_broker_hold_at_once(backend: DbBackend) {
         "decided again on the labels the session has now"
     );
 
-    let (_, s2) = reader(&h).await;
-    assert!(here
-        .authorize(&s2, "web.search", &search("q3"))
-        .await
-        .unwrap()
-        .is_allowed());
-    there.close_session(&s2).await.unwrap();
-    let d = here
-        .authorize(&s2, "web.search", &search("q4"))
-        .await
-        .unwrap();
-    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
-    assert!(d.reason("SESSION_CLOSED").is_some(), "{d:?}");
-
     assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
 }
 both!(changes_made_through_another_broker_hold_at_once);
+
+async fn a_fresh_session_of_the_same_agent_and_user_keeps_the_taint(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let search = |c: &Client, s: &str| {
+        let (c, s) = (c.clone(), s.to_owned());
+        async move {
+            c.authorize(&s, "web.search", &json!({"query": "what the wiki said"}))
+                .await
+                .unwrap()
+        }
+    };
+    let leak_stopped = |d: &broker_sdk::Decision| {
+        d.outcome == Outcome::Deny
+            && d.reason("POLICY_DENY").and_then(|r| r.policy_id.as_deref())
+                == Some("confidential-data-stays-inside")
+    };
+    let (c, reading) = reader(&h).await;
+    // A second session opened before the read, and used once (so this broker has it cached).
+    let (_, other) = reader(&h).await;
+    assert!(search(&c, &other).await.is_allowed());
+
+    let secret = doc("acme", "kb", 0, &["confidential"]);
+    let r = c
+        .authorize_retrieval(&reading, &[("plan", &secret)])
+        .await
+        .unwrap();
+    assert_eq!(r.allowed_ids, ["plan"]);
+    assert!(leak_stopped(&search(&c, &reading).await));
+    // The read is in the agent's context, whichever of its sessions it calls from.
+    let d = search(&c, &other).await;
+    assert!(
+        leak_stopped(&d),
+        "an open sibling session shares the label: {d:?}"
+    );
+    // Closing both and opening afresh does not shed it either.
+    c.close_session(&reading).await.unwrap();
+    c.close_session(&other).await.unwrap();
+    let (_, fresh) = reader(&h).await;
+    let d = search(&c, &fresh).await;
+    assert!(leak_stopped(&d), "a fresh session carries the label: {d:?}");
+    // The same agent for another user starts clean.
+    let (bob, bobs) = reader_for(&h, "bob").await;
+    assert!(search(&bob, &bobs).await.is_allowed());
+
+    // `session.taint_carry_over` (24h) after the last session holding it expired, it is gone.
+    h.clock.advance(Duration::from_secs(3600 + 24 * 3600 + 1));
+    let (_, much_later) = reader(&h).await;
+    assert!(search(&c, &much_later).await.is_allowed());
+}
+both!(a_fresh_session_of_the_same_agent_and_user_keeps_the_taint);

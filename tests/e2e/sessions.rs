@@ -132,3 +132,37 @@ async fn opening_refuses_bad_requests_naming_the_field(backend: DbBackend) {
     assert_eq!(ok.tools, ["email.*", "*"]);
 }
 both!(opening_refuses_bad_requests_naming_the_field);
+
+async fn sessions_nest_at_most_32_deep(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("agent-a", None).await;
+    let mut parent = agent
+        .open_session(SessionRequest::new(["web.search"]))
+        .await
+        .unwrap()
+        .session_id;
+    // Every call checks the session's ancestors against the kill switches: the chain stays short.
+    for _ in 0..32 {
+        parent = agent
+            .open_session(SessionRequest::new(["web.search"]).parent(parent))
+            .await
+            .unwrap()
+            .session_id;
+    }
+    let err = agent
+        .open_session(SessionRequest::new(["web.search"]).parent(parent.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("parent_session_id") && err.message().contains("32"),
+        "{}",
+        err.message()
+    );
+    let d = agent
+        .authorize(&parent, "web.search", &json!({"query": "deep"}))
+        .await
+        .unwrap();
+    assert!(d.is_allowed(), "{d:?}");
+}
+both!(sessions_nest_at_most_32_deep);

@@ -70,6 +70,7 @@ async fn events(store: &Store, n: usize) -> TestResult {
             closed_at: None,
             collections: vec![],
             labels: vec![],
+            ancestors: vec![],
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, session.created_at);
         store.open_session(&session, event).await?;

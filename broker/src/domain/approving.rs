@@ -199,7 +199,10 @@ impl Broker {
                 }
                 Some(s) => {
                     labels_seen = Some(s.labels.len());
-                    if let Some(refusal) = s.refusal(now) {
+                    if let Some(refusal) = self
+                        .lineage_kill_check(caller, Some(&approval.tool), &s, now)
+                        .or_else(|| s.refusal(now))
+                    {
                         decision.reasons.push(refusal);
                     } else if !s.allows_tool(&approval.tool) {
                         decision.reasons.push(Reason::new(
@@ -442,16 +445,18 @@ impl Broker {
         let pending = self.store.pending_approvals().await?;
         let mut covered = Vec::new();
         for a in pending {
-            let tenant = match self.store.session(&a.session_id).await? {
-                Some(s) => s.tenant,
-                None => None,
+            let (tenant, ancestors) = match self.store.session(&a.session_id).await? {
+                Some(s) => (s.tenant, s.ancestors),
+                None => (None, Vec::new()),
             };
+            // A SESSION switch covers the session's descendants, and so their approvals.
             let subject = Subject {
                 tenant: tenant.as_deref(),
                 agent: &a.agent,
                 user: a.user.as_deref(),
                 tool: Some(&a.tool),
                 session: Some(&a.session_id),
+                ancestors: &ancestors,
             };
             if switch.covers(&subject) {
                 covered.push(a.id);

@@ -11,8 +11,8 @@ use super::approval::{Approval, Requirement};
 use super::audit::{self, CallFacts, EventBody, EventKind};
 use super::decision::{Decision, Outcome, Reason, ReasonCode};
 use super::killswitch::{Check, KillSwitch, Release, Scope, Subject, MAX_REASON_LEN};
-use super::quarantine::Quarantine;
-use super::session::{is_tool_name, Session, ToolScope, MAX_TOOL_NAME_LEN};
+use super::quarantine::{Quarantine, Seen};
+use super::session::{is_tool_name, Session, ToolScope, MAX_SESSION_DEPTH, MAX_TOOL_NAME_LEN};
 use super::session_cache::SessionCache;
 use super::switchboard::{Change, Switchboard};
 use super::tenancy::{self, TenantScope};
@@ -311,11 +311,23 @@ impl Broker {
                 format!("at most {MAX_SCOPES} names of 1 to {MAX_TOOL_NAME_LEN} bytes"),
             ));
         }
-        // A child inherits its parent's labels: what was read stays read.
-        let inherited = match &req.parent_session_id {
-            None => Vec::new(),
+        // A child inherits its parent's labels (what was read stays read) and its lineage: a SESSION kill
+        // switch on any ancestor covers it.
+        let (inherited, ancestors) = match &req.parent_session_id {
+            None => (Vec::new(), Vec::new()),
             Some(parent) => match self.owned_session(caller, parent).await {
-                Ok(p) => p.labels,
+                Ok(p) if p.ancestors.len() >= MAX_SESSION_DEPTH => {
+                    return Err(invalid(
+                        "parent_session_id",
+                        format!("sessions nest at most {MAX_SESSION_DEPTH} deep"),
+                    ))
+                }
+                Ok(p) => {
+                    let mut ancestors = Vec::with_capacity(p.ancestors.len() + 1);
+                    ancestors.push(p.id);
+                    ancestors.extend(p.ancestors);
+                    (p.labels, ancestors)
+                }
                 Err(Error::NotFound(_)) => {
                     return Err(invalid(
                         "parent_session_id",
@@ -325,6 +337,12 @@ impl Broker {
                 Err(e) => return Err(e),
             },
         };
+        if let Some(killed) = self.kill_check_in(caller, None, None, &ancestors, self.now()) {
+            return Err(Error::Killed {
+                kill_switch_id: killed.kill_switch_id,
+                message: killed.message,
+            });
+        }
         let mut collections = req.collections.clone();
         collections.sort();
         collections.dedup();
@@ -343,9 +361,14 @@ impl Broker {
             closed_at: None,
             collections,
             labels: inherited,
+            ancestors,
         };
         let event = EventBody::for_session(EventKind::SessionOpened, &session, now);
-        self.store.open_session(&session, event).await?;
+        // The store adds the labels the agent's principal carries from its other sessions.
+        let (_, session) = self
+            .store
+            .open_session_carrying(&session, event, cfg.taint_carry_over)
+            .await?;
         Ok(session)
     }
 
@@ -543,7 +566,12 @@ impl Broker {
                     // finds its key under the chain lock and answers `Replayed` (one read fewer here). Only
                     // calls in the caller's own session are remembered, so nobody else replays its decisions.
                     labels_seen = Some(s.labels.len());
-                    if let Some(refusal) = s.refusal(now) {
+                    if let Some(killed) = self.lineage_kill_check(caller, Some(&req.tool), &s, now)
+                    {
+                        // A switch on an ancestor session: not remembered either, like any switch.
+                        remember = false;
+                        decision.reasons.push(killed);
+                    } else if let Some(refusal) = s.refusal(now) {
                         // Typed even here: a retry whose arguments would not type-check (`9e2` for an
                         // integer) gets that DENY, never the replay of an earlier ALLOW (below).
                         let mistyped = (refusal.code == ReasonCode::BudgetExhausted)
@@ -753,12 +781,51 @@ impl Broker {
         session: Option<&str>,
         now: Micros,
     ) -> Option<Reason> {
+        self.kill_check_in(caller, tool, session, &[], now)
+    }
+
+    /// [`Broker::kill_check`] for a session read from the store: a SESSION switch on one of its
+    /// ancestors stops it too.
+    pub(super) fn kill_check_session(
+        &self,
+        caller: &Principal,
+        tool: Option<&str>,
+        session: &Session,
+        now: Micros,
+    ) -> Option<Reason> {
+        self.kill_check_in(caller, tool, Some(&session.id), &session.ancestors, now)
+    }
+
+    /// What [`Broker::kill_check`] on the session's id did not see: a switch on one of its ancestors.
+    /// Nothing to do (and nothing read) for a session opened without a parent.
+    pub(super) fn lineage_kill_check(
+        &self,
+        caller: &Principal,
+        tool: Option<&str>,
+        session: &Session,
+        now: Micros,
+    ) -> Option<Reason> {
+        if session.ancestors.is_empty() {
+            return None;
+        }
+        self.kill_check_session(caller, tool, session, now)
+    }
+
+    fn kill_check_in(
+        &self,
+        caller: &Principal,
+        tool: Option<&str>,
+        session: Option<&str>,
+        ancestors: &[String],
+        now: Micros,
+    ) -> Option<Reason> {
         let subject = Subject {
             tenant: caller.tenant.as_deref(),
             agent: &caller.subject,
             user: caller.user.as_deref(),
             tool,
             session,
+            ancestors,
         };
         let snapshot = self.switchboard.snapshot();
         match snapshot.check(&subject, now, self.switchboard.stale_after()) {
@@ -783,12 +850,22 @@ impl Broker {
         if d.reasons.iter().any(|r| r.code == ReasonCode::KillSwitch) {
             return;
         }
-        let Some(trip) = self.quarantine.observe(
-            &caller.subject,
-            &d.session_id,
-            d.outcome == Outcome::Deny,
-            now,
-        ) else {
+        // A call naming a session that is not the caller's counts against the caller, never the session.
+        let foreign = d.reasons.iter().any(|r| {
+            matches!(
+                r.code,
+                ReasonCode::SessionNotFound | ReasonCode::SessionNotOwned
+            )
+        });
+        let seen = match d.outcome {
+            _ if foreign => Seen::ForeignSession,
+            Outcome::Deny => Seen::Denied,
+            Outcome::Allow | Outcome::PendingApproval => Seen::Allowed,
+        };
+        let Some(trip) = self
+            .quarantine
+            .observe(&caller.subject, &d.session_id, seen, now)
+        else {
             return;
         };
         let switch = KillSwitch {
@@ -798,7 +875,7 @@ impl Broker {
             reason: trip.reason,
             engaged_by: QUARANTINE_ACTOR.to_owned(),
             engaged_at: now,
-            expires_at: trip.expires_at,
+            expires_at: Some(trip.expires_at),
             released: None,
         };
         match self.engage_switch(switch).await {

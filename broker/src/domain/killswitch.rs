@@ -93,6 +93,8 @@ pub struct Subject<'a> {
     pub user: Option<&'a str>,
     pub tool: Option<&'a str>,
     pub session: Option<&'a str>,
+    /// The session's ancestors (nearest first): a SESSION switch on any of them covers the call too.
+    pub ancestors: &'a [String],
 }
 
 impl KillSwitch {
@@ -110,7 +112,7 @@ impl KillSwitch {
             Scope::Tool => s
                 .tool
                 .is_some_and(|tool| ToolScope::parse(t).is_ok_and(|scope| scope.matches(tool))),
-            Scope::Session => s.session == Some(t),
+            Scope::Session => s.session == Some(t) || s.ancestors.iter().any(|a| a == t),
         }
     }
 }
@@ -181,6 +183,7 @@ mod tests {
         user: Some("alice"),
         tool: Some("payments.refund"),
         session: Some("ses_00000000000000000000000000000001"),
+        ancestors: &[],
     };
 
     #[test]
@@ -215,6 +218,29 @@ mod tests {
         };
         assert!(!switch(Scope::Tenant, "acme").covers(&no_tenant));
         assert!(!switch(Scope::User, "alice").covers(&no_tenant));
+    }
+
+    #[test]
+    fn a_session_switch_covers_the_sessions_descendants() {
+        let lineage = [
+            "ses_00000000000000000000000000000010".to_owned(),
+            "ses_00000000000000000000000000000020".to_owned(),
+        ];
+        let grandchild = Subject {
+            ancestors: &lineage,
+            ..CALL
+        };
+        for ancestor in &lineage {
+            assert!(switch(Scope::Session, ancestor).covers(&grandchild));
+        }
+        assert!(switch(Scope::Session, "ses_00000000000000000000000000000001").covers(&grandchild));
+        assert!(
+            !switch(Scope::Session, "ses_00000000000000000000000000000030").covers(&grandchild)
+        );
+        assert!(
+            !switch(Scope::Session, &lineage[0]).covers(&CALL),
+            "a switch on a child does not stop its parent"
+        );
     }
 
     #[test]

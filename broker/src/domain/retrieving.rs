@@ -173,7 +173,10 @@ impl Broker {
             .collect();
 
         let session = self.usable_session(caller, session_id).await?;
-        let killed = self.kill_check(caller, None, Some(session_id), now);
+        let killed = match &session {
+            Ok(s) => self.kill_check_session(caller, None, s, now),
+            Err(_) => self.kill_check(caller, None, Some(session_id), now),
+        };
         let mut verdicts: Vec<(Outcome, Vec<Reason>)> = match (&session, killed) {
             (_, Some(k)) => candidates
                 .iter()
@@ -382,19 +385,13 @@ impl Broker {
                 },
                 engine.version().to_owned(),
             )),
-            Ok(_)
-                if self
-                    .kill_check(caller, None, Some(session_id), now)
-                    .is_some() =>
-            {
-                Ok((
-                    RetrievalFilter {
-                        filter: json!(false),
-                        complete: true,
-                    },
-                    engine.version().to_owned(),
-                ))
-            }
+            Ok(s) if self.kill_check_session(caller, None, &s, now).is_some() => Ok((
+                RetrievalFilter {
+                    filter: json!(false),
+                    complete: true,
+                },
+                engine.version().to_owned(),
+            )),
             Ok(s) => Ok((
                 engine.retrieval_filter(&caller_facts(caller), &session_facts(&s)),
                 engine.version().to_owned(),

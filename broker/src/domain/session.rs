@@ -8,6 +8,10 @@ use crate::clock::Micros;
 /// The longest tool name or scope accepted at the boundary.
 pub const MAX_TOOL_NAME_LEN: usize = 128;
 
+/// How deep sessions nest: a session has at most this many ancestors. Each is checked against the SESSION
+/// kill switches on every call, so the chain stays short.
+pub const MAX_SESSION_DEPTH: usize = 32;
+
 /// True for a catalogue-shaped tool name: dot-separated lowercase ASCII segments (`email.send`).
 /// Anything else (look-alike letters, invisible characters, upper case) can never match a scope or a tool.
 pub fn is_tool_name(name: &str) -> bool {
@@ -129,6 +133,9 @@ pub struct Session {
     pub collections: Vec<String>,
     /// Labels from what the session read (sorted, unique); they only ever accumulate.
     pub labels: Vec<String>,
+    /// The sessions this one descends from, nearest first (parent, grandparent, ...; at most
+    /// [`MAX_SESSION_DEPTH`]): a SESSION kill switch on any of them covers this session.
+    pub ancestors: Vec<String>,
 }
 
 impl Session {
@@ -190,6 +197,7 @@ pub(crate) fn fixture(id: &str, max_tool_calls: u32) -> Session {
         closed_at: None,
         collections: vec![],
         labels: vec![],
+        ancestors: vec![],
     }
 }
 

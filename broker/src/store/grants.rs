@@ -10,6 +10,7 @@ const TABLE_RIGHTS: &[(&str, &str)] = &[
     ("sessions", "SELECT, INSERT, UPDATE"),
     ("kill_switches", "SELECT, INSERT, UPDATE"),
     ("approvals", "SELECT, INSERT, UPDATE"),
+    ("principal_labels", "SELECT, INSERT, UPDATE"),
     // Read to see that the schema is current; only `broker migrate` (as the owner) writes it.
     ("_sqlx_migrations", "SELECT"),
 ];

@@ -28,9 +28,12 @@ mod schema;
 mod selfcheck;
 mod sql;
 mod sqlite_writer;
+mod taint;
 pub mod testing;
 mod writer;
 
+#[cfg(test)]
+mod taint_tests;
 #[cfg(test)]
 mod tests;
 
@@ -766,13 +769,30 @@ impl Store {
         session: &Session,
         event: EventBody,
     ) -> Result<AuditEvent, Error> {
+        self.open_session_carrying(session, event, Duration::ZERO)
+            .await
+            .map(|(event, _)| event)
+    }
+
+    /// [`Store::open_session`], returning the session as stored: its labels grow by every label its
+    /// principal (agent, user, tenant) held in a session that expired less than `carry_over` ago or is
+    /// still open, and those it starts with are copied to the principal's other open sessions. When it
+    /// starts with labels or ancestors, the event's `detail` says which (`labels`, `labels_carried`,
+    /// `ancestors`, `labels_shared_with`).
+    pub async fn open_session_carrying(
+        &self,
+        session: &Session,
+        event: EventBody,
+        carry_over: Duration,
+    ) -> Result<(AuditEvent, Session), Error> {
         check_session(session)?;
         check_event(&event)?;
         let mut session = session.clone();
         session.labels = sorted_union(&session.labels, &[]);
         self.submit(|reply| Job::OpenSession {
-            session,
+            session: Box::new(session),
             event,
+            carry_over,
             reply,
         })
         .await
@@ -809,6 +829,10 @@ impl Store {
     /// trail (nothing is written). Writer transactions are serialised across brokers, so concurrent calls on
     /// any number of brokers all land. `now` is when the caller observed the change; the trail's time is
     /// `event.time`.
+    ///
+    /// The labels are the principal's (agent, user, tenant) too: they are held for its sessions opened
+    /// within the carry-over after this session expires (or after `now`, if later), and copied to its other
+    /// open sessions, whose ids the stored event's `detail` then lists under `labels_shared_with`.
     pub async fn add_session_labels(
         &self,
         session_id: &str,
@@ -837,12 +861,12 @@ impl Store {
                 "the event of labels added to session `{session_id}` must name that session"
             )));
         }
-        let _ = now;
         let (session_id, labels) = (session_id.to_owned(), sorted_union(labels, &[]));
         self.submit(|reply| Job::AddSessionLabels {
             session_id,
             labels,
             event,
+            now,
             reply,
         })
         .await
@@ -1214,6 +1238,9 @@ fn check_session(s: &Session) -> Result<(), Error> {
     }
     for l in &s.labels {
         check_key("session.labels", l)?;
+    }
+    for a in &s.ancestors {
+        check_key("session.ancestors", a)?;
     }
     Ok(())
 }

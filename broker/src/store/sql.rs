@@ -21,7 +21,7 @@ pub(crate) const EVENT_COLUMNS: &str = "seq, event_id, time, kind, agent, user_i
 
 pub(crate) const SESSION_COLUMNS: &str =
     "id, agent, user_id, tenant, tools, purpose, created_at, expires_at, max_tool_calls, tool_calls_used, closed_at, \
-     collections, labels";
+     collections, labels, ancestors";
 
 pub(crate) fn db(err: sqlx::Error) -> Error {
     Error::from_sqlx(err)
@@ -101,6 +101,7 @@ macro_rules! session_row {
             closed_at: $get($row, "closed_at")?,
             collections: $get($row, "collections")?,
             labels: $get($row, "labels")?,
+            ancestors: $get($row, "ancestors")?,
         }
     };
 }
@@ -122,6 +123,7 @@ pub(crate) struct SessionRow {
     pub(crate) closed_at: Option<i64>,
     pub(crate) collections: String,
     pub(crate) labels: String,
+    pub(crate) ancestors: String,
 }
 
 impl SessionRow {
@@ -140,6 +142,7 @@ impl SessionRow {
             closed_at: self.closed_at,
             collections: from_json("session collections", &self.collections)?,
             labels: from_json("session labels", &self.labels)?,
+            ancestors: from_json("session ancestors", &self.ancestors)?,
         })
     }
 }
@@ -154,8 +157,8 @@ pub(crate) async fn insert_session(
     let tools = json_text("session tools", &tools)?;
     let done = sqlx::query(
         "INSERT INTO sessions (id, agent, user_id, tenant, tools, purpose, created_at, expires_at, \
-         max_tool_calls, tool_calls_used, closed_at, collections, labels) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14 \
+         max_tool_calls, tool_calls_used, closed_at, collections, labels, ancestors) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14, $15 \
          WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $12) \
          ON CONFLICT (id) DO NOTHING",
     )
@@ -173,6 +176,7 @@ pub(crate) async fn insert_session(
     .bind(event_id)
     .bind(json_text("session collections", &session.collections)?)
     .bind(json_text("session labels", &session.labels)?)
+    .bind(json_text("session ancestors", &session.ancestors)?)
     .execute(conn)
     .await
     .map_err(db)?;

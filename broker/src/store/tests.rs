@@ -109,6 +109,7 @@ fn session(max_tool_calls: u32) -> Session {
         closed_at: None,
         collections: vec!["handbook".into(), "tickets".into()],
         labels: vec!["internal".into()],
+        ancestors: vec![],
     }
 }
 
@@ -2226,9 +2227,11 @@ async fn session_collections_and_labels_round_trip(db: &TestDb) -> TestResult {
         }
     );
 
+    // (Another user: a session of the same agent and user would carry `s`'s labels, `store::taint`.)
     let bare = Session {
         collections: vec![],
         labels: vec![],
+        user: Some("bob".into()),
         ..session(1)
     };
     store.open_session(&bare, opened(&bare)).await?;

@@ -43,9 +43,11 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// One write, and where its answer goes.
 pub(crate) enum Job {
     OpenSession {
-        session: Session,
+        session: Box<Session>,
         event: EventBody,
-        reply: Reply<AuditEvent>,
+        /// How long labels held by the session's principal carry into it (`store::taint`).
+        carry_over: Duration,
+        reply: Reply<(AuditEvent, Session)>,
     },
     CloseSession {
         session_id: String,
@@ -58,6 +60,7 @@ pub(crate) enum Job {
         /// Sorted and unique.
         labels: Vec<String>,
         event: EventBody,
+        now: Micros,
         reply: Reply<Option<Session>>,
     },
     RecordDecision {
@@ -112,6 +115,7 @@ pub(crate) enum Queued {
 /// A job's answer, held until the batch commits.
 enum Answer {
     Event(Result<AuditEvent, Error>),
+    Opened(Result<Box<(AuditEvent, Session)>, Error>),
     Session(Result<Option<Session>, Error>),
     Recorded(Result<Recorded, Error>),
     Switch(Result<Option<KillSwitch>, Error>),
@@ -122,8 +126,9 @@ enum Answer {
 
 enum Work {
     OpenSession {
-        session: Session,
+        session: Box<Session>,
         event: EventBody,
+        carry_over: Duration,
     },
     CloseSession {
         session_id: String,
@@ -134,6 +139,7 @@ enum Work {
         session_id: String,
         labels: Vec<String>,
         event: EventBody,
+        now: Micros,
     },
     RecordDecision(Box<DecisionRecord>),
     EngageKillSwitch {
@@ -166,6 +172,7 @@ enum Work {
 
 enum ReplyTo {
     Event(Reply<AuditEvent>),
+    Opened(Reply<(AuditEvent, Session)>),
     Session(Reply<Option<Session>>),
     Recorded(Reply<Recorded>),
     Switch(Reply<Option<KillSwitch>>),
@@ -180,8 +187,16 @@ impl Job {
             Job::OpenSession {
                 session,
                 event,
+                carry_over,
                 reply,
-            } => (Work::OpenSession { session, event }, ReplyTo::Event(reply)),
+            } => (
+                Work::OpenSession {
+                    session,
+                    event,
+                    carry_over,
+                },
+                ReplyTo::Opened(reply),
+            ),
             Job::CloseSession {
                 session_id,
                 at,
@@ -199,12 +214,14 @@ impl Job {
                 session_id,
                 labels,
                 event,
+                now,
                 reply,
             } => (
                 Work::AddSessionLabels {
                     session_id,
                     labels,
                     event,
+                    now,
                 },
                 ReplyTo::Session(reply),
             ),
@@ -265,6 +282,10 @@ impl ReplyTo {
         match self {
             ReplyTo::Event(tx) => deliver(tx, answer, |a| match a {
                 Answer::Event(r) => Some(r),
+                _ => None,
+            }),
+            ReplyTo::Opened(tx) => deliver(tx, answer, |a| match a {
+                Answer::Opened(r) => Some(r.map(|opened| *opened)),
                 _ => None,
             }),
             ReplyTo::Session(tx) => deliver(tx, answer, |a| match a {
@@ -662,17 +683,13 @@ async fn apply(
     job: &Work,
 ) -> Result<Answer, Error> {
     match job {
-        Work::OpenSession { session, event } => {
-            if !sql::insert_session(tx, session, &event.event_id).await? {
-                let why = if sql::event_id_taken(tx, &event.event_id).await? {
-                    event_id_conflict(&event.event_id)
-                } else {
-                    Error::conflict(format!("session `{}` already exists", session.id))
-                };
-                return Ok(Answer::Event(Err(why)));
-            }
-            Ok(Answer::Event(Ok(chain.append(tx, event.clone()).await?)))
-        }
+        Work::OpenSession {
+            session,
+            event,
+            carry_over,
+        } => open_session(tx, chain, session, event, *carry_over)
+            .await
+            .map(Answer::Opened),
         Work::CloseSession {
             session_id,
             at,
@@ -700,7 +717,8 @@ async fn apply(
             session_id,
             labels,
             event,
-        } => add_session_labels(tx, chain, session_id, labels, event)
+            now,
+        } => add_session_labels(tx, chain, session_id, labels, event, *now)
             .await
             .map(Answer::Session),
         Work::RecordDecision(rec) => record_decision(tx, backend, chain, rec)
@@ -956,15 +974,68 @@ async fn record_decision(
     Ok(Ok(Recorded::Committed(decision)))
 }
 
+/// A new session, in the writer's transaction: it starts with the labels its principal carries, and
+/// shares those it starts with (its parent's among them) with the principal's other open sessions.
+async fn open_session(
+    tx: &mut AnyConnection,
+    chain: &mut Chain,
+    session: &Session,
+    event: &EventBody,
+    carry_over: Duration,
+) -> Result<Result<Box<(AuditEvent, Session)>, Error>, Error> {
+    let now = session.created_at;
+    let mut session = session.clone();
+    let carried = super::taint::carried(tx, &session, carry_over, now).await?;
+    session.labels = sorted_union(&session.labels, &carried);
+    if !sql::insert_session(tx, &session, &event.event_id).await? {
+        let why = if sql::event_id_taken(tx, &event.event_id).await? {
+            event_id_conflict(&event.event_id)
+        } else {
+            Error::conflict(format!("session `{}` already exists", session.id))
+        };
+        return Ok(Err(why));
+    }
+    let shared = super::taint::share(tx, &session, &session.labels, now).await?;
+    let mut event = event.clone();
+    if !session.ancestors.is_empty() || !carried.is_empty() || !shared.is_empty() {
+        // Where its labels and its place in a lineage came from, in the trail.
+        let mut detail = detail_object(event.detail.as_deref());
+        detail.insert("ancestors".into(), serde_json::json!(session.ancestors));
+        detail.insert("labels".into(), serde_json::json!(session.labels));
+        detail.insert("labels_carried".into(), serde_json::json!(carried));
+        if !shared.is_empty() {
+            detail.insert("labels_shared_with".into(), serde_json::json!(shared));
+        }
+        event.detail = Some(serde_json::Value::Object(detail).to_string());
+    }
+    let event = chain.append(tx, event).await?;
+    Ok(Ok(Box::new((event, session))))
+}
+
+/// An event's detail as a JSON object to add to (an absent or non-object detail is kept under `detail`).
+fn detail_object(detail: Option<&str>) -> serde_json::Map<String, serde_json::Value> {
+    match detail.map(serde_json::from_str::<serde_json::Value>) {
+        None => serde_json::Map::new(),
+        Some(Ok(serde_json::Value::Object(m))) => m,
+        Some(Ok(other)) => serde_json::Map::from_iter([("detail".to_owned(), other)]),
+        Some(Err(_)) => serde_json::Map::from_iter([(
+            "detail".to_owned(),
+            serde_json::Value::String(detail.unwrap_or_default().to_owned()),
+        )]),
+    }
+}
+
 /// Labels added to a session, in the writer's transaction: the session read here cannot change before
 /// this commits (every write to it takes the chain lock), so the union loses no label added concurrently,
-/// on any broker.
+/// on any broker. They are the principal's too (`store::taint`): held for its next sessions, and copied
+/// to its other open ones, which the event then names.
 async fn add_session_labels(
     tx: &mut AnyConnection,
     chain: &mut Chain,
     session_id: &str,
     labels: &[String],
     event: &EventBody,
+    now: Micros,
 ) -> Result<Result<Option<Session>, Error>, Error> {
     let Some(mut session) = sql::fetch_session(&mut *tx, session_id).await? else {
         return Ok(Ok(None));
@@ -981,7 +1052,14 @@ async fn add_session_labels(
         }
         session.labels = union;
     }
-    chain.append(tx, event.clone()).await?;
+    let shared = super::taint::share(tx, &session, labels, now).await?;
+    let mut event = event.clone();
+    if !shared.is_empty() {
+        let mut detail = detail_object(event.detail.as_deref());
+        detail.insert("labels_shared_with".into(), serde_json::json!(shared));
+        event.detail = Some(serde_json::Value::Object(detail).to_string());
+    }
+    chain.append(tx, event).await?;
     Ok(Ok(Some(session)))
 }
 
