@@ -12,6 +12,7 @@
 mod approvals;
 mod audit_trail;
 mod decisions;
+mod fairness;
 mod fuzz_seeds;
 mod hostile_input;
 mod identity;

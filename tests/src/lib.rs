@@ -48,6 +48,8 @@ pub struct Options {
     /// Serve over TLS (and mTLS when `client_ca` is set).
     pub tls: Option<broker::config::TlsConfig>,
     pub webhook: Option<broker::notify::WebhookConfig>,
+    /// `[limits]`; the defaults unless a test needs small ones (admission, `tests/e2e/fairness.rs`).
+    pub limits: broker::config::Limits,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             commit_timeout: Duration::from_secs(2),
             tls: None,
             webhook: None,
+            limits: broker::config::Limits::default(),
         }
     }
 }
@@ -107,6 +110,7 @@ impl Harness {
             policies: policies_dir(),
             store,
             tls: opts.tls,
+            limits: opts.limits,
             approvals: broker::config::ApprovalsConfig {
                 poll_interval: Duration::from_millis(100),
                 webhook: opts.webhook,
