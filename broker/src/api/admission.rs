@@ -15,15 +15,17 @@
 //!   released), so the table never holds more entries than there are calls admitted, which both lanes
 //!   bound. Callers are strings chosen by whoever holds a valid token; none is kept after its calls.
 //!
-//! The cost per call: a compare-and-swap on the lane's counter, and a short lock of one of
-//! [`SHARDS`] shards of the caller table on admission and on release (never held across an await).
+//! The cost per call: a compare-and-swap on the lane's counter, one keyed hash of the caller, and a
+//! short lock of one of [`SHARDS`] shards of the caller table on admission and on release (never held
+//! across an await); a caller already present allocates nothing.
 //!
 //! [`layer`] applies this to the server's services, and the front limit before authentication.
 
 pub mod layer;
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -137,47 +139,84 @@ impl Drop for Ticket {
     }
 }
 
-/// A caller: the token's subject within its tenant (the same `sub` in two tenants is two callers).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct CallerKey {
-    tenant: Option<String>,
-    subject: String,
-}
-
-#[derive(Debug, Default)]
-struct Held {
+/// A caller's entry: who (the token's subject within its tenant; the same `sub` in two tenants is two
+/// callers) and what it holds.
+#[derive(Debug)]
+struct Entry {
+    tenant: Option<Box<str>>,
+    subject: Box<str>,
     in_flight: usize,
     waits: usize,
 }
 
-type Shard = Mutex<HashMap<CallerKey, Held>>;
+impl Entry {
+    fn is(&self, tenant: Option<&str>, subject: &str) -> bool {
+        self.tenant.as_deref() == tenant && &*self.subject == subject
+    }
+}
+
+/// The table is keyed by the caller's keyed hash (SipHash, computed once per call): the map does not
+/// hash again, and a call of a caller already present allocates nothing.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here (`write_u64`); fold anything else rather than drop it.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Table = HashMap<u64, Entry, BuildHasherDefault<Prehashed>>;
 
 #[derive(Debug)]
 struct Callers {
-    shards: Vec<Shard>,
-    /// Random per process, so a caller cannot choose names that all land on one shard.
+    shards: Vec<Mutex<Table>>,
+    /// Random per process, so a caller can neither choose names that land on one shard nor collide.
     hasher: RandomState,
     max_in_flight: usize,
     max_waits: usize,
 }
 
 impl Callers {
-    fn shard(&self, i: usize) -> Option<MutexGuard<'_, HashMap<CallerKey, Held>>> {
+    fn shard(&self, i: usize) -> Option<MutexGuard<'_, Table>> {
         // Nothing panics while a shard is locked, so a poisoned lock still holds consistent counts.
         self.shards
             .get(i)
             .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    fn admit(self: &Arc<Self>, key: CallerKey, kind: Kind) -> Result<CallerPlace, Refusal> {
-        let shard = usize::try_from(self.hasher.hash_one(&key) % SHARDS as u64).unwrap_or(0);
+    fn admit(
+        self: &Arc<Self>,
+        tenant: Option<&str>,
+        subject: &str,
+        kind: Kind,
+    ) -> Result<CallerPlace, Refusal> {
+        let hash = self.hasher.hash_one((tenant, subject));
+        // Bits the map's own bucket index and tag (the low and the top ones) do not use.
+        let shard = usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0);
         // Fails closed: a shard that does not exist (it always does) admits nobody.
         let mut table = self
             .shard(shard)
             .ok_or(Refusal::CallerInFlight(self.max_in_flight))?;
         let wait = kind == Kind::Wait;
-        match table.get_mut(&key) {
-            Some(held) => {
+        match table.entry(hash) {
+            MapEntry::Occupied(mut e) => {
+                let held = e.get_mut();
+                // Two callers with one 64-bit keyed hash: never seen in practice; fail closed.
+                if !held.is(tenant, subject) {
+                    return Err(Refusal::CallerInFlight(held.in_flight));
+                }
                 if held.in_flight >= self.max_in_flight {
                     return Err(Refusal::CallerInFlight(held.in_flight));
                 }
@@ -187,45 +226,44 @@ impl Callers {
                 held.in_flight += 1;
                 held.waits += usize::from(wait);
             }
-            None => {
-                // Both bounds are positive (`Config::validate`); a zero one would admit nobody.
-                if self.max_in_flight == 0 || (wait && self.max_waits == 0) {
-                    return Err(if wait {
-                        Refusal::CallerWaits(0)
-                    } else {
-                        Refusal::CallerInFlight(0)
-                    });
+            MapEntry::Vacant(v) => {
+                // Both bounds are positive (`Config::validate`); a zero one admits nobody.
+                if self.max_in_flight == 0 {
+                    return Err(Refusal::CallerInFlight(0));
                 }
-                table.insert(
-                    key.clone(),
-                    Held {
-                        in_flight: 1,
-                        waits: usize::from(wait),
-                    },
-                );
+                if wait && self.max_waits == 0 {
+                    return Err(Refusal::CallerWaits(0));
+                }
+                v.insert(Entry {
+                    tenant: tenant.map(Box::from),
+                    subject: Box::from(subject),
+                    in_flight: 1,
+                    waits: usize::from(wait),
+                });
             }
         }
         drop(table);
         Ok(CallerPlace {
             callers: self.clone(),
             shard,
-            key,
+            hash,
             wait,
         })
     }
 
-    fn release(&self, shard: usize, key: &CallerKey, wait: bool) {
+    fn release(&self, shard: usize, hash: u64, wait: bool) {
         let Some(mut table) = self.shard(shard) else {
             return;
         };
-        if let Some(held) = table.get_mut(key) {
+        if let MapEntry::Occupied(mut e) = table.entry(hash) {
+            let held = e.get_mut();
             held.in_flight = held.in_flight.saturating_sub(1);
             if wait {
                 held.waits = held.waits.saturating_sub(1);
             }
             // Idle: forget the caller, so the table holds only callers with calls admitted.
             if held.in_flight == 0 {
-                table.remove(key);
+                e.remove();
             }
         }
     }
@@ -239,18 +277,19 @@ impl Callers {
     }
 }
 
-/// A caller's place; released when dropped.
+/// A caller's place (its entry is the one with this hash, which admission checked is this caller's);
+/// released when dropped.
 #[derive(Debug)]
 struct CallerPlace {
     callers: Arc<Callers>,
     shard: usize,
-    key: CallerKey,
+    hash: u64,
     wait: bool,
 }
 
 impl Drop for CallerPlace {
     fn drop(&mut self) {
-        self.callers.release(self.shard, &self.key, self.wait);
+        self.callers.release(self.shard, self.hash, self.wait);
     }
 }
 
@@ -293,13 +332,7 @@ impl Admission {
         kind: Kind,
     ) -> Result<Admitted, Refusal> {
         let place = caller
-            .map(|p| {
-                let key = CallerKey {
-                    tenant: p.tenant.clone(),
-                    subject: p.subject.clone(),
-                };
-                self.callers.admit(key, kind)
-            })
+            .map(|p| self.callers.admit(p.tenant.as_deref(), &p.subject, kind))
             .transpose()?;
         let gate = match lane {
             Lane::Operators => &self.operators,
@@ -500,6 +533,27 @@ mod tests {
         });
         assert!(peak.load(Ordering::SeqCst) <= 8, "{peak:?}");
         assert_eq!((a.callers.len(), a.general.held()), (0, 0));
+    }
+
+    #[test]
+    fn two_callers_with_one_hash_are_refused_not_merged() {
+        let a = Admission::new(&limits(100, 10, 5, 5));
+        let hash = a.callers.hasher.hash_one((None::<&str>, "x"));
+        let shard = usize::try_from((hash >> 32) % SHARDS as u64).unwrap();
+        a.callers.shard(shard).unwrap().insert(
+            hash,
+            Entry {
+                tenant: None,
+                subject: "y".into(),
+                in_flight: 1,
+                waits: 0,
+            },
+        );
+        assert_eq!(
+            a.admit(Some(&agent("x")), Lane::General, Kind::Call)
+                .unwrap_err(),
+            Refusal::CallerInFlight(1)
+        );
     }
 
     #[test]
