@@ -312,8 +312,18 @@ pub struct Limits {
     pub max_arguments_depth: usize,
     pub max_concurrent_streams: u32,
     pub max_header_list_bytes: u32,
-    /// Requests waiting for a slot beyond this many in flight are refused (RESOURCE_EXHAUSTED).
+    /// Calls in flight at once (a long wait for as long as it is open), every caller but operators
+    /// together; past it, RESOURCE_EXHAUSTED `OVERLOADED` at once, never queued (`api::admission`).
     pub max_in_flight: usize,
+    /// Places on top of `max_in_flight` that only admins' and approvers' kill-switch and approval calls
+    /// may take: agents' load, however many identities it comes from, never sheds the people who stop it.
+    pub operator_reserve: usize,
+    /// One caller's share: calls it may have in flight at once (a caller is a token's `sub` within its
+    /// tenant).
+    pub max_in_flight_per_caller: usize,
+    /// Long waits (AwaitApproval, WatchApprovals, WatchKillSwitches) one caller may have open at once,
+    /// within its share.
+    pub max_waits_per_caller: usize,
     /// Most candidate documents in one AuthorizeRetrieval call.
     pub max_retrieval_batch: usize,
     /// Upper bound on one RPC, whatever the client's deadline.
@@ -330,6 +340,9 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_header_list_bytes: 16 * 1024,
             max_in_flight: 4096,
+            operator_reserve: 256,
+            max_in_flight_per_caller: 1024,
+            max_waits_per_caller: 64,
             max_retrieval_batch: 1000,
             request_timeout: Duration::from_secs(10),
         }
@@ -526,6 +539,12 @@ impl Config {
             ("limits.max_arguments_bytes", l.max_arguments_bytes),
             ("limits.max_arguments_depth", l.max_arguments_depth),
             ("limits.max_in_flight", l.max_in_flight),
+            ("limits.operator_reserve", l.operator_reserve),
+            (
+                "limits.max_in_flight_per_caller",
+                l.max_in_flight_per_caller,
+            ),
+            ("limits.max_waits_per_caller", l.max_waits_per_caller),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));
@@ -562,6 +581,18 @@ impl Config {
                     format!("rule {i}: {problem}"),
                 ));
             }
+        }
+        if l.max_in_flight.checked_add(l.operator_reserve).is_none() {
+            return Err(invalid(
+                "limits.operator_reserve",
+                "limits.max_in_flight + limits.operator_reserve is out of range",
+            ));
+        }
+        if l.max_waits_per_caller > l.max_in_flight_per_caller {
+            return Err(invalid(
+                "limits.max_waits_per_caller",
+                "must not exceed limits.max_in_flight_per_caller (a wait is a call in flight too)",
+            ));
         }
         if l.max_arguments_bytes > l.max_message_bytes {
             return Err(invalid(
@@ -726,6 +757,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`shutdown_grace`: at most 5m"), "{err}");
+    }
+
+    #[test]
+    fn admission_limits_are_positive_and_waits_fit_in_the_callers_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        for (toml, field) in [
+            ("operator_reserve = 0", "limits.operator_reserve"),
+            (
+                "max_in_flight_per_caller = 0",
+                "limits.max_in_flight_per_caller",
+            ),
+            ("max_waits_per_caller = 0", "limits.max_waits_per_caller"),
+            (
+                "max_in_flight_per_caller = 8\nmax_waits_per_caller = 9",
+                "limits.max_waits_per_caller",
+            ),
+        ] {
+            std::fs::write(&file, format!("[limits]\n{toml}\n")).unwrap();
+            let err = Config::load(Some(&file), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                c.limits.operator_reserve,
+                c.limits.max_in_flight_per_caller,
+                c.limits.max_waits_per_caller
+            ),
+            (256, 1024, 64)
+        );
     }
 
     #[test]

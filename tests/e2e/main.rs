@@ -14,6 +14,7 @@ mod approvals;
 mod audit_trail;
 mod decisions;
 mod example_policies;
+mod fairness;
 mod fuzz_seeds;
 mod hostile_input;
 mod identity;

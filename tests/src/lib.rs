@@ -50,6 +50,8 @@ pub struct Options {
     pub webhook: Option<broker::notify::WebhookConfig>,
     /// `auth.person_claim` (`sub` when unset).
     pub person_claim: Option<String>,
+    /// `[limits]`; the defaults unless a test needs small ones (admission, `tests/e2e/fairness.rs`).
+    pub limits: broker::config::Limits,
 }
 
 impl Default for Options {
@@ -60,6 +62,7 @@ impl Default for Options {
             tls: None,
             webhook: None,
             person_claim: None,
+            limits: broker::config::Limits::default(),
         }
     }
 }
@@ -110,6 +113,7 @@ impl Harness {
             policies: policies_dir(),
             store,
             tls: opts.tls,
+            limits: opts.limits,
             approvals: broker::config::ApprovalsConfig {
                 poll_interval: Duration::from_millis(100),
                 webhook: opts.webhook,

@@ -31,7 +31,7 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Not set, on purpose: `max_connection_age` (it would cut the long-lived kill-switch and approval
 /// watch streams; idle dead peers are caught by the keepalive instead) and a per-connection
 /// concurrency limit (`max_concurrent_streams` already bounds a connection, and the global
-/// `max_in_flight` limit sheds load with RESOURCE_EXHAUSTED).
+/// and per-caller limits of `api::admission` shed load with RESOURCE_EXHAUSTED).
 pub fn limit<L>(server: Server<L>, limits: &Limits) -> Server<L> {
     server
         // gRPC is HTTP/2 only.

@@ -1,6 +1,7 @@
 //! The only place that knows tonic and proto types: authentication, handlers, error -> status, and the
 //! server with its limits. See [`serve`] for the order of the layers.
 
+pub mod admission;
 mod agent;
 mod approval;
 mod audit;
@@ -22,8 +23,9 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tower::limit::GlobalConcurrencyLimitLayer;
 
+use self::admission::layer::{Admit, Audience, ShedLayer};
+use self::admission::Admission;
 use crate::auth::Verifier;
 use crate::clock::SharedClock;
 use crate::config::{Limits, TlsConfig};
@@ -124,17 +126,30 @@ pub async fn serve(
             .tls_config(tls_config(tls)?)
             .map_err(|e| Error::Tls(e.to_string()))?;
     }
+    // The order, outside in, and why:
+    // 1. HTTP/2 limits (per connection: streams, headers, resets, windows, keepalive) and tonic's own
+    //    per-RPC timeout (`limits.request_timeout`): they bound every request before it costs anything.
+    // 2. The front limit (`ShedLayer`): everything in flight at once, `max_in_flight + operator_reserve`,
+    //    shed at once with OVERLOADED. Before authentication, as the last resort: it cannot tell who
+    //    calls, so it is sized for everyone, and the admission below keeps every caller but operators to
+    //    `max_in_flight` of it, which leaves the reserve free for admins and approvers however the
+    //    agents' load is spread. (A request it sheds, or that authentication or admission refuse, holds
+    //    its place only while it is refused, within the same poll.)
+    // 3. Authentication (`authn`, per broker service): puts the verified `Principal` in the extensions.
+    // 4. Admission (`Admit`, per service): needs the principal, so it comes after authentication, and
+    //    runs before the message is read. Per caller (`max_in_flight_per_caller`, `max_waits_per_caller`)
+    //    and per lane (operators' kill-switch and approval calls vs everything else). Health and
+    //    reflection are unauthenticated and admitted in the general lane.
+    // 5. The handler, which names the role it needs.
+    //    Inside the front limit: at shutdown, a call still running when the grace period ends is
+    //    answered UNAVAILABLE `SHUTTING_DOWN` (`grace`), and frees its place.
+    let admission = Admission::new(limits);
     let (grace_over_tx, grace_over) = tokio::sync::watch::channel(false);
-    // HTTP/2 limits, explicit: a client cannot hold unbounded streams, headers or reset storms.
-    let mut server = http2::limit(server, limits)
-        // Outermost: past `max_in_flight` requests, shed at once with RESOURCE_EXHAUSTED rather than queue.
-        .layer(
-            tower::ServiceBuilder::new()
-                .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
-                // Inside the limit: a call answered at the end of the grace period frees its slot.
-                .layer(grace::GraceLayer::new(grace_over)),
-        );
+    let mut server = http2::limit(server, limits).layer(
+        tower::ServiceBuilder::new()
+            .layer(ShedLayer::new(admission::total(limits)))
+            .layer(grace::GraceLayer::new(grace_over)),
+    );
     let Shutdown { signal, grace } = shutdown;
     let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
     // The grace period runs from the signal, while the server drains; it never ends the server itself.
@@ -147,16 +162,29 @@ pub async fn serve(
     };
 
     let serving = server
-        .add_service(health_service)
-        .add_service(reflection)
+        .add_service(Admit::new(
+            health_service,
+            admission.clone(),
+            Audience::Public,
+        ))
+        .add_service(Admit::new(reflection, admission.clone(), Audience::Public))
         // Authentication wraps each broker service, so no handler runs without a verified principal.
-        .add_service(InterceptedService::new(agent_service, authenticate.clone()))
-        .add_service(InterceptedService::new(audit_service, authenticate.clone()))
         .add_service(InterceptedService::new(
-            kill_switch_service,
+            Admit::new(agent_service, admission.clone(), Audience::Callers),
             authenticate.clone(),
         ))
-        .add_service(InterceptedService::new(approval_service, authenticate))
+        .add_service(InterceptedService::new(
+            Admit::new(audit_service, admission.clone(), Audience::Callers),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            Admit::new(kill_switch_service, admission.clone(), Audience::Operators),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            Admit::new(approval_service, admission.clone(), Audience::Operators),
+            authenticate,
+        ))
         // Our own listener (so tests can bind port 0) skips the builder's socket options: set them here.
         // Without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to every unary call.
         .serve_with_incoming_shutdown(

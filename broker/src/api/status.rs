@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::admission::Refusal;
 use crate::auth::TokenError;
 use crate::domain::broker::Error;
 
@@ -93,6 +94,14 @@ pub fn shutting_down() -> Status {
         "SHUTTING_DOWN",
         "the broker is shutting down; nothing was allowed, retry later".into(),
     )
+}
+
+/// A call shed by admission (`api::admission`): RESOURCE_EXHAUSTED `OVERLOADED`, before any decision, with
+/// the limit it reached in the `ErrorInfo` metadata (`limit`).
+pub fn overloaded(refusal: &Refusal) -> Status {
+    let metadata = HashMap::from([("limit".to_owned(), refusal.limit().to_owned())]);
+    let details = ErrorDetails::with_error_info("OVERLOADED", DOMAIN, metadata);
+    Status::with_error_details(Code::ResourceExhausted, refusal.to_string(), details)
 }
 
 pub fn unauthenticated(e: &TokenError) -> Status {
