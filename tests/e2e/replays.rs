@@ -285,3 +285,27 @@ async fn a_retry_in_another_number_form_is_typed_before_any_replay(backend: DbBa
     }
 }
 both!(a_retry_in_another_number_form_is_typed_before_any_replay);
+
+async fn a_pending_call_replays_its_approval(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("support-agent", Some("carol")).await;
+    let s = session(&agent, &["payments.refund"], 10).await;
+    let args = json!({"payment_id": "pay_1", "amount": 5000, "currency": "EUR"});
+    let first = agent
+        .authorize_with_call_id(&s, "payments.refund", &args, "refund-x")
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, Outcome::PendingApproval, "{first:?}");
+    let again = agent
+        .authorize_with_call_id(&s, "payments.refund", &args, "refund-x")
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the same approval, not a second one");
+    let replayed = events(&h, &s)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "TOOL_CALL_REPLAYED")
+        .count();
+    assert_eq!(replayed, 1);
+}
+both!(a_pending_call_replays_its_approval);

@@ -1313,7 +1313,10 @@ fn check_decision(rec: &DecisionRecord) -> Result<(), Error> {
             d.decision_id
         )))
     };
+    // A replay repeats an answer recorded earlier, with the approval it asked for or used then.
+    let replaying = rec.call.replay_of.as_deref() == Some(d.decision_id.as_str());
     match &rec.approval {
+        None if replaying && !rec.spend_budget && !rec.remember => Ok(()),
         None if d.outcome == Outcome::PendingApproval => {
             invalid("a PENDING_APPROVAL decision must request its approval")
         }
