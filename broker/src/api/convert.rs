@@ -106,6 +106,7 @@ pub fn event(e: &AuditEvent) -> pb::AuditEvent {
         call_id: b.call_id.clone().unwrap_or_default(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
+        detail_json: b.detail.clone().unwrap_or_default(),
     }
 }
 
@@ -126,6 +127,11 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page), Status> {
+    // Query parameters: Postgres refuses a NUL in text, as an internal error.
+    no_nul("session_id", [&r.session_id])?;
+    no_nul("agent", [&r.agent])?;
+    no_nul("tool", [&r.tool])?;
+    no_nul("page_token", [&r.page_token])?;
     let outcome = match pb::Outcome::try_from(r.outcome)
         .map_err(|_| invalid("outcome", "unknown outcome"))?
     {

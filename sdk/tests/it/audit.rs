@@ -29,6 +29,7 @@ async fn list_events_sends_the_filter_and_reads_the_page() {
                 call_id: "call_1".into(),
                 prev_hash: "h6".into(),
                 hash: "h7".into(),
+                ..Default::default()
             }],
             next_page_token: "page-2".into(),
         })
