@@ -38,6 +38,9 @@ HOSTILE_ARGS = [
     '{"to": ["a@example.com"], "subject": "s", "body": "b"}',
     # Found by the args target: a duplicate key followed by text that is not JSON.
     '{"query": "q", "max_results": 500, "max_results"\x1a 5}',
+    # A NUL in a key, at the top and deeper (it reached the trail as INTERNAL).
+    '{"query": "q", "a\\u0000b": 1}',
+    '{"query": "q", "x": [{"\\u0000": null}]}',
 ]
 LOOK_ALIKES = ["\u0435mail.send", "\u200bemail.send", "Email.Send", "email.send.", "email.send ", "\u202ednes.liame", "\uff45mail.send", "sh\u0435ll.exec", "email..send", "email/send"]
 
@@ -98,6 +101,9 @@ def main() -> None:
         b"\x01" + hj + b"\x00" + json.dumps(claims(aud=["x", "agent-broker"])).encode(),
         b"\x01" + hj + b"\x00" + b'{"sub": "\\ud800"}',
         b"\x01" + hj + b"\x00" + b"[" * 200 + b"]" * 200,
+        b"\x01" + hj + b"\x00" + json.dumps(claims(sub="agent\x007", on_behalf_of="alice\x00")).encode(),
+        b"\x01" + hj + b"\x00" + json.dumps(claims(tenant="acme\x00", groups=["g\x00"])).encode(),
+        b"\x01" + hj + b"\x00" + cj[:-1] + b', "x\\u0000": 1}',
     ]
     write("jwt", jwt)
 

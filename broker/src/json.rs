@@ -1,10 +1,15 @@
 //! Strict JSON for text that comes from outside (tool arguments, document metadata, JWT headers and
-//! claims): an object that names a key twice is refused.
+//! claims): an object that names a key twice is refused, and so is a key holding a NUL character.
 //!
 //! `serde_json` keeps the last of two equal keys; other parsers keep the first or fail. If the broker
 //! read `{"amount": 5, "amount": 5000000}` one way and the tool that runs read it the other, a policy
 //! on `amount` would decide about a call that never happens. Keys are compared after unescaping, so
 //! `"s\u0075b"` and `"sub"` are the same key. Nesting is bounded by `serde_json`'s recursion limit (128).
+//!
+//! A key with a NUL (`"a\u0000b"`) would reach reasons and the audit trail as a name, where no database
+//! text column stores it; refused here, with its path, so callers answer INVALID_ARGUMENT instead of
+//! failing once the store sees it. A NUL inside a string *value* is data: it stays escaped (`\u0000`)
+//! in every JSON text the broker writes.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -20,19 +25,22 @@ pub enum Error {
     /// `path` names the key that appears twice, from the top: `meta.to`, `items[2].id`.
     #[error("duplicate key `{path}`")]
     DuplicateKey { path: String },
+    /// `path` names the key holding a NUL character (shown as `?`).
+    #[error("key `{path}` contains a NUL character")]
+    NulInKey { path: String },
     /// Not JSON at all (syntax, bad escapes such as a lone surrogate, numbers out of range, too deep).
     #[error("not valid JSON: {0}")]
     Syntax(String),
 }
 
-/// Parses `text` into a [`Value`], refusing duplicate keys at any depth.
+/// Parses `text` into a [`Value`], refusing duplicate keys and keys with a NUL at any depth.
 pub fn from_str(text: &str) -> Result<Value, Error> {
     from_slice(text.as_bytes())
 }
 
 /// Like [`from_str`], from bytes (which must be UTF-8).
 ///
-/// A duplicate is reported only for text that is otherwise valid JSON (then the first duplicate in
+/// A bad key is reported only for text that is otherwise valid JSON (then the first bad key in
 /// document order); anything else is a syntax error, as `serde_json` would report it.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, Error> {
     let state = RefCell::new(State::default());
@@ -40,18 +48,18 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, Error> {
     let parsed = StrictValue { state: &state }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v));
-    match (parsed, state.into_inner().duplicate) {
+    match (parsed, state.into_inner().bad_key) {
         (Err(e), _) => Err(Error::Syntax(e.to_string())),
-        (Ok(_), Some(path)) => Err(Error::DuplicateKey { path }),
+        (Ok(_), Some(bad)) => Err(bad),
         (Ok(v), None) => Ok(v),
     }
 }
 
-/// Where the parser is, and the first duplicate seen.
+/// Where the parser is, and the first bad key seen (a duplicate, or one with a NUL).
 #[derive(Debug, Default)]
 struct State {
     path: Vec<Segment>,
-    duplicate: Option<String>,
+    bad_key: Option<Error>,
 }
 
 #[derive(Debug)]
@@ -167,8 +175,14 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         while let Some(key) = map.next_key::<String>()? {
             let mut state = self.state.borrow_mut();
             state.path.push(Segment::Key(key.clone()));
-            if state.duplicate.is_none() && out.contains_key(&key) {
-                state.duplicate = Some(render(&state.path));
+            if state.bad_key.is_none() {
+                if out.contains_key(&key) {
+                    let path = render(&state.path);
+                    state.bad_key = Some(Error::DuplicateKey { path });
+                } else if key.contains('\0') {
+                    let path = render(&state.path);
+                    state.bad_key = Some(Error::NulInKey { path });
+                }
             }
             drop(state);
             let value = map.next_value_seed(self)?;
@@ -240,6 +254,45 @@ mod tests {
             panic!("expected a duplicate")
         };
         assert_eq!(path, "a??b");
+    }
+
+    #[test]
+    fn a_key_with_a_nul_is_refused_with_its_path() {
+        let cases = [
+            (r#"{"a\u0000b": 1}"#, "a?b"),
+            (r#"{"\u0000": 1}"#, "?"),
+            (r#"{"a": {"b": [0, {"\u0000c": null}]}}"#, "a.b[1].?c"),
+            (r#"[{"ok": 1}, {"x\u0000": 2}]"#, "[1].x?"),
+        ];
+        for (text, path) in cases {
+            assert_eq!(
+                from_str(text),
+                Err(Error::NulInKey {
+                    path: path.to_owned()
+                }),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            from_str(r#"{"a\u0000": 1}"#).unwrap_err().to_string(),
+            "key `a?` contains a NUL character"
+        );
+        // A NUL in a value is data.
+        assert_eq!(
+            from_str(r#"{"a": "x\u0000y"}"#).unwrap(),
+            json!({"a": "x\u{0}y"})
+        );
+        // Text that is not JSON stays a syntax error; the first bad key in document order is named.
+        assert!(matches!(
+            from_str(r#"{"a\u0000": }"#),
+            Err(Error::Syntax(_))
+        ));
+        assert_eq!(
+            from_str(r#"{"a\u0000": 1, "b": 1, "b": 2}"#),
+            Err(Error::NulInKey {
+                path: "a?".to_owned()
+            })
+        );
     }
 
     #[test]

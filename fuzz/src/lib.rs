@@ -46,7 +46,8 @@ fn split(data: &[u8]) -> (&[u8], &[u8]) {
 
 /// Input: one byte choosing the tool, then the arguments as JSON text.
 ///
-/// Oracles: the strict parser accepts exactly what serde_json accepts minus duplicate keys, with the
+/// Oracles: the strict parser accepts exactly what serde_json accepts minus duplicate keys and keys
+/// holding a NUL, with the
 /// same value; the engine never panics, every verdict has a reason, and an ALLOW names a permit.
 /// Returns whether the call was allowed.
 pub fn args(data: &[u8]) -> bool {
@@ -63,7 +64,10 @@ pub fn args(data: &[u8]) -> bool {
             assert_eq!(s, l, "strict and serde_json disagree on {text:?}");
             s
         }
-        (Err(broker::json::Error::DuplicateKey { .. }), Ok(_)) => return false,
+        (
+            Err(broker::json::Error::DuplicateKey { .. } | broker::json::Error::NulInKey { .. }),
+            Ok(_),
+        ) => return false,
         (Err(broker::json::Error::Syntax(_)), Err(_)) => return false,
         (s, l) => panic!("strict {s:?} but serde_json {l:?} for {text:?}"),
     };
@@ -204,6 +208,19 @@ fn check_accepted(token: &str, principal: &Principal) {
         Some(principal.subject.as_str())
     );
     assert!((0..=MAX_NUMERIC_DATE).contains(&principal.expires_at));
+    // Claims become the trail's agent, user and tenant: no NUL gets through.
+    assert!(
+        [
+            Some(&principal.subject),
+            principal.user.as_ref(),
+            principal.tenant.as_ref()
+        ]
+        .into_iter()
+        .flatten()
+        .chain(&principal.groups)
+        .all(|s| !s.contains('\0')),
+        "accepted a NUL in {principal:?}"
+    );
     let message = format!("{}.{}", parts[0], parts[1]);
     match header.get("alg").and_then(Value::as_str) {
         Some("HS256") => assert!(

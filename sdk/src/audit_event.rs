@@ -106,7 +106,8 @@ pub struct AuditEvent {
     pub event_id: String,
     /// When it happened.
     pub time: SystemTime,
-    /// `SESSION_OPENED`, `SESSION_CLOSED` or `TOOL_CALL_DECIDED` (kept as text so new kinds still list).
+    /// `SESSION_OPENED`, `TOOL_CALL_DECIDED`, `RETRIEVAL_FILTERED`, ... (kept as text so new kinds still
+    /// list).
     pub kind: String,
     /// The decision, for `TOOL_CALL_DECIDED`.
     pub decision_id: Option<String>,
@@ -134,7 +135,8 @@ pub struct AuditEvent {
     pub prev_hash: String,
     /// This event's hash.
     pub hash: String,
-    /// What else the event is about, as JSON text (e.g. `{"replay_of": "dec_..."}` for a retried call).
+    /// What else the event is about, as JSON text (e.g. `{"replay_of": "dec_..."}` for a retried call,
+    /// a retrieval batch's ids, or a pre-filter's `filter_sha256`, `complete` and `labels_added`).
     pub detail_json: Option<String>,
 }
 

@@ -93,6 +93,7 @@ mod guard;
 mod kill_switch;
 mod kill_switch_event;
 mod retrieval;
+mod retrieve;
 mod rpc;
 mod session;
 mod timestamp;
@@ -119,6 +120,7 @@ pub use kill_switch_event::{
     EngageRequest, KillSwitch, KillSwitchChange, KillSwitchEvent, KillSwitchScope,
 };
 pub use retrieval::{DocumentDecision, RetrievalDecision, RetrievalFilter};
+pub use retrieve::{RetrieveError, Retrieved};
 pub use rpc::DEFAULT_TIMEOUT;
 pub use session::{Session, SessionRequest, SessionState};
 pub use token::{BearerAuth, SharedToken, StaticToken, TokenFn, TokenSource, AUTHORIZATION};

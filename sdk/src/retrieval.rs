@@ -1,6 +1,7 @@
 //! Retrieval authorization from the agent's side: decide a batch of candidate documents (post-filter),
 //! ask for the filter to put into the vector-store query (pre-filter), and report tool results so their
-//! labels join the session.
+//! labels join the session. [`Client::retrieve`](crate::Client::retrieve) does filter, query and report
+//! in one call.
 
 use broker_proto::v1 as proto;
 
@@ -33,6 +34,11 @@ pub struct RetrievalDecision {
 }
 
 /// The pre-filter: JSON in the broker's filter language (see [`crate::filter_admits`]).
+///
+/// The broker cannot see what a query run with it returns, so answering it taints the session: the
+/// labels the policies test that an admitted document may carry ([`Self::admitted_labels`]) have joined
+/// the session's labels already. Exclude labels you want none of with
+/// [`Client::retrieval_filter_excluding`] to keep them out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrievalFilter {
     /// The condition, in the broker's filter language.
@@ -41,6 +47,12 @@ pub struct RetrievalFilter {
     pub complete: bool,
     /// The policy set it was computed from.
     pub policy_version: String,
+    /// The answer's id in the audit trail (its `RETRIEVAL_FILTERED` event).
+    pub decision_id: String,
+    /// Labels the policies test that an admitted document may carry: they joined the session.
+    pub admitted_labels: Vec<String>,
+    /// The session's labels after this answer.
+    pub session_labels: Vec<String>,
 }
 
 impl Client {
@@ -105,11 +117,24 @@ impl Client {
         })
     }
 
-    /// The pre-filter for this session's retrievals.
+    /// The pre-filter for this session's retrievals. Recorded, and it taints the session with the labels
+    /// it may admit (see [`RetrievalFilter`]).
     pub async fn retrieval_filter(&self, session_id: &str) -> Result<RetrievalFilter, Error> {
+        self.retrieval_filter_excluding(session_id, &[]).await
+    }
+
+    /// The pre-filter, also excluding every document whose `labels` hold one of `exclude_labels`: those
+    /// labels then cannot taint the session (e.g. `&["confidential"]` keeps external tools usable under
+    /// the example policies, at the cost of never retrieving confidential documents in this call).
+    pub async fn retrieval_filter_excluding(
+        &self,
+        session_id: &str,
+        exclude_labels: &[&str],
+    ) -> Result<RetrievalFilter, Error> {
         let mut inner = self.agent_client();
         let message = proto::RetrievalFilterRequest {
             session_id: session_id.to_owned(),
+            exclude_labels: exclude_labels.iter().map(|l| (*l).to_owned()).collect(),
         };
         let r = self
             .rpc()
@@ -125,6 +150,9 @@ impl Client {
             filter,
             complete: r.complete,
             policy_version: r.policy_version,
+            decision_id: r.decision_id,
+            admitted_labels: r.admitted_labels,
+            session_labels: r.session_labels,
         })
     }
 

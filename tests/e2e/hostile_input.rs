@@ -859,3 +859,507 @@ async fn nul_characters_are_refused_naming_the_field(backend: DbBackend) {
     still_serving(&h).await;
 }
 both!(nul_characters_are_refused_naming_the_field);
+
+// ------------------------------------------------------------------ NUL, one test per field class
+
+/// `tonic::Request` carrying `token`.
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+/// The call was refused as INVALID_ARGUMENT naming `field` (never INTERNAL, never answered).
+#[track_caller]
+fn refused_naming<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, field: &str) {
+    let err = r.expect_err("a NUL must be refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+    assert!(
+        err.message().starts_with(&format!("`{field}`")),
+        "{field}: {}",
+        err.message()
+    );
+}
+
+async fn event_count(h: &Harness) -> usize {
+    h.auditor()
+        .await
+        .list_events(AuditFilter::new().page_size(1000))
+        .await
+        .unwrap()
+        .events
+        .len()
+}
+
+const NUL_SESSION: &str = "ses_0000000000000000000000000000000\0";
+
+async fn nul_in_argument_keys_is_refused_naming_arguments_json(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("hostile-agent", Some("alice")).await;
+    let session = open_session(&agent, &["*"]).await;
+    let before = event_count(&h).await;
+    for args in [
+        r#"{"query": "q", "a\u0000b": 1}"#,
+        r#"{"query": "q", "\u0000": 1}"#,
+        r#"{"query": "q", "meta": {"x": {"k\u0000": true}}}"#,
+        r#"{"query": "q", "list": [1, {"ok": [{"\u0000deep": null}]}]}"#,
+        r#"{"to": "bob@example.com", "subject": "s", "body": "b", "c\u0000c": "m@evil.example"}"#,
+    ] {
+        let err = authorize_raw(&h, &session, "web.search", args)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{args}: {err:?}");
+        assert!(
+            err.message().starts_with("`arguments_json`: ") && err.message().contains("NUL"),
+            "{args}: {}",
+            err.message()
+        );
+        assert!(!err.message().contains('\0'), "{:?}", err.message());
+    }
+    // Refused before anything is decided: nothing in the trail, nothing spent.
+    assert_eq!(event_count(&h).await, before);
+    still_serving(&h).await;
+}
+both!(nul_in_argument_keys_is_refused_naming_arguments_json);
+
+/// A NUL inside a string *value* is data: decided as any other value, and recorded (escaped as
+/// `\u0000` in the trail's JSON text, which every backend stores).
+async fn nul_in_argument_values_is_decided_and_recorded(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("hostile-agent", Some("alice")).await;
+    let session = open_session(&agent, &["*"]).await;
+    let d = authorize_raw(&h, &session, "web.search", r#"{"query": "a\u0000b"}"#)
+        .await
+        .unwrap();
+    assert_eq!(d.outcome(), proto::Outcome::Allow, "{d:?}");
+    // Denied with a reason (a path where NUL ends a C string), and recorded too.
+    let d = authorize_raw(
+        &h,
+        &session,
+        "file.read",
+        r#"{"path": "/etc/shadow\u0000.txt"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(d.outcome(), proto::Outcome::Deny, "{d:?}");
+    let events = h
+        .auditor()
+        .await
+        .list_events(AuditFilter::new().session_id(&session))
+        .await
+        .unwrap()
+        .events;
+    let recorded: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "TOOL_CALL_DECIDED")
+        .map(|e| e.arguments_redacted_json.as_str())
+        .collect();
+    assert_eq!(recorded.len(), 2, "{events:?}");
+    assert!(recorded[0].contains(r"a\u0000b"), "{recorded:?}");
+    assert!(recorded.iter().all(|a| !a.contains('\0')), "{recorded:?}");
+    assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
+}
+both!(nul_in_argument_values_is_decided_and_recorded);
+
+async fn nul_in_document_ids_is_refused_naming_documents(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let token = h.token_in_tenant("hostile-agent", &[Role::Agent], Some("alice"), Some("acme"));
+    let agent = h.client_with_token(token.clone()).await;
+    let s = agent
+        .open_session(SessionRequest::new(["*"]).purpose("p").collections(["kb"]))
+        .await
+        .unwrap()
+        .session_id;
+    let good = r#"{"tenant":"acme","collection":"kb","classification":0,"personal":false,"source":"s","labels":[]}"#;
+    let before = event_count(&h).await;
+    for id in ["doc\0", "\0", "a\0b"] {
+        let r = grpc(&h)
+            .await
+            .authorize_retrieval(authed(
+                &token,
+                proto::AuthorizeRetrievalRequest {
+                    session_id: s.clone(),
+                    documents: vec![
+                        proto::Document {
+                            id: "fine".into(),
+                            attributes_json: good.into(),
+                        },
+                        proto::Document {
+                            id: id.into(),
+                            attributes_json: good.into(),
+                        },
+                    ],
+                },
+            ))
+            .await;
+        refused_naming(r, "documents");
+    }
+    assert_eq!(event_count(&h).await, before);
+    still_serving(&h).await;
+}
+both!(nul_in_document_ids_is_refused_naming_documents);
+
+/// Malformed metadata denies that document alone (the batch design): a NUL in a key at any depth is
+/// malformed, named in the reason, and never echoed raw.
+async fn nul_in_document_metadata_keys_denies_that_document(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let token = h.token_in_tenant("hostile-agent", &[Role::Agent], Some("alice"), Some("acme"));
+    let agent = h.client_with_token(token.clone()).await;
+    let s = agent
+        .open_session(SessionRequest::new(["*"]).purpose("p").collections(["kb"]))
+        .await
+        .unwrap()
+        .session_id;
+    let good = r#"{"tenant":"acme","collection":"kb","classification":0,"personal":false,"source":"s","labels":[]}"#;
+    for bad in [
+        r#"{"tenant":"acme","collection":"kb","classification":0,"personal":false,"source":"s","labels":[],"x\u0000":1}"#,
+        r#"{"tenant\u0000":"acme","collection":"kb","classification":0,"personal":false,"source":"s","labels":[]}"#,
+        r#"{"tenant":"acme","collection":"kb","classification":0,"personal":false,"source":"s","labels":[],"owner":{"\u0000":1}}"#,
+    ] {
+        let r = grpc(&h)
+            .await
+            .authorize_retrieval(authed(
+                &token,
+                proto::AuthorizeRetrievalRequest {
+                    session_id: s.clone(),
+                    documents: vec![
+                        proto::Document {
+                            id: "bad".into(),
+                            attributes_json: bad.into(),
+                        },
+                        proto::Document {
+                            id: "good".into(),
+                            attributes_json: good.into(),
+                        },
+                    ],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.allowed_ids, ["good"], "{bad}");
+        let reason = &r.documents[0].reasons[0];
+        assert_eq!(reason.code, "INVALID_ARGUMENTS", "{bad}");
+        assert!(reason.message.contains("NUL"), "{bad}: {}", reason.message);
+        assert!(!reason.message.contains('\0'), "{:?}", reason.message);
+    }
+    assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
+}
+both!(nul_in_document_metadata_keys_denies_that_document);
+
+/// Every id an RPC takes: session, parent session, call, decision, approval and kill switch ids.
+async fn nul_in_ids_is_refused_naming_the_field(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("hostile-agent", Some("alice")).await;
+    let token = agent_token(&h);
+    let session = open_session(&agent, &["*"]).await;
+    let decided = agent
+        .authorize(&session, "web.search", &json!({"query": "q"}))
+        .await
+        .unwrap();
+    let pending = agent
+        .authorize(&session, "shell.exec", &json!({"command": "id"}))
+        .await
+        .unwrap();
+    let approval_id = pending.approval_id.clone().unwrap();
+    let nul_approval = format!("{approval_id}\0");
+    let before = event_count(&h).await;
+    let mut c = grpc(&h).await;
+
+    refused_naming(
+        c.close_session(authed(
+            &token,
+            proto::CloseSessionRequest {
+                session_id: format!("{session}\0"),
+            },
+        ))
+        .await,
+        "session_id",
+    );
+    refused_naming(
+        c.open_session(authed(
+            &token,
+            proto::OpenSessionRequest {
+                tools: vec!["*".into()],
+                parent_session_id: format!("{session}\0"),
+                ..Default::default()
+            },
+        ))
+        .await,
+        "parent_session_id",
+    );
+    for (session_id, call_id, field) in [
+        (NUL_SESSION.to_owned(), "c1".to_owned(), "session_id"),
+        (session.clone(), "c\0".to_owned(), "call_id"),
+    ] {
+        refused_naming(
+            c.authorize_tool_call(authed(
+                &token,
+                proto::AuthorizeToolCallRequest {
+                    session_id,
+                    tool: "web.search".into(),
+                    arguments_json: r#"{"query": "q"}"#.into(),
+                    call_id,
+                },
+            ))
+            .await,
+            field,
+        );
+    }
+    refused_naming(
+        c.authorize_retrieval(authed(
+            &token,
+            proto::AuthorizeRetrievalRequest {
+                session_id: NUL_SESSION.into(),
+                documents: vec![],
+            },
+        ))
+        .await,
+        "session_id",
+    );
+    refused_naming(
+        c.retrieval_filter(authed(
+            &token,
+            proto::RetrievalFilterRequest {
+                session_id: NUL_SESSION.into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        "session_id",
+    );
+    for (session_id, decision_id, field) in [
+        (
+            NUL_SESSION.to_owned(),
+            decided.decision_id.clone(),
+            "session_id",
+        ),
+        (
+            session.clone(),
+            format!("{}\0", decided.decision_id),
+            "decision_id",
+        ),
+    ] {
+        refused_naming(
+            c.report_tool_result(authed(
+                &token,
+                proto::ReportToolResultRequest {
+                    decision_id,
+                    session_id,
+                    status: "ok".into(),
+                    labels: vec![],
+                },
+            ))
+            .await,
+            field,
+        );
+    }
+    refused_naming(
+        c.await_approval(authed(
+            &token,
+            proto::AwaitApprovalRequest {
+                approval_id: nul_approval.clone(),
+                timeout: None,
+            },
+        ))
+        .await,
+        "approval_id",
+    );
+
+    let approver = h.approver_token("bob", &["platform-oncall"]);
+    let mut a = proto::approval_service_client::ApprovalServiceClient::connect(h.endpoint())
+        .await
+        .unwrap();
+    refused_naming(
+        a.get_approval(authed(
+            &approver,
+            proto::GetApprovalRequest {
+                approval_id: nul_approval.clone(),
+            },
+        ))
+        .await,
+        "approval_id",
+    );
+    refused_naming(
+        a.approve(authed(
+            &approver,
+            proto::ApproveRequest {
+                approval_id: nul_approval.clone(),
+                comment: "ok".into(),
+            },
+        ))
+        .await,
+        "approval_id",
+    );
+    refused_naming(
+        a.deny(authed(
+            &approver,
+            proto::DenyRequest {
+                approval_id: nul_approval.clone(),
+                comment: "no".into(),
+            },
+        ))
+        .await,
+        "approval_id",
+    );
+
+    let admin_token = h.token("ops-admin", &[Role::Admin], None);
+    let mut k = proto::kill_switch_service_client::KillSwitchServiceClient::connect(h.endpoint())
+        .await
+        .unwrap();
+    refused_naming(
+        k.release(authed(
+            &admin_token,
+            proto::ReleaseKillSwitchRequest {
+                id: "ksw_0000000000000000000000000000000\0".into(),
+                reason: "r".into(),
+            },
+        ))
+        .await,
+        "id",
+    );
+    assert_eq!(event_count(&h).await, before, "nothing recorded");
+    still_serving(&h).await;
+}
+both!(nul_in_ids_is_refused_naming_the_field);
+
+/// Labels and the other words a report carries.
+async fn nul_in_labels_is_refused_naming_the_field(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("hostile-agent", Some("alice")).await;
+    let token = agent_token(&h);
+    let session = open_session(&agent, &["*"]).await;
+    let decided = agent
+        .authorize(&session, "web.search", &json!({"query": "q"}))
+        .await
+        .unwrap();
+    let before = event_count(&h).await;
+    let mut c = grpc(&h).await;
+    for (status, labels, field) in [
+        ("ok", vec!["untrusted\0".to_owned()], "labels"),
+        ("ok", vec!["\0".to_owned()], "labels"),
+        ("ok\0", vec![], "status"),
+    ] {
+        refused_naming(
+            c.report_tool_result(authed(
+                &token,
+                proto::ReportToolResultRequest {
+                    decision_id: decided.decision_id.clone(),
+                    session_id: session.clone(),
+                    status: status.into(),
+                    labels,
+                },
+            ))
+            .await,
+            field,
+        );
+    }
+    refused_naming(
+        c.retrieval_filter(authed(
+            &token,
+            proto::RetrievalFilterRequest {
+                session_id: session.clone(),
+                exclude_labels: vec!["confidential\0".into()],
+            },
+        ))
+        .await,
+        "exclude_labels",
+    );
+    assert_eq!(event_count(&h).await, before, "nothing recorded");
+    still_serving(&h).await;
+}
+both!(nul_in_labels_is_refused_naming_the_field);
+
+/// Listing filters and page tokens reach the store as query parameters (Postgres refuses a NUL there).
+async fn nul_in_list_filters_is_refused_naming_the_field(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let auditor = h.token("security-team", &[Role::Auditor], None);
+    let mut audit = proto::audit_service_client::AuditServiceClient::connect(h.endpoint())
+        .await
+        .unwrap();
+    let list = |f: fn(&mut proto::ListAuditEventsRequest)| {
+        let mut r = proto::ListAuditEventsRequest::default();
+        f(&mut r);
+        r
+    };
+    for (req, field) in [
+        (list(|r| r.session_id = NUL_SESSION.into()), "session_id"),
+        (list(|r| r.agent = "hostile-agent\0".into()), "agent"),
+        (list(|r| r.tool = "web.search\0".into()), "tool"),
+        (list(|r| r.page_token = "1\0".into()), "page_token"),
+    ] {
+        refused_naming(audit.list_audit_events(authed(&auditor, req)).await, field);
+    }
+    let approver = h.approver_token("bob", &["platform-oncall"]);
+    let mut a = proto::approval_service_client::ApprovalServiceClient::connect(h.endpoint())
+        .await
+        .unwrap();
+    for (req, field) in [
+        (
+            proto::ListApprovalsRequest {
+                tool: "shell.exec\0".into(),
+                ..Default::default()
+            },
+            "tool",
+        ),
+        (
+            proto::ListApprovalsRequest {
+                agent: "hostile-agent\0".into(),
+                ..Default::default()
+            },
+            "agent",
+        ),
+        (
+            proto::ListApprovalsRequest {
+                page_token: "\0".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+    ] {
+        refused_naming(a.list_approvals(authed(&approver, req)).await, field);
+    }
+    still_serving(&h).await;
+}
+both!(nul_in_list_filters_is_refused_naming_the_field);
+
+/// Claims become the trail's agent, user and tenant: a token whose claims hold a NUL is refused
+/// (UNAUTHENTICATED), never an INTERNAL error once the store sees it.
+async fn nul_in_token_claims_is_refused(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let before = event_count(&h).await;
+    let claims = h.valid_claims("hostile-agent");
+    let mut cases = Vec::new();
+    for (claim, value) in [
+        ("sub", json!("hostile\0agent")),
+        ("on_behalf_of", json!("alice\0")),
+        ("tenant", json!("acme\0")),
+        ("groups", json!(["security\0"])),
+    ] {
+        let mut c = claims.clone();
+        c[claim] = value;
+        cases.push((claim, c));
+    }
+    let mut nul_key = claims.clone();
+    nul_key["x\0"] = json!(1);
+    cases.push(("a key", nul_key));
+    for (what, claims) in cases {
+        let token = h.sign(&claims);
+        let r = grpc(&h)
+            .await
+            .open_session(authed(
+                &token,
+                proto::OpenSessionRequest {
+                    tools: vec!["*".into()],
+                    ..Default::default()
+                },
+            ))
+            .await;
+        let err = r.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}: {err:?}");
+    }
+    assert_eq!(event_count(&h).await, before, "nothing recorded");
+    still_serving(&h).await;
+}
+both!(nul_in_token_claims_is_refused);

@@ -436,3 +436,248 @@ async fn a_fresh_session_of_the_same_agent_and_user_keeps_the_taint(backend: DbB
     assert!(search(&c, &much_later).await.is_allowed());
 }
 both!(a_fresh_session_of_the_same_agent_and_user_keeps_the_taint);
+
+/// The events of one kind in a session, oldest first.
+async fn events_of(h: &Harness, session: &str, kind: &str) -> Vec<broker_sdk::AuditEvent> {
+    // An auditor of the readers' tenant: auditors see their own tenant's trail.
+    broker_sdk::AuditClient::connect(
+        h.endpoint(),
+        h.token_in_tenant("security-team", &[Role::Auditor], None, Some("acme")),
+    )
+    .await
+    .unwrap()
+    .list_events(broker_sdk::AuditFilter::new().session_id(session))
+    .await
+    .unwrap()
+    .events
+    .into_iter()
+    .filter(|e| e.kind == kind)
+    .collect()
+}
+
+fn detail(e: &broker_sdk::AuditEvent) -> Value {
+    serde_json::from_str(e.detail_json.as_deref().unwrap()).unwrap()
+}
+
+/// The broker cannot see what a query run with the pre-filter returns: answering the filter taints the
+/// session with every label the policies test that an admitted document may carry, and is recorded.
+async fn a_pre_filter_taints_the_session_and_is_recorded(backend: DbBackend) {
+    use sha2::Digest as _;
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let search = |q: &str| json!({"query": q});
+    assert!(c
+        .authorize(&s, "web.search", &search("before"))
+        .await
+        .unwrap()
+        .is_allowed());
+
+    let f = c.retrieval_filter(&s).await.unwrap();
+    assert!(f.complete, "{f:?}");
+    assert_eq!(f.admitted_labels, ["confidential", "untrusted"]);
+    assert_eq!(f.session_labels, ["confidential", "untrusted"]);
+    // The pipeline's query may well return a confidential document: the filter admits it.
+    let secret = doc("acme", "kb", 0, &["confidential"]);
+    assert_eq!(
+        broker_sdk::apply_filter(&f.filter, [("secret", &secret)]),
+        ["secret"]
+    );
+    // So the example taint policy holds without any report.
+    let d = c
+        .authorize(&s, "web.search", &search("leak"))
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    assert_eq!(
+        d.reason("POLICY_DENY").unwrap().policy_id.as_deref(),
+        Some("confidential-data-stays-inside")
+    );
+
+    // The answer is in the trail: session, digest and text of the filter, complete, labels, policies.
+    let filtered = events_of(&h, &s, "RETRIEVAL_FILTERED").await;
+    assert_eq!(filtered.len(), 1, "{filtered:?}");
+    let e = &filtered[0];
+    assert_eq!(e.decision_id.as_deref(), Some(f.decision_id.as_str()));
+    assert_eq!(e.policy_version, f.policy_version);
+    assert_eq!(e.agent, "rag-agent");
+    let text = f.filter.to_string();
+    let dt = detail(e);
+    assert_eq!(
+        dt["filter_sha256"],
+        json!(broker::hexstr::encode(&sha2::Sha256::digest(
+            text.as_bytes()
+        )))
+    );
+    assert_eq!(dt["filter"], json!(text));
+    assert_eq!(dt["complete"], json!(true));
+    assert_eq!(dt["labels_added"], json!(["confidential", "untrusted"]));
+    // Recorded before the labels could be used: the filter's event precedes the denied call's.
+    let all = broker_sdk::AuditClient::connect(
+        h.endpoint(),
+        h.token_in_tenant("security-team", &[Role::Auditor], None, Some("acme")),
+    )
+    .await
+    .unwrap()
+    .list_events(broker_sdk::AuditFilter::new().session_id(&s))
+    .await
+    .unwrap()
+    .events;
+    let seq_of = |pred: &dyn Fn(&broker_sdk::AuditEvent) -> bool| {
+        all.iter().find(|e| pred(e)).map(|e| e.seq).unwrap()
+    };
+    assert!(
+        seq_of(&|e| e.kind == "RETRIEVAL_FILTERED")
+            < seq_of(&|e| e.decision_id.as_deref() == Some(d.decision_id.as_str()))
+    );
+    assert!(h.auditor().await.verify_chain().await.unwrap().is_ok());
+}
+both!(a_pre_filter_taints_the_session_and_is_recorded);
+
+/// A pipeline that must keep external tools usable excludes the labels it wants none of: the filter
+/// then admits no document carrying them, and they do not taint the session.
+async fn excluded_labels_keep_the_session_clean(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let f = c
+        .retrieval_filter_excluding(&s, &["confidential"])
+        .await
+        .unwrap();
+    assert!(f.complete, "{f:?}");
+    assert_eq!(f.admitted_labels, ["untrusted"]);
+    let candidates = [
+        ("clean", doc("acme", "kb", 0, &[])),
+        ("web", doc("acme", "kb", 0, &["untrusted"])),
+        ("secret", doc("acme", "kb", 0, &["confidential"])),
+        ("both", doc("acme", "kb", 0, &["untrusted", "confidential"])),
+    ];
+    assert_eq!(
+        broker_sdk::apply_filter(&f.filter, candidates.iter().map(|(id, v)| (*id, v))),
+        ["clean", "web"]
+    );
+    assert!(c
+        .authorize(&s, "web.search", &json!({"query": "q"}))
+        .await
+        .unwrap()
+        .is_allowed());
+
+    // Another user: the first reader's label follows that agent and user into their new sessions.
+    let (c2, s2) = reader_for(&h, "bob").await;
+    let f = c2
+        .retrieval_filter_excluding(&s2, &["untrusted", "confidential", "confidential"])
+        .await
+        .unwrap();
+    assert!(
+        f.admitted_labels.is_empty() && f.session_labels.is_empty(),
+        "{f:?}"
+    );
+    let email = json!({"to": "bob@example.com", "subject": "s", "body": "b"});
+    assert!(c2
+        .authorize(&s2, "email.send", &email)
+        .await
+        .unwrap()
+        .is_allowed());
+    let e = &events_of(&h, &s2, "RETRIEVAL_FILTERED").await[0];
+    assert_eq!(
+        detail(e)["exclude_labels"],
+        json!(["confidential", "untrusted"])
+    );
+    assert_eq!(detail(e)["labels_added"], json!([]));
+
+    let err = c2
+        .retrieval_filter_excluding(&s2, &["Not A Label"])
+        .await
+        .unwrap_err();
+    match err {
+        broker_sdk::Error::InvalidArgument { field, .. } => {
+            assert_eq!(field.as_deref(), Some("exclude_labels"))
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+both!(excluded_labels_keep_the_session_clean);
+
+/// Every answer is recorded, including the `false` of a session that cannot retrieve; a session that
+/// is not the caller's gets no answer (and no event in its trail).
+async fn every_filter_answer_is_recorded(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    c.close_session(&s).await.unwrap();
+    let f = c.retrieval_filter(&s).await.unwrap();
+    assert_eq!((f.filter.clone(), f.complete), (json!(false), true));
+    assert!(f.admitted_labels.is_empty(), "{f:?}");
+    let e = &events_of(&h, &s, "RETRIEVAL_FILTERED").await[0];
+    assert_eq!(e.decision_id.as_deref(), Some(f.decision_id.as_str()));
+    assert_eq!(e.reasons[0].code, "SESSION_CLOSED");
+    assert_eq!(detail(e)["filter"], json!("false"));
+
+    let (_, victim) = reader(&h).await;
+    let intruder = h
+        .client_with_token(h.token_in_tenant(
+            "other-agent",
+            &[Role::Agent],
+            Some("alice"),
+            Some("acme"),
+        ))
+        .await;
+    let err = intruder.retrieval_filter(&victim).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = intruder
+        .retrieval_filter("ses_00000000000000000000000000000000")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(events_of(&h, &victim, "RETRIEVAL_FILTERED")
+        .await
+        .is_empty());
+}
+both!(every_filter_answer_is_recorded);
+
+/// `Client::retrieve`: filter, query, keep what the filter admits, report the rest (decided again,
+/// recorded, all their labels added), and hand back only what the broker allowed.
+async fn retrieve_filters_queries_and_reports(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let (c, s) = reader(&h).await;
+    let store = [
+        ("kb-1", doc("acme", "kb", 1, &["pii"]), "text 1"),
+        (
+            "secret",
+            doc("acme", "kb", 0, &["confidential"]),
+            "secret text",
+        ),
+        ("globex", doc("globex", "kb", 0, &[]), "not ours"),
+        ("kb-2", doc("acme", "tickets", 0, &[]), "text 2"),
+    ];
+    let seen = std::sync::Mutex::new(None);
+    let got = c
+        .retrieve(&s, &["confidential"], |f| {
+            *seen.lock().unwrap() = Some(f);
+            // A store that ignores the filter: the SDK applies it anyway.
+            let found = store
+                .iter()
+                .map(|(id, meta, text)| ((*id).to_owned(), meta.clone(), *text))
+                .collect();
+            async move { Ok::<_, std::convert::Infallible>(found) }
+        })
+        .await
+        .unwrap();
+    assert!(seen.lock().unwrap().as_ref().unwrap().complete);
+    assert_eq!(
+        got.documents,
+        [("kb-1".to_owned(), "text 1"), ("kb-2".to_owned(), "text 2")]
+    );
+    let decision = got.decision.unwrap();
+    assert_eq!(decision.allowed_ids, ["kb-1", "kb-2"]);
+    // The filter's taint (`untrusted`: the policies test it and the filter may admit it) and the
+    // report's exact labels (`pii`, which no policy tests); never `confidential`.
+    assert_eq!(decision.session_labels, ["pii", "untrusted"]);
+    assert!(c
+        .authorize(&s, "web.search", &json!({"query": "q"}))
+        .await
+        .unwrap()
+        .is_allowed());
+    let reported = events_of(&h, &s, "RETRIEVAL_DECIDED").await;
+    assert_eq!(reported.len(), 1);
+    assert_eq!(detail(&reported[0])["allowed"], json!(["kb-1", "kb-2"]));
+    assert_eq!(events_of(&h, &s, "RETRIEVAL_FILTERED").await.len(), 1);
+}
+both!(retrieve_filters_queries_and_reports);

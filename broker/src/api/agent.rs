@@ -27,6 +27,7 @@ impl AgentService for AgentApi {
         convert::no_nul("tools", &r.tools)?;
         convert::no_nul("purpose", [&r.purpose])?;
         convert::no_nul("collections", &r.collections)?;
+        convert::no_nul("parent_session_id", [&r.parent_session_id])?;
         let ttl = r
             .ttl
             .map(|d| {
@@ -65,6 +66,7 @@ impl AgentService for AgentApi {
         tracing::Span::current()
             .record("agent", caller.subject.as_str())
             .record("session_id", r.session_id.as_str());
+        convert::no_nul("session_id", [&r.session_id])?;
         let session = self
             .broker
             .close_session(&caller, &r.session_id)
@@ -91,7 +93,9 @@ impl AgentService for AgentApi {
         span.record("agent", caller.subject.as_str())
             .record("session_id", r.session_id.as_str())
             .record("tool", r.tool.as_str());
+        convert::no_nul("session_id", [&r.session_id])?;
         convert::no_nul("tool", [&r.tool])?;
+        convert::no_nul("call_id", [&r.call_id])?;
         let call = ToolCallRequest {
             session_id: r.session_id,
             tool: r.tool,
@@ -123,6 +127,7 @@ impl AgentService for AgentApi {
         let span = tracing::Span::current();
         span.record("agent", caller.subject.as_str())
             .record("approval_id", r.approval_id.as_str());
+        convert::no_nul("approval_id", [&r.approval_id])?;
         let wait = r
             .timeout
             .map(|d| {
@@ -155,6 +160,9 @@ impl AgentService for AgentApi {
         span.record("agent", caller.subject.as_str())
             .record("session_id", r.session_id.as_str())
             .record("documents", r.documents.len());
+        convert::no_nul("session_id", [&r.session_id])?;
+        // Ids are echoed back and recorded in the trail.
+        convert::no_nul("documents", r.documents.iter().map(|d| &d.id))?;
         let candidates = r
             .documents
             .into_iter()
@@ -172,21 +180,35 @@ impl AgentService for AgentApi {
         Ok(Response::new(convert::retrieval(out)))
     }
 
+    #[tracing::instrument(
+        name = "RetrievalFilter",
+        skip_all,
+        fields(agent, session_id, complete)
+    )]
     async fn retrieval_filter(
         &self,
         req: Request<pb::RetrievalFilterRequest>,
     ) -> Result<Response<pb::RetrievalFilterResponse>, Status> {
         let caller = authn::principal(&req)?;
         let r = req.into_inner();
-        let (f, version) = self
+        let span = tracing::Span::current();
+        span.record("agent", caller.subject.as_str())
+            .record("session_id", r.session_id.as_str());
+        convert::no_nul("session_id", [&r.session_id])?;
+        convert::no_nul("exclude_labels", &r.exclude_labels)?;
+        let a = self
             .broker
-            .retrieval_filter(&caller, &r.session_id)
+            .retrieval_filter(&caller, &r.session_id, r.exclude_labels)
             .await
             .map_err(status::from_domain)?;
+        span.record("complete", a.filter.complete);
         Ok(Response::new(pb::RetrievalFilterResponse {
-            filter_json: f.filter.to_string(),
-            complete: f.complete,
-            policy_version: version,
+            filter_json: a.filter_json,
+            complete: a.filter.complete,
+            policy_version: a.policy_version,
+            decision_id: a.decision_id,
+            admitted_labels: a.admitted_labels,
+            session_labels: a.session_labels,
         }))
     }
 
@@ -205,6 +227,10 @@ impl AgentService for AgentApi {
             .record("agent", caller.subject.as_str())
             .record("session_id", r.session_id.as_str())
             .record("decision_id", r.decision_id.as_str());
+        convert::no_nul("session_id", [&r.session_id])?;
+        convert::no_nul("decision_id", [&r.decision_id])?;
+        convert::no_nul("status", [&r.status])?;
+        convert::no_nul("labels", &r.labels)?;
         let s = self
             .broker
             .report_tool_result(&caller, &r.session_id, &r.decision_id, &r.status, r.labels)

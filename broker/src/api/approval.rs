@@ -45,6 +45,9 @@ impl ApprovalService for ApprovalApi {
             pb::ApprovalStatus::Expired => Some(ApprovalStatus::Expired),
             pb::ApprovalStatus::Cancelled => Some(ApprovalStatus::Cancelled),
         };
+        convert::no_nul("tool", [&r.tool])?;
+        convert::no_nul("agent", [&r.agent])?;
+        convert::no_nul("page_token", [&r.page_token])?;
         let page = convert::page(r.page_size, &r.page_token)?;
         let filter = ApprovalFilter {
             status,
@@ -69,9 +72,11 @@ impl ApprovalService for ApprovalApi {
         req: Request<pb::GetApprovalRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         let caller = authn::principal(&req)?;
+        let approval_id = req.into_inner().approval_id;
+        convert::no_nul("approval_id", [&approval_id])?;
         let a = self
             .broker
-            .get_approval(&caller, &req.into_inner().approval_id)
+            .get_approval(&caller, &approval_id)
             .await
             .map_err(status::from_domain)?;
         Ok(Response::new(convert::approval(&a)))
@@ -87,6 +92,7 @@ impl ApprovalService for ApprovalApi {
         tracing::Span::current()
             .record("approver", caller.subject.as_str())
             .record("approval_id", r.approval_id.as_str());
+        convert::no_nul("approval_id", [&r.approval_id])?;
         convert::no_nul("comment", [&r.comment])?;
         let a = self
             .broker
@@ -104,6 +110,7 @@ impl ApprovalService for ApprovalApi {
         tracing::Span::current()
             .record("approver", caller.subject.as_str())
             .record("approval_id", r.approval_id.as_str());
+        convert::no_nul("approval_id", [&r.approval_id])?;
         convert::no_nul("comment", [&r.comment])?;
         let a = self
             .broker

@@ -128,6 +128,11 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 pub fn event_query(r: pb::ListAuditEventsRequest) -> Result<(EventFilter, Page), Status> {
+    // Query parameters: Postgres refuses a NUL in text, as an internal error.
+    no_nul("session_id", [&r.session_id])?;
+    no_nul("agent", [&r.agent])?;
+    no_nul("tool", [&r.tool])?;
+    no_nul("page_token", [&r.page_token])?;
     let outcome = match pb::Outcome::try_from(r.outcome)
         .map_err(|_| invalid("outcome", "unknown outcome"))?
     {

@@ -91,6 +91,7 @@ impl KillSwitchService for KillSwitchApi {
         tracing::Span::current()
             .record("admin", caller.subject.as_str())
             .record("kill_switch", r.id.as_str());
+        convert::no_nul("id", [&r.id])?;
         convert::no_nul("reason", [&r.reason])?;
         let k = self
             .broker

@@ -381,7 +381,7 @@ impl Verifier {
         let inner = &*self.inner;
         let subject = match claims.remove("sub") {
             None | Some(Value::Null) => return Err(TokenError::MissingClaim("sub".to_owned())),
-            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => s,
             Some(_) => return Err(TokenError::InvalidClaim("sub".to_owned())),
         };
         // jsonwebtoken also accepts an array `iss`; a token has exactly one issuer.
@@ -513,7 +513,9 @@ fn strict_object(encoded: &str, part: &'static str) -> Result<Map<String, Value>
         .map_err(|_| TokenError::Malformed)?;
     match crate::json::from_slice(&raw) {
         Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) | Err(crate::json::Error::Syntax(_)) => Err(TokenError::Malformed),
+        Ok(_) | Err(crate::json::Error::Syntax(_) | crate::json::Error::NulInKey { .. }) => {
+            Err(TokenError::Malformed)
+        }
         Err(crate::json::Error::DuplicateKey { path }) => {
             Err(TokenError::DuplicateField { part, name: path })
         }
@@ -549,14 +551,15 @@ fn numeric_date(value: &Value) -> Option<i64> {
     (0..=MAX_NUMERIC_DATE).contains(&seconds).then_some(seconds)
 }
 
-/// A claim that is absent (or null), or a non-empty string.
+/// A claim that is absent (or null), or a non-empty string. Claims become the trail's agent, user and
+/// tenant, which no database column stores with a NUL: such a token is refused.
 fn optional_string(
     claims: &mut Map<String, Value>,
     name: &str,
 ) -> Result<Option<String>, TokenError> {
     match claims.remove(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Ok(Some(s)),
         Some(_) => Err(TokenError::InvalidClaim(name.to_owned())),
     }
 }
@@ -598,7 +601,7 @@ fn groups(value: Option<&Value>, name: &str) -> Result<BTreeSet<String>, TokenEr
     if names.len() > MAX_GROUPS
         || names
             .iter()
-            .any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN)
+            .any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN || g.contains('\0'))
     {
         return Err(invalid());
     }

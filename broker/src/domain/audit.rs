@@ -37,6 +37,8 @@ pub enum EventKind {
     RetrievalDecided,
     /// A tool's result reported, with the labels it added to the session.
     ToolResultReported,
+    /// A retrieval pre-filter answered: its digest (and text), whether complete, the labels it added.
+    RetrievalFiltered,
 }
 
 impl EventKind {
@@ -58,6 +60,7 @@ impl EventKind {
             EventKind::ApprovalConsumed => "APPROVAL_CONSUMED",
             EventKind::RetrievalDecided => "RETRIEVAL_DECIDED",
             EventKind::ToolResultReported => "TOOL_RESULT_REPORTED",
+            EventKind::RetrievalFiltered => "RETRIEVAL_FILTERED",
         }
     }
 
@@ -79,6 +82,7 @@ impl EventKind {
             "APPROVAL_CONSUMED" => Some(EventKind::ApprovalConsumed),
             "RETRIEVAL_DECIDED" => Some(EventKind::RetrievalDecided),
             "TOOL_RESULT_REPORTED" => Some(EventKind::ToolResultReported),
+            "RETRIEVAL_FILTERED" => Some(EventKind::RetrievalFiltered),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::audit::{EventBody, EventKind};
 use super::broker::{invalid, require, session_facts, tenant_mismatch, Broker, Error};
@@ -23,6 +24,9 @@ pub const MAX_DOCUMENT_ID_LEN: usize = 512;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_LEN: usize = 64;
 
+/// A filter's text is recorded in its event up to this size; its SHA-256 always.
+const MAX_RECORDED_FILTER_BYTES: usize = 4096;
+
 /// One candidate as received: its id and its metadata as JSON text.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -35,6 +39,20 @@ pub struct DocumentVerdict {
     pub id: String,
     pub outcome: Outcome,
     pub reasons: Vec<Reason>,
+}
+
+/// A pre-filter answer, as recorded.
+#[derive(Debug, Clone)]
+pub struct FilterAnswer {
+    /// The id of its `RETRIEVAL_FILTERED` event.
+    pub decision_id: String,
+    pub filter: RetrievalFilter,
+    /// `filter.filter` as sent, the text the event's digest is of.
+    pub filter_json: String,
+    pub policy_version: String,
+    /// Labels the filter may admit documents with, which joined the session.
+    pub admitted_labels: Vec<String>,
+    pub session_labels: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -367,35 +385,105 @@ impl Broker {
         labelled?.ok_or_else(|| Error::NotFound(format!("no session `{session_id}`")))
     }
 
-    /// The pre-filter: when a document would be allowed in this session.
+    /// The pre-filter: when a document would be allowed in this session, excluding documents carrying
+    /// any of `exclude_labels`. The broker never sees what the pipeline's query returns, so the answer
+    /// taints the session at once: the labels the policies test that an admitted document may carry
+    /// (`PolicyEngine::filter_taint`) join its labels, in the same writer transaction as the answer's
+    /// `RETRIEVAL_FILTERED` event, before the answer leaves. Policies that read the labels in a way that
+    /// cannot be tainted for get the filter `false`, incomplete: the pipeline post-filters then.
     pub async fn retrieval_filter(
         &self,
         caller: &Principal,
         session_id: &str,
-    ) -> Result<(RetrievalFilter, String), Error> {
+        exclude_labels: Vec<String>,
+    ) -> Result<FilterAnswer, Error> {
         require(caller, Role::Agent)?;
+        if exclude_labels.len() > MAX_LABELS || exclude_labels.iter().any(|l| !is_label(l)) {
+            return Err(invalid("exclude_labels", format!("at most {MAX_LABELS} labels of lowercase letters, digits and `_-:.`, 1 to {MAX_LABEL_LEN} characters")));
+        }
+        let mut exclude_labels = exclude_labels;
+        exclude_labels.sort();
+        exclude_labels.dedup();
         let engine = self.policies();
         let now = self.now();
-        match self.usable_session(caller, session_id).await? {
-            // A session that cannot retrieve admits nothing.
-            Err(_) => Ok((
-                RetrievalFilter {
-                    filter: json!(false),
-                    complete: true,
+        let nothing = |complete| RetrievalFilter {
+            filter: json!(false),
+            complete,
+        };
+        // What the filter is, and why it admits nothing when it does not come from the policies.
+        let (filter, taint, why): (RetrievalFilter, Vec<String>, Option<Reason>) =
+            match self.usable_session(caller, session_id).await? {
+                // As for a tool result: no event in a session that is not the caller's.
+                Err(r)
+                    if r.code == ReasonCode::SessionNotFound
+                        || r.code == ReasonCode::SessionNotOwned =>
+                {
+                    return Err(Error::NotFound(format!(
+                        "no session `{session_id}` for this agent"
+                    )))
+                }
+                // A session that cannot retrieve admits nothing.
+                Err(r) => (nothing(true), Vec::new(), Some(r)),
+                Ok(s) => match self.kill_check_session(caller, None, &s, now) {
+                    Some(k) => (nothing(true), Vec::new(), Some(k)),
+                    None => {
+                        let f = engine.retrieval_filter_excluding(
+                            &caller_facts(caller),
+                            &session_facts(&s),
+                            &exclude_labels,
+                        );
+                        match engine.filter_taint(&f.filter) {
+                            Ok(taint) => (f, taint, None),
+                            Err(e) => (
+                                nothing(false),
+                                Vec::new(),
+                                Some(Reason::new(ReasonCode::PolicyError, e)),
+                            ),
+                        }
+                    }
                 },
-                engine.version().to_owned(),
-            )),
-            Ok(s) if self.kill_check_session(caller, None, &s, now).is_some() => Ok((
-                RetrievalFilter {
-                    filter: json!(false),
-                    complete: true,
-                },
-                engine.version().to_owned(),
-            )),
-            Ok(s) => Ok((
-                engine.retrieval_filter(&caller_facts(caller), &session_facts(&s)),
-                engine.version().to_owned(),
-            )),
+            };
+        let decision_id = ids::decision_id();
+        let filter_json = filter.filter.to_string();
+        let mut detail = json!({
+            "filter_sha256": crate::hexstr::encode(&Sha256::digest(filter_json.as_bytes())),
+            "complete": filter.complete,
+            "exclude_labels": exclude_labels,
+            "labels_added": taint,
+        });
+        // The text too while it is short (the digest always names it: SHA-256 of `filter_json`).
+        if filter_json.len() <= MAX_RECORDED_FILTER_BYTES {
+            if let Some(d) = detail.as_object_mut() {
+                d.insert("filter".to_owned(), json!(filter_json));
+            }
         }
+        let event = EventBody {
+            decision_id: Some(decision_id.clone()),
+            policy_version: Some(engine.version().to_owned()),
+            reasons: why.into_iter().collect(),
+            detail: Some(detail.to_string()),
+            ..EventBody::in_session(
+                EventKind::RetrievalFiltered,
+                &caller.subject,
+                caller.user.clone(),
+                session_id,
+                now,
+            )
+        };
+        let labelled = self
+            .store
+            .add_session_labels(session_id, &taint, event, now)
+            .await;
+        self.sessions.forget(session_id);
+        let session =
+            labelled?.ok_or_else(|| Error::NotFound(format!("no session `{session_id}`")))?;
+        Ok(FilterAnswer {
+            decision_id,
+            filter,
+            filter_json,
+            policy_version: engine.version().to_owned(),
+            admitted_labels: taint,
+            session_labels: session.labels,
+        })
     }
 }

@@ -41,6 +41,12 @@
 //! guard would make the document denied, and does here too (with the guard, that case simplifies away).
 //! Known-true and known-false parts simplify away; `not` is pushed inwards.
 //!
+//! # Excluded labels
+//!
+//! [`PolicyEngine::retrieval_filter_excluding`] adds `{"not": {"contains": ["labels", l]}}` for each label
+//! the pipeline wants none of, so that taint on filter (`taint`) does not add it; `complete` then means
+//! exactly the allowed documents that carry none of them.
+//!
 //! # Completeness
 //!
 //! Anything else (an extension function, `like`, `in`/`is` on the document, arithmetic, a comparison of two
@@ -98,6 +104,17 @@ impl PolicyEngine {
         caller: &Caller<'_>,
         session: &SessionFacts<'_>,
     ) -> RetrievalFilter {
+        self.retrieval_filter_excluding(caller, session, &[])
+    }
+
+    /// [`Self::retrieval_filter`], also excluding every document whose `labels` hold one of `exclude`
+    /// (`complete` then means: exactly the allowed documents that carry none of them).
+    pub fn retrieval_filter_excluding(
+        &self,
+        caller: &Caller<'_>,
+        session: &SessionFacts<'_>,
+        exclude: &[String],
+    ) -> RetrievalFilter {
         let Some(retrieval) = &self.retrieval else {
             // The post-filter denies every document then.
             return RetrievalFilter {
@@ -154,7 +171,14 @@ impl PolicyEngine {
                 Effect::Forbid => forbids = tr.b_or(&forbids, &cond.val),
             }
         }
-        let allowed = tr.b_and(&tr.b_and(&permits, &tr.b_not(&forbids)), &tr.b_not(&errors));
+        let mut allowed = tr.b_and(&tr.b_and(&permits, &tr.b_not(&forbids)), &tr.b_not(&errors));
+        for label in exclude {
+            let carries = F::Contains(
+                super::taint::LABELS_ATTRIBUTE.to_owned(),
+                Scalar::Str(label.clone()),
+            );
+            allowed = tr.b_and(&allowed, &B::Exact(tr.not(carries)));
+        }
         let (filter, complete) = match allowed {
             B::Exact(f) => (f, true),
             B::Range(lo, _) => (lo, false),
@@ -169,6 +193,14 @@ impl PolicyEngine {
             filter: filter.to_json(),
             complete,
         }
+    }
+}
+
+impl PolicyEngine {
+    /// The labels a session answered `filter` gets at once (taint on filter: see `taint`), sorted; or
+    /// why `filter` may not be answered (answer `false` then, and let the pipeline post-filter).
+    pub fn filter_taint(&self, filter: &Value) -> Result<Vec<String>, String> {
+        self.label_reads.taint(filter)
     }
 }
 

@@ -731,3 +731,48 @@ when { if resource has owner then resource.owner == \"mallory\" else resource.co
         "{stats:?}: too few admitted documents to tell"
     );
 }
+
+#[test]
+fn excluded_labels_are_left_out_of_the_filter_and_of_its_taint() {
+    let acme = engine(&permit_when("resource.tenant == \"acme\""));
+    let (caller, session) = (alice(), session("alice"));
+    let f = acme.retrieval_filter_excluding(
+        &caller,
+        &session,
+        &["confidential".to_owned(), "untrusted".to_owned()],
+    );
+    assert!(f.complete, "{f:?}");
+    assert_eq!(
+        f.filter,
+        json!({"and": [
+            {"eq": ["tenant", "acme"]},
+            {"not": {"contains": ["labels", "confidential"]}},
+            {"not": {"contains": ["labels", "untrusted"]}}
+        ]})
+    );
+    // Still safe against the post-filter (it admits a subset of the allowed documents).
+    let mut docs = grid();
+    docs.push(
+        json!({"tenant": "acme", "collection": "kb", "classification": 0, "personal": false,
+                     "source": "s", "labels": ["confidential"]}),
+    );
+    check(
+        &acme,
+        &caller,
+        &session,
+        &RetrievalFilter {
+            complete: false,
+            ..f.clone()
+        },
+        &docs,
+    )
+    .unwrap();
+    assert_eq!(filter_admits(&f.filter, docs.last().unwrap()), Ok(false));
+    // Nothing excluded from a filter that admits nothing.
+    let none = engine(&permit_when("false"));
+    assert_eq!(
+        none.retrieval_filter_excluding(&caller, &session, &["x".to_owned()])
+            .filter,
+        json!(false)
+    );
+}

@@ -11,6 +11,7 @@ mod index;
 mod load;
 mod request;
 mod slice;
+mod taint;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -184,6 +185,8 @@ pub struct PolicyEngine {
     /// Users known from `entities.json` (their clearance), by id.
     users: HashMap<String, Entity>,
     retrieval: Option<Retrieval>,
+    /// How the policies read `context.session.labels`, for taint on filter.
+    label_reads: taint::LabelReads,
     version: String,
     authorizer: Authorizer,
     types: request::Types,
@@ -357,7 +360,9 @@ impl PolicyEngine {
                 })
             }
         };
+        let label_reads = taint::LabelReads::of(&loaded.policies);
         Ok(Self {
+            label_reads,
             schema: loaded.schema,
             policies: loaded.policies,
             tools,

@@ -823,8 +823,9 @@ impl Store {
     /// `labels` do not matter), appends `event`, and returns the session as updated. The event is appended
     /// even when no label is new: it records the retrieval batch or the tool result itself.
     ///
-    /// `event` is the caller's: kind `RETRIEVAL_DECIDED` or `TOOL_RESULT_REPORTED`, about this session
-    /// (`event.session_id`), with what happened in its `detail`; anything else is `Invalid`. `Ok(None)` when
+    /// `event` is the caller's: kind `RETRIEVAL_DECIDED`, `RETRIEVAL_FILTERED` or `TOOL_RESULT_REPORTED`,
+    /// about this session (`event.session_id`), with what happened in its `detail`; anything else is
+    /// `Invalid`. `Ok(None)` when
     /// the session does not exist: nothing is written then. `Conflict` when the event id is already in the
     /// trail (nothing is written). Writer transactions are serialised across brokers, so concurrent calls on
     /// any number of brokers all land. `now` is when the caller observed the change; the trail's time is
@@ -847,11 +848,14 @@ impl Store {
         check_event(&event)?;
         if !matches!(
             event.kind,
-            EventKind::RetrievalDecided | EventKind::ToolResultReported
+            EventKind::RetrievalDecided
+                | EventKind::RetrievalFiltered
+                | EventKind::ToolResultReported
         ) {
             return Err(Error::invalid(format!(
-                "the event of labels added to a session must be `{}` or `{}`, not `{}`",
+                "the event of labels added to a session must be `{}`, `{}` or `{}`, not `{}`",
                 EventKind::RetrievalDecided.as_str(),
+                EventKind::RetrievalFiltered.as_str(),
                 EventKind::ToolResultReported.as_str(),
                 event.kind.as_str()
             )));
