@@ -451,9 +451,16 @@ async fn the_last_commit_of_a_burst_is_signed_within_a_second_and_cutting_it_is_
     assert_eq!(head.seq, 41);
     wait_for_checkpoint_within(&path, head.seq, Duration::from_secs(5)).await?;
     let last = sink::last(&path)?.ok_or("no checkpoint")?;
-    assert_eq!((last.seq, last.hash.as_str()), (head.seq, head.hash.as_str()));
+    assert_eq!(
+        (last.seq, last.hash.as_str()),
+        (head.seq, head.hash.as_str())
+    );
     checkpointer.stop().await;
-    assert_eq!(lines(&path)?.len(), 2, "the burst is one checkpoint, and the stop adds none");
+    assert_eq!(
+        lines(&path)?.len(),
+        2,
+        "the burst is one checkpoint, and the stop adds none"
+    );
 
     // Cutting only the last commit is caught.
     assert_eq!(db.truncate_chain_after(head.seq - 1).await?, 1);

@@ -131,6 +131,8 @@ pub struct Broker {
     pub(super) approval_changes: broadcast::Sender<Approval>,
     pub(super) announced: Arc<super::approving::Announced>,
     pub(super) webhook: Option<Webhook>,
+    /// `audit.redact_fields` and the built-in secret names, split once.
+    redactor: Arc<super::redaction::Redactor>,
 }
 
 /// Who engages automatic quarantine switches, in the audit trail.
@@ -182,6 +184,9 @@ impl Broker {
         let quarantine = Arc::new(Quarantine::new(settings.quarantine.clone()));
         let sessions = Arc::new(SessionCache::new(settings.session.cache_ttl));
         let (approval_changes, _) = broadcast::channel(1024);
+        let redactor = Arc::new(super::redaction::Redactor::new(
+            &settings.audit.redact_fields,
+        ));
         Self {
             store,
             policies,
@@ -193,6 +198,7 @@ impl Broker {
             approval_changes,
             announced: Arc::default(),
             webhook,
+            redactor,
         }
     }
 
@@ -549,14 +555,17 @@ impl Broker {
             }
         }
 
-        let redacted = audit::redact(args, &self.settings.audit.redact_fields);
         let call = CallFacts {
             event_id: ids::event_id(now),
             agent: caller.subject.clone(),
             user: caller.user.clone(),
             arguments_digest: digest.to_owned(),
-            arguments_redacted: serde_json::to_string(&redacted)
-                .map_err(|e| Error::Internal(e.to_string()))?,
+            arguments_redacted: self.arguments_for_trail(
+                &engine,
+                &req.tool,
+                args,
+                decision.outcome,
+            )?,
         };
         let spend_budget = decision.is_allow();
         let approval = match pending {
@@ -606,6 +615,26 @@ impl Broker {
             }
             Recorded::Stale => Ok(None),
         }
+    }
+
+    /// The arguments as a decision's audit event keeps them: redacted (by name, and as the tool's schema
+    /// marks them), and for a DENY at most `audit.denied_arguments_bytes`, so that calls refused without
+    /// a session, budget or valid arguments cannot fill the append-only trail.
+    fn arguments_for_trail(
+        &self,
+        engine: &PolicyEngine,
+        tool: &str,
+        args: &Value,
+        outcome: Outcome,
+    ) -> Result<String, Error> {
+        let redacted = self.redactor.redact(args, engine.sensitive_arguments(tool));
+        let text = serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(match outcome {
+            Outcome::Deny => {
+                super::redaction::bounded(text, self.settings.audit.denied_arguments_bytes)
+            }
+            Outcome::Allow | Outcome::PendingApproval => text,
+        })
     }
 
     /// Whether a kill switch stops this caller (and tool, and session) now. A view of the switches too

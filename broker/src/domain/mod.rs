@@ -10,6 +10,9 @@ mod canonical_tests;
 pub mod decision;
 pub mod killswitch;
 pub mod quarantine;
+pub mod redaction;
+#[cfg(test)]
+mod redaction_tests;
 pub mod retrieving;
 pub mod session;
 mod session_cache;
