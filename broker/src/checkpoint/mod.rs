@@ -75,7 +75,8 @@ pub struct CheckpointConfig {
     /// The public key `broker audit verify` checks signatures with (hex, or a file holding it); unset:
     /// the signing key's own. Keep a copy away from the broker's host and pass it with `--public-key`.
     pub public_key: Option<String>,
-    /// Checkpoint at once when the chain grew by this many events since the last checkpoint...
+    /// Checkpoint sooner when the chain grew by this many events since the last checkpoint (looked at four
+    /// times per `every`, or every `poll_interval` if that is shorter)...
     pub every_events: u64,
     /// ...and otherwise this long after the last checkpoint at the latest (at once when it is older), when
     /// the head moved: the longest stretch of commits a cut tail can hide, and at most one checkpoint per

@@ -6,9 +6,10 @@
 //! checkpoint file never slows a decision. Heads other brokers sharing the database committed are found by
 //! reading the chain head through the store every `poll_interval`. A head that moved is signed `every`
 //! after the previous checkpoint at the latest (at once when the last one is older), or sooner when the
-//! chain grew by `every_events`: one fsynced line per checkpoint, never more than the disk keeps up with
-//! (the newest head waiting is signed, the ones it covers are skipped). Failures are logged and retried,
-//! never raised.
+//! chain grew by `every_events` (looked at four times per `every`, or every `poll_interval` if shorter):
+//! one fsynced line per checkpoint, never more than the disk keeps up with (the newest head waiting is
+//! signed, the ones it covers are skipped). The task wakes for the first commit after a checkpoint, not
+//! for every commit. Failures are logged and retried, never raised.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +26,12 @@ use crate::store::{ChainHead, Store};
 /// The longest [`Checkpointer::stop`] waits for the last checkpoint: a healthy database and disk answer in
 /// milliseconds, and a broker stopping while its database is down must not hang on it.
 const STOP_BOUND: Duration = Duration::from_secs(3);
+
+/// How often, per `every`, a waiting head is compared with the newest published one for `every_events`
+/// (or every `poll_interval`, when that is shorter).
+const PEEKS_PER_EVERY: u32 = 4;
+/// The shortest interval between those looks.
+const MIN_PEEK: Duration = Duration::from_millis(10);
 
 /// The running checkpointer; [`stop`](Self::stop) it at shutdown for a last checkpoint.
 #[derive(Debug)]
@@ -114,8 +121,15 @@ impl State {
         self.resume().await;
         let mut ticks = tokio::time::interval(poll);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut peeks =
+            tokio::time::interval((self.every / PEEKS_PER_EVERY).min(poll).max(MIN_PEEK));
+        peeks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let due = self.due();
+            // Woken by the first commit after a checkpoint only: while a head waits, newer ones are
+            // read from the channel at a few peeks per `every` (for `every_events`) and when it is due,
+            // not on every commit (a wake-up per batch would cost more than the signatures).
+            let waiting = self.waiting.is_some();
             tokio::select! {
                 biased;
                 // Stopped, or the handle dropped (the broker went away without stopping): a last look.
@@ -123,11 +137,23 @@ impl State {
                     let _ = tokio::time::timeout(STOP_BOUND, self.finish(heads.as_ref())).await;
                     return;
                 }
-                head = published(&mut heads) => self.saw(head),
+                head = published(&mut heads), if !waiting => self.saw(head),
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.newest_published(heads.as_mut());
                     self.sign().await;
                 }
+                _ = peeks.tick(), if waiting => self.newest_published(heads.as_mut()),
                 _ = ticks.tick() => self.poll().await,
+            }
+        }
+    }
+
+    /// Takes the newest head the writer published, if it changed since the last look.
+    fn newest_published(&mut self, heads: Option<&mut watch::Receiver<Option<ChainHead>>>) {
+        let Some(rx) = heads else { return };
+        if rx.has_changed().unwrap_or(false) {
+            if let Some(head) = rx.borrow_and_update().clone() {
+                self.saw(head);
             }
         }
     }

@@ -150,9 +150,19 @@ impl Redactor {
         }
     }
 
-    /// Whether a member named `name` is redacted wherever it appears.
+    /// Whether a member named `name` is redacted wherever it appears. Runs for every member of every
+    /// call's arguments, so the name is split once, onto the stack.
     pub fn is_secret_name(&self, name: &str) -> bool {
-        parts(name).any(secret_part) || self.configured.iter().any(|c| has_run(name, c))
+        let list = PartList::of(name);
+        let parts = list.as_slice();
+        parts.iter().any(|p| secret_part(p))
+            || self.configured.iter().any(|run| {
+                parts.windows(run.len()).any(|w| {
+                    w.iter()
+                        .zip(run)
+                        .all(|(part, want)| part.eq_ignore_ascii_case(want))
+                })
+            })
     }
 
     /// A copy of `args` with every secret member's value replaced by [`REDACTED`]; `sensitive` is what the
@@ -237,6 +247,10 @@ fn escaped_len(c: char) -> usize {
 }
 
 fn secret_part(part: &str) -> bool {
+    // The shortest pattern has three letters (`pin`, `key`, `otp`).
+    if part.len() < 3 {
+        return false;
+    }
     SECRET_PARTS.iter().any(|s| part.eq_ignore_ascii_case(s))
         || SECRET_ENDINGS
             .iter()
@@ -258,20 +272,42 @@ fn contains_ignore_case(part: &str, needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// Whether `run` (lowercase parts) appears as consecutive parts of `name`.
-fn has_run(name: &str, run: &[String]) -> bool {
-    let mut starts = parts(name);
-    loop {
-        let at = starts.clone();
-        if starts.next().is_none() {
-            return false;
+/// Parts kept on the stack; a name with more spills into a `Vec`.
+const INLINE_PARTS: usize = 8;
+
+/// A name's parts, split once.
+struct PartList<'a> {
+    inline: [&'a str; INLINE_PARTS],
+    len: usize,
+    spilled: Vec<&'a str>,
+}
+
+impl<'a> PartList<'a> {
+    fn of(name: &'a str) -> Self {
+        let mut list = PartList {
+            inline: [""; INLINE_PARTS],
+            len: 0,
+            spilled: Vec::new(),
+        };
+        for part in parts(name) {
+            if !list.spilled.is_empty() {
+                list.spilled.push(part);
+            } else if let Some(slot) = list.inline.get_mut(list.len) {
+                *slot = part;
+                list.len += 1;
+            } else {
+                list.spilled.extend_from_slice(&list.inline);
+                list.spilled.push(part);
+            }
         }
-        let mut here = at;
-        if run
-            .iter()
-            .all(|want| here.next().is_some_and(|p| p.eq_ignore_ascii_case(want)))
-        {
-            return true;
+        list
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        if self.spilled.is_empty() {
+            self.inline.get(..self.len).unwrap_or_default()
+        } else {
+            &self.spilled
         }
     }
 }

@@ -88,6 +88,10 @@ fn configured_names_match_as_a_run_of_parts() {
     ] {
         assert!(r.is_secret_name(secret), "`{secret}`");
     }
+    // Names with more parts than fit on the stack, the run across the spill.
+    assert!(r.is_secret_name("a_b_c_d_e_f_g_credit_card_number"));
+    assert!(r.is_secret_name("a.b.c.d.e.f.g.h.i.j.access_token"));
+    assert!(!r.is_secret_name("a.b.c.d.e.f.g.h.i.j.k.l"));
     for readable in ["number", "card", "number_card", "ibanking"] {
         assert!(!r.is_secret_name(readable), "`{readable}`");
     }
