@@ -259,32 +259,33 @@ impl Default for SessionConfig {
     }
 }
 
+/// The least `audit.denied_arguments_bytes`.
+const MIN_DENIED_ARGUMENTS_BYTES: usize = 256;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Argument fields (any depth, case-insensitive) stored as "[REDACTED]" in the audit trail.
-    /// The digest is still computed over the real arguments, so a value can be checked without being kept.
+    /// Argument names stored as "[REDACTED]" in the audit trail, besides those that look secret
+    /// (`token`, `secret`, `password`, `key`, ... as parts of the name: `domain::redaction`) and those
+    /// the schema marks `@sensitive`. Matched at any depth, case-insensitively, as a run of the name's
+    /// parts (`card_number` also covers `cardNumber`). The digest is still computed over the real
+    /// arguments, so a value can be checked without being kept.
     pub redact_fields: Vec<String>,
+    /// The most of a DENY's redacted arguments (JSON text, in bytes) its audit event keeps; longer ones are
+    /// kept as a marked, truncated preview (the digest still covers them whole). ALLOWs and calls waiting
+    /// for approval keep their redacted arguments whole: approvers read them.
+    pub denied_arguments_bytes: usize,
     /// Signed checkpoints of the chain head, kept outside the database.
     pub checkpoints: crate::checkpoint::CheckpointConfig,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        let fields = [
-            "password",
-            "secret",
-            "token",
-            "api_key",
-            "apikey",
-            "authorization",
-            "private_key",
-            "credit_card",
-            "card_number",
-            "ssn",
-        ];
+        // Secret-looking names (password, token, api_key, ssn, ...) need no entry.
+        let fields = ["credit_card", "card_number", "iban"];
         Self {
             redact_fields: fields.iter().map(|s| (*s).to_owned()).collect(),
+            denied_arguments_bytes: 2048,
             checkpoints: crate::checkpoint::CheckpointConfig::default(),
         }
     }
@@ -525,6 +526,12 @@ impl Config {
             return Err(invalid(
                 "session.default_max_tool_calls",
                 "must be positive and at most session.max_tool_calls",
+            ));
+        }
+        if self.audit.denied_arguments_bytes < MIN_DENIED_ARGUMENTS_BYTES {
+            return Err(invalid(
+                "audit.denied_arguments_bytes",
+                "must be at least 256 (a truncated preview needs room for its marker)",
             ));
         }
         if let Some((field, problem)) = self.audit.checkpoints.problem() {

@@ -272,6 +272,64 @@ async fn audit_verify_catches_a_rewritten_chain_with_the_checkpoints_a_broker_si
     );
 }
 
+/// Waits at most `bound` for the checkpoint file's last line to name event `seq`.
+async fn wait_for_checkpoint(path: &Path, seq: i64, bound: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while broker::checkpoint::sink::last(path)
+        .unwrap()
+        .is_none_or(|c| c.seq != seq)
+    {
+        assert!(
+            start.elapsed() < bound,
+            "no checkpoint of event {seq} within {bound:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_catches_the_last_commit_cut_from_a_running_broker() {
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let url = db.config().database_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.clone(),
+        database_url: url.clone(),
+        policies: policies().into(),
+        ..Config::default()
+    };
+    let checkpoints = config.checkpoint_path();
+    let running = broker::start(config, None, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    // Commits through the broker's own writer; the first is signed at once.
+    open_sessions(&running.store, 1).await;
+    wait_for_checkpoint(&checkpoints, 1, std::time::Duration::from_secs(20)).await;
+    // A burst: its last commit is signed within `audit.checkpoints.every` (500 ms) while the broker runs,
+    // with no shutdown to write it. The bound is half the 10 s the broker used to leave unsigned.
+    open_sessions(&running.store, 20).await;
+    wait_for_checkpoint(&checkpoints, 21, std::time::Duration::from_secs(5)).await;
+
+    // Someone with database access cuts the last event.
+    assert_eq!(db.truncate_chain_after(20).await.unwrap(), 1);
+    let cut = broker(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(cut.status.code(), Some(1), "{}", text(&cut));
+    let out = text(&cut);
+    assert!(out.contains("audit chain ok: 20 events verified"), "{out}");
+    assert!(out.contains("(event 21, signed "), "{out}");
+    assert!(out.contains("its tail was truncated"), "{out}");
+    running.shutdown().await.unwrap();
+}
+
 #[test]
 fn db_grants_give_the_audit_trail_only_select_and_insert() {
     let out = broker(&["db", "grants", "--role", "broker_app"]);

@@ -192,3 +192,153 @@ async fn tampering_is_detected_and_named(backend: DbBackend) {
     assert!(b.problem.contains("missing"), "{b:?}");
 }
 both!(tampering_is_detected_and_named);
+
+async fn secret_looking_names_are_redacted_at_any_depth(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("assistant", Some("alice")).await;
+    let s = agent
+        .open_session(SessionRequest::new(["web.search"]))
+        .await
+        .unwrap();
+    // None of these names is configured: they are found by their parts, at every depth.
+    let args = json!({
+        "query": "q",
+        "access_token": "AT-secret-1",
+        "options": {
+            "client_secret": "CS-secret-2",
+            "retries": [{"db_password": "DB-secret-3", "apiKey": "K-secret-4"}],
+        },
+        "headers": [{"name": "Authorization", "value": "Bearer B-secret-5"}],
+    });
+    let d = agent
+        .authorize(&s.session_id, "web.search", &args)
+        .await
+        .unwrap();
+    assert!(d.has_reason("INVALID_ARGUMENTS"), "{d:?}");
+    let page = h
+        .auditor()
+        .await
+        .list_events(
+            AuditFilter::new()
+                .session_id(&s.session_id)
+                .tool("web.search"),
+        )
+        .await
+        .unwrap();
+    let e = page.events.last().unwrap();
+    let kept = &e.arguments_redacted_json;
+    assert!(!kept.contains("-secret-"), "{kept}");
+    assert_eq!(kept.matches("[REDACTED]").count(), 5, "{kept}");
+    assert!(kept.contains(r#""query":"q""#), "{kept}");
+    // The digest still covers the arguments as sent.
+    assert_eq!(
+        e.arguments_digest,
+        broker::domain::audit::arguments_digest(&args).unwrap()
+    );
+}
+both!(secret_looking_names_are_redacted_at_any_depth);
+
+async fn a_denied_call_keeps_a_bounded_preview_and_an_allowed_one_everything(backend: DbBackend) {
+    let h = Harness::start(backend).await;
+    let agent = h.agent("assistant", Some("alice")).await;
+    let limit = h.config.audit.denied_arguments_bytes;
+    // Characters that JSON escapes or canonical forms treat specially, cut anywhere by the preview.
+    let big = json!({"query": format!("xxx{}", "\"é\u{1}\u{2028}".repeat(15 * 1024))});
+    let big_len = serde_json::to_string(&big).unwrap().len();
+    let bounded = |kept: &str| {
+        assert!(kept.len() <= limit, "{} bytes kept", kept.len());
+        let v: serde_json::Value = serde_json::from_str(kept).unwrap();
+        assert_eq!(v["[TRUNCATED]"]["bytes"], json!(big_len), "{kept}");
+        let preview = v["[TRUNCATED]"]["preview"].as_str().unwrap();
+        assert!(preview.starts_with(r#"{"query":"xxx"#), "{kept}");
+    };
+
+    // No session needed: a call naming a session that does not exist is denied and recorded.
+    let nobody = format!("ses_{}", "0".repeat(32));
+    let d = agent.authorize(&nobody, "web.search", &big).await.unwrap();
+    assert!(d.has_reason("SESSION_NOT_FOUND"), "{d:?}");
+    let auditor = h.auditor().await;
+    let e = auditor
+        .list_events(AuditFilter::new().session_id(&nobody))
+        .await
+        .unwrap()
+        .events
+        .pop()
+        .unwrap();
+    bounded(&e.arguments_redacted_json);
+    assert_eq!(
+        e.arguments_digest,
+        broker::domain::audit::arguments_digest(&big).unwrap()
+    );
+
+    // In a session: an unknown tool, and a policy DENY.
+    let s = agent
+        .open_session(SessionRequest::new(["web.search"]))
+        .await
+        .unwrap();
+    let unknown = agent
+        .authorize(&s.session_id, "no.such.tool", &big)
+        .await
+        .unwrap();
+    let capped = json!({"query": "x".repeat(200 * 1024), "max_results": 99});
+    let policy_deny = agent
+        .authorize(&s.session_id, "web.search", &capped)
+        .await
+        .unwrap();
+    assert_eq!(policy_deny.outcome, Outcome::Deny);
+    // An undeclared key as long as the arguments: the reason naming it is cut too.
+    let mut long_key = serde_json::Map::new();
+    long_key.insert("k".repeat(100 * 1024), json!(1));
+    long_key.insert("query".into(), json!("q"));
+    let invalid = agent
+        .authorize(
+            &s.session_id,
+            "web.search",
+            &serde_json::Value::Object(long_key),
+        )
+        .await
+        .unwrap();
+    assert!(invalid.has_reason("INVALID_ARGUMENTS"), "{invalid:?}");
+    // An ALLOW keeps its redacted arguments whole: an approver or auditor reads them.
+    let long = json!({"query": "y".repeat(8 * 1024)});
+    let allow = agent
+        .authorize(&s.session_id, "web.search", &long)
+        .await
+        .unwrap();
+    assert!(allow.is_allowed(), "{allow:?}");
+
+    let events = auditor
+        .list_events(AuditFilter::new().session_id(&s.session_id))
+        .await
+        .unwrap()
+        .events;
+    let of = |id: &str| {
+        events
+            .iter()
+            .find(|e| e.decision_id.as_deref() == Some(id))
+            .unwrap()
+            .arguments_redacted_json
+            .clone()
+    };
+    bounded(&of(&unknown.decision_id));
+    let kept = of(&policy_deny.decision_id);
+    assert!(kept.len() <= limit, "{} bytes kept", kept.len());
+    assert!(of(&invalid.decision_id).len() <= limit);
+    let reasons = &events
+        .iter()
+        .find(|e| e.decision_id.as_deref() == Some(invalid.decision_id.as_str()))
+        .unwrap()
+        .reasons;
+    assert!(
+        reasons.iter().all(|r| r.message.len() < 1024),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        of(&allow.decision_id),
+        serde_json::to_string(&long).unwrap()
+    );
+    // Each event's hash covers what it keeps.
+    let walk = h.running.store.verify_chain().await.unwrap();
+    assert!(walk.ok, "{walk:?}");
+}
+both!(a_denied_call_keeps_a_bounded_preview_and_an_allowed_one_everything);

@@ -1,13 +1,21 @@
-//! The checkpointer: a background task that reads the chain head through the store (reads only) and
-//! appends a signed checkpoint when the chain grew by `every_events`, or `every` after the last one,
-//! and once more at a clean shutdown. It never touches the decision path: its failures are logged and
-//! retried at the next poll, never raised.
+//! The checkpointer: a background task that signs the chain head soon after it moves, and once more at a
+//! clean shutdown.
+//!
+//! Where heads come from: this broker's audit writer publishes the head each of its commits leaves on a
+//! watch channel ([`Store::committed_heads`]); the writer only replaces the channel's value, so a slow
+//! checkpoint file never slows a decision. Heads other brokers sharing the database committed are found by
+//! reading the chain head through the store every `poll_interval`. A head that moved is signed `every`
+//! after the previous checkpoint at the latest (at once when the last one is older), or sooner when the
+//! chain grew by `every_events` (looked at four times per `every`, or every `poll_interval` if shorter):
+//! one fsynced line per checkpoint, never more than the disk keeps up with (the newest head waiting is
+//! signed, the ones it covers are skipped). The task wakes for the first commit after a checkpoint, not
+//! for every commit. Failures are logged and retried, never raised.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -18,6 +26,12 @@ use crate::store::{ChainHead, Store};
 /// The longest [`Checkpointer::stop`] waits for the last checkpoint: a healthy database and disk answer in
 /// milliseconds, and a broker stopping while its database is down must not hang on it.
 const STOP_BOUND: Duration = Duration::from_secs(3);
+
+/// How often, per `every`, a waiting head is compared with the newest published one for `every_events`
+/// (or every `poll_interval`, when that is shorter).
+const PEEKS_PER_EVERY: u32 = 4;
+/// The shortest interval between those looks.
+const MIN_PEEK: Duration = Duration::from_millis(10);
 
 /// The running checkpointer; [`stop`](Self::stop) it at shutdown for a last checkpoint.
 #[derive(Debug)]
@@ -37,6 +51,7 @@ impl Checkpointer {
         cfg: &CheckpointConfig,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
+        let heads = store.committed_heads();
         let state = State {
             store,
             clock,
@@ -45,10 +60,11 @@ impl Checkpointer {
             every_events: i64::try_from(cfg.every_events).unwrap_or(i64::MAX),
             every: cfg.every,
             last: None,
-            last_at: Instant::now(),
+            last_at: None,
+            waiting: None,
             failures: 0,
         };
-        let task = tokio::spawn(state.run(cfg.poll_interval, stopped));
+        let task = tokio::spawn(state.run(Some(heads), cfg.poll_interval, stopped));
         Self { stop, task }
     }
 
@@ -81,28 +97,74 @@ struct State {
     every: Duration,
     /// The head the last checkpoint named (in the file, as far as this broker knows).
     last: Option<ChainHead>,
-    last_at: Instant,
+    /// When the last checkpoint was written, or last attempted (a failure waits `every` too).
+    last_at: Option<Instant>,
+    /// The newest head seen that differs from `last`: the next one to sign.
+    waiting: Option<ChainHead>,
     /// Consecutive failed attempts; only the first is logged at length.
     failures: u64,
+}
+
+/// The next head the writer publishes; never, once the writer is gone.
+async fn published(heads: &mut Option<watch::Receiver<Option<ChainHead>>>) -> ChainHead {
+    loop {
+        let Some(rx) = heads.as_mut() else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            *heads = None;
+            continue;
+        }
+        // Cloned at once: the writer's next send waits for no borrow held across an await.
+        if let Some(head) = rx.borrow_and_update().clone() {
+            return head;
+        }
+    }
 }
 
 impl State {
     async fn run(
         mut self,
+        mut heads: Option<watch::Receiver<Option<ChainHead>>>,
         poll: Duration,
         mut stopped: oneshot::Receiver<()>,
     ) -> Option<ChainHead> {
         self.resume().await;
         let mut ticks = tokio::time::interval(poll);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut peeks =
+            tokio::time::interval((self.every / PEEKS_PER_EVERY).min(poll).max(MIN_PEEK));
+        peeks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let due = self.due();
+            // Woken by the first commit after a checkpoint only: while a head waits, newer ones are
+            // read from the channel at a few peeks per `every` (for `every_events`) and when it is due,
+            // not on every commit (a wake-up per batch would cost more than the signatures).
+            let waiting = self.waiting.is_some();
             tokio::select! {
-                _ = ticks.tick() => self.tick(false).await,
+                biased;
                 // Stopped, or the handle dropped (the broker went away without stopping): a last look.
                 _ = &mut stopped => {
-                    let _ = tokio::time::timeout(STOP_BOUND, self.tick(true)).await;
+                    let _ = tokio::time::timeout(STOP_BOUND, self.finish(heads.as_ref())).await;
                     return self.last;
                 }
+                head = published(&mut heads), if !waiting => self.saw(head),
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.newest_published(heads.as_mut());
+                    self.sign().await;
+                }
+                _ = peeks.tick(), if waiting => self.newest_published(heads.as_mut()),
+                _ = ticks.tick() => self.poll().await,
+            }
+        }
+    }
+
+    /// Takes the newest head the writer published, if it changed since the last look.
+    fn newest_published(&mut self, heads: Option<&mut watch::Receiver<Option<ChainHead>>>) {
+        let Some(rx) = heads else { return };
+        if rx.has_changed().unwrap_or(false) {
+            if let Some(head) = rx.borrow_and_update().clone() {
+                self.saw(head);
             }
         }
     }
@@ -144,29 +206,52 @@ impl State {
         });
     }
 
-    /// Checkpoints the head if it moved and a checkpoint is due (always due when `force`).
-    async fn tick(&mut self, force: bool) {
-        let head = match self.store.head().await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(e) => return self.failed("cannot read the audit chain head", &e.to_string()),
+    /// A head seen (published by the writer, or read from the database). The newest one waits to be
+    /// signed. A head read behind the last checkpoint (the chain was cut) is signed too: the checkpoint
+    /// before it still names the cut, and `broker audit verify` reports it.
+    fn saw(&mut self, head: ChainHead) {
+        if self.last.as_ref() == Some(&head) {
+            return;
+        }
+        let newer = self.waiting.as_ref().is_none_or(|w| head.seq >= w.seq);
+        if newer {
+            self.waiting = Some(head);
+        }
+    }
+
+    /// When the waiting head is to be signed; `None` when none waits.
+    fn due(&self) -> Option<Instant> {
+        let waiting = self.waiting.as_ref()?;
+        let (Some(last), Some(at)) = (&self.last, self.last_at) else {
+            return Some(Instant::now());
         };
-        let due = match &self.last {
-            None => true,
-            Some(last) if *last == head => return,
-            Some(last) => {
-                force
-                    || head.seq < last.seq
-                    || head.seq.saturating_sub(last.seq) >= self.every_events
-                    || self.last_at.elapsed() >= self.every
-            }
+        if waiting.seq.saturating_sub(last.seq) >= self.every_events {
+            return Some(Instant::now());
+        }
+        Some(at + self.every)
+    }
+
+    /// Reads the head through the store: heads other brokers committed.
+    async fn poll(&mut self) {
+        match self.store.head().await {
+            Ok(Some(head)) => self.saw(head),
+            Ok(None) => {}
+            Err(e) => self.failed("cannot read the audit chain head", &e.to_string()),
+        }
+    }
+
+    /// Signs the waiting head and appends it.
+    async fn sign(&mut self) {
+        let Some(head) = self.waiting.take() else {
+            return;
         };
-        if !due {
+        if self.last.as_ref() == Some(&head) {
             return;
         }
         let checkpoint = self
             .signer
             .sign(head.seq, &head.hash, self.clock.now_micros());
+        self.last_at = Some(Instant::now());
         match self.write(checkpoint).await {
             Ok(()) => {
                 if self.failures > 0 {
@@ -177,10 +262,24 @@ impl State {
                 }
                 self.failures = 0;
                 self.last = Some(head);
-                self.last_at = Instant::now();
             }
-            Err(e) => self.failed("cannot write an audit checkpoint", &e),
+            Err(e) => {
+                // Tried again after `every`, unless a newer head arrived meanwhile.
+                if self.waiting.is_none() {
+                    self.waiting = Some(head);
+                }
+                self.failed("cannot write an audit checkpoint", &e);
+            }
         }
+    }
+
+    /// At shutdown: the newest head published or in the database, signed now if it moved.
+    async fn finish(&mut self, heads: Option<&watch::Receiver<Option<ChainHead>>>) {
+        if let Some(head) = heads.and_then(|rx| rx.borrow().clone()) {
+            self.saw(head);
+        }
+        self.poll().await;
+        self.sign().await;
     }
 
     async fn write(&self, checkpoint: Checkpoint) -> Result<(), String> {
@@ -194,7 +293,7 @@ impl State {
     fn failed(&mut self, what: &str, error: &str) {
         self.failures += 1;
         if self.failures == 1 {
-            tracing::error!(error, path = %self.path.display(), "{what}; retrying at every poll");
+            tracing::error!(error, path = %self.path.display(), "{what}; retrying");
         } else {
             tracing::debug!(error, failures = self.failures, "{what}");
         }

@@ -47,6 +47,8 @@ on_both_backends!(
     a_missing_file_is_reported_only_when_there_are_events,
     the_checkpointer_signs_every_n_events_and_at_stop,
     the_checkpointer_signs_after_the_interval_only_when_the_head_moved,
+    the_last_commit_of_a_burst_is_signed_within_a_second_and_cutting_it_is_caught,
+    the_checkpointer_signs_heads_another_broker_committed,
 );
 
 fn signer() -> Signer {
@@ -322,12 +324,17 @@ async fn a_missing_file_is_reported_only_when_there_are_events(db: &TestDb) -> T
 
 /// Waits (bounded) until the file's last checkpoint names event `seq`.
 async fn wait_for_checkpoint(path: &Path, seq: i64) -> TestResult {
+    wait_for_checkpoint_within(path, seq, Duration::from_secs(20)).await
+}
+
+/// Waits at most `bound` until the file's last checkpoint names event `seq`.
+async fn wait_for_checkpoint_within(path: &Path, seq: i64, bound: Duration) -> TestResult {
     let start = Instant::now();
     loop {
         if sink::last(path)?.is_some_and(|c| c.seq == seq) {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(20) {
+        if start.elapsed() > bound {
             return Err(format!("no checkpoint of event {seq} in `{}`", path.display()).into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -416,5 +423,86 @@ async fn the_checkpointer_signs_after_the_interval_only_when_the_head_moved(
     let seqs: Vec<i64> = lines(&path)?.iter().map(|c| c.seq).collect();
     assert_eq!(seqs.last(), Some(&3));
     assert_eq!(seqs.iter().filter(|s| **s == 3).count(), 1, "{seqs:?}");
+    Ok(())
+}
+
+async fn the_last_commit_of_a_burst_is_signed_within_a_second_and_cutting_it_is_caught(
+    db: &TestDb,
+) -> TestResult {
+    let cfg = CheckpointConfig::default();
+    assert!(
+        cfg.every <= Duration::from_secs(1) && cfg.every_events <= 1000,
+        "the default window: {cfg:?}"
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("checkpoints.jsonl");
+    let checkpointer = Checkpointer::start(
+        db.store().clone(),
+        Arc::new(ManualClock::default()),
+        signer(),
+        path.clone(),
+        &cfg,
+    );
+    events(db.store(), 1).await?;
+    wait_for_checkpoint(&path, 1).await?;
+    // A burst far below `every_events`, right after a checkpoint: signed once `every` has passed. The
+    // bound is ten times `every`, and half the 10 s a checkpoint used to wait for.
+    events(db.store(), 40).await?;
+    let head = db.store().head().await?.ok_or("empty chain")?;
+    assert_eq!(head.seq, 41);
+    wait_for_checkpoint_within(&path, head.seq, Duration::from_secs(5)).await?;
+    let last = sink::last(&path)?.ok_or("no checkpoint")?;
+    assert_eq!(
+        (last.seq, last.hash.as_str()),
+        (head.seq, head.hash.as_str())
+    );
+    checkpointer.stop().await;
+    assert_eq!(
+        lines(&path)?.len(),
+        2,
+        "the burst is one checkpoint, and the stop adds none"
+    );
+
+    // Cutting only the last commit is caught.
+    assert_eq!(db.truncate_chain_after(head.seq - 1).await?, 1);
+    let report = verify(db.store(), &path, &signer().public_key()).await?;
+    assert_eq!(
+        problems(&report),
+        vec![(
+            2,
+            Problem::Truncated {
+                seq: head.seq,
+                chain_ends: head.seq - 1
+            }
+        )]
+    );
+    Ok(())
+}
+
+async fn the_checkpointer_signs_heads_another_broker_committed(db: &TestDb) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("checkpoints.jsonl");
+    let cfg = CheckpointConfig {
+        poll_interval: Duration::from_millis(20),
+        ..CheckpointConfig::default()
+    };
+    let checkpointer = Checkpointer::start(
+        db.store().clone(),
+        Arc::new(ManualClock::default()),
+        signer(),
+        path.clone(),
+        &cfg,
+    );
+    // Another broker's writer commits; this broker's writer publishes nothing, so the poll finds it.
+    let other = db.connect_another(db.config().clone()).await?;
+    events(&other, 3).await?;
+    wait_for_checkpoint(&path, 3).await?;
+    events(db.store(), 1).await?;
+    events(&other, 2).await?;
+    wait_for_checkpoint(&path, 6).await?;
+    checkpointer.stop().await;
+    assert!(verify(db.store(), &path, &signer().public_key())
+        .await?
+        .ok());
     Ok(())
 }

@@ -10,8 +10,7 @@ use crate::clock::Micros;
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What replaces a redacted argument value.
-pub const REDACTED: &str = "[REDACTED]";
+pub use super::redaction::REDACTED;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -341,30 +340,6 @@ pub fn arguments_digest(args: &serde_json::Value) -> Result<String, Error> {
     Ok(crate::hexstr::encode(&Sha256::digest(canonical)))
 }
 
-/// Copies `args` with every object member whose name is in `secret_fields` (case-insensitive, at any depth)
-/// replaced by [`REDACTED`].
-pub fn redact(args: &serde_json::Value, secret_fields: &[String]) -> serde_json::Value {
-    use serde_json::Value;
-    match args {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let v = if secret_fields.iter().any(|s| s.eq_ignore_ascii_case(k)) {
-                        Value::String(REDACTED.to_owned())
-                    } else {
-                        redact(v, secret_fields)
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|v| redact(v, secret_fields)).collect())
-        }
-        other => other.clone(),
-    }
-}
-
 /// Where the chain first fails to verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainBreak {
@@ -519,16 +494,5 @@ mod tests {
         let c: serde_json::Value =
             serde_json::from_str(r#"{"b":1,"a":[true,null],"n":18446744073709551614}"#).unwrap();
         assert_ne!(arguments_digest(&a).unwrap(), arguments_digest(&c).unwrap());
-    }
-
-    #[test]
-    fn redaction_reaches_nested_fields_case_insensitively() {
-        let args =
-            serde_json::json!({"to": "x", "Password": "p", "nested": [{"api_key": "k", "ok": 1}]});
-        let red = redact(&args, &["password".into(), "api_key".into()]);
-        assert_eq!(
-            red,
-            serde_json::json!({"to": "x", "Password": REDACTED, "nested": [{"api_key": REDACTED, "ok": 1}]})
-        );
     }
 }

@@ -136,6 +136,8 @@ pub struct Broker {
     pub(super) approval_changes: broadcast::Sender<Approval>,
     pub(super) announced: Arc<super::approving::Announced>,
     pub(super) webhook: Option<Webhook>,
+    /// `audit.redact_fields` and the built-in secret names, split once.
+    redactor: Arc<super::redaction::Redactor>,
 }
 
 /// Who engages automatic quarantine switches, in the audit trail.
@@ -196,6 +198,9 @@ impl Broker {
         let quarantine = Arc::new(Quarantine::new(settings.quarantine.clone()));
         let sessions = Arc::new(SessionCache::new(settings.session.cache_ttl));
         let (approval_changes, _) = broadcast::channel(1024);
+        let redactor = Arc::new(super::redaction::Redactor::new(
+            &settings.audit.redact_fields,
+        ));
         Self {
             store,
             policies,
@@ -207,6 +212,7 @@ impl Broker {
             approval_changes,
             announced: Arc::default(),
             webhook,
+            redactor,
         }
     }
 
@@ -618,14 +624,17 @@ impl Broker {
             }
         }
 
-        let redacted = audit::redact(args, &self.settings.audit.redact_fields);
         let call = CallFacts {
             event_id: ids::event_id(now),
             agent: caller.subject.clone(),
             user: caller.user.clone(),
             arguments_digest: digest.to_owned(),
-            arguments_redacted: serde_json::to_string(&redacted)
-                .map_err(|e| Error::Internal(e.to_string()))?,
+            arguments_redacted: self.arguments_for_trail(
+                &engine,
+                &req.tool,
+                args,
+                decision.outcome,
+            )?,
             replay_of: None,
         };
         // What a fresh call gets and a replay of an earlier answer must not hide: a closed or expired
@@ -683,6 +692,26 @@ impl Broker {
                 .map(Some),
             Recorded::Stale => Ok(None),
         }
+    }
+
+    /// The arguments as a decision's audit event keeps them: redacted (by name, and as the tool's schema
+    /// marks them), and for a DENY at most `audit.denied_arguments_bytes`, so that calls refused without
+    /// a session, budget or valid arguments cannot fill the append-only trail.
+    fn arguments_for_trail(
+        &self,
+        engine: &PolicyEngine,
+        tool: &str,
+        args: &Value,
+        outcome: Outcome,
+    ) -> Result<String, Error> {
+        let redacted = self.redactor.redact(args, engine.sensitive_arguments(tool));
+        let text = serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(match outcome {
+            Outcome::Deny => {
+                super::redaction::bounded(text, self.settings.audit.denied_arguments_bytes)
+            }
+            Outcome::Allow | Outcome::PendingApproval => text,
+        })
     }
 
     /// The answer to a call whose `call_id` this session already used. Only the same tool with the same

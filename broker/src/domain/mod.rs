@@ -11,6 +11,9 @@ pub mod decision;
 pub mod killswitch;
 pub mod person;
 pub mod quarantine;
+pub mod redaction;
+#[cfg(test)]
+mod redaction_tests;
 pub mod retrieving;
 pub mod session;
 mod session_cache;

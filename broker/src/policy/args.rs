@@ -42,10 +42,23 @@ pub struct ArgError {
     pub problem: String,
 }
 
+/// The longest field path an error names: an undeclared key can be as long as the arguments, and the
+/// error becomes a DENY reason kept in the audit trail.
+const MAX_FIELD_PATH_BYTES: usize = 256;
+
 impl ArgError {
     fn new(field: &str, problem: impl Into<String>) -> Self {
+        let field = if field.len() <= MAX_FIELD_PATH_BYTES {
+            field.to_owned()
+        } else {
+            let mut end = MAX_FIELD_PATH_BYTES;
+            while !field.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", field.get(..end).unwrap_or_default())
+        };
         Self {
-            field: field.to_owned(),
+            field,
             problem: problem.into(),
         }
     }

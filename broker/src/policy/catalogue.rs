@@ -1,21 +1,29 @@
 //! The tool catalogue, read from the Cedar schema: each action in `Action::"call_tool"` is a tool, and the
-//! type of its `context.args` is what its arguments must type-check against.
+//! type of its `context.args` is what its arguments must type-check against. An argument attribute
+//! annotated [`SENSITIVE`] (at any depth, e.g. `@sensitive "password": String`) is redacted in the audit
+//! trail whatever its name.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 
 use super::args::{ArgType, ExtensionType, RecordType};
+use crate::domain::redaction::Sensitive;
 use crate::domain::session::is_tool_name;
 
 /// The action group every tool belongs to.
 pub const CALL_TOOL: &str = "call_tool";
+
+/// The schema annotation marking an argument the audit trail keeps only redacted.
+pub const SENSITIVE: &str = "sensitive";
 
 #[derive(Debug, Clone)]
 pub struct ToolSpec {
     pub args: RecordType,
     /// The whole declared `context` (`args`, `session`, ...).
     pub context: RecordType,
+    /// The arguments annotated [`SENSITIVE`].
+    pub sensitive: Sensitive,
 }
 
 /// Reads the catalogue from the schema in Cedar's JSON form (types resolved). Errors are messages for
@@ -75,6 +83,10 @@ pub fn from_schema_json(schema: &Value) -> Result<HashMap<String, ToolSpec>, Str
             return Err(at("must apply to principal [Agent] and resource [Tool]"));
         }
         let context = applies.get("context").ok_or_else(|| at("has no context"))?;
+        let sensitive = sensitive_in(context, common, 0)
+            .fields
+            .remove("args")
+            .unwrap_or_default();
         let context =
             match parse_type(context, common, 0).map_err(|e| at(&format!("context: {e}")))? {
                 ArgType::Record(r) => r,
@@ -90,7 +102,14 @@ pub fn from_schema_json(schema: &Value) -> Result<HashMap<String, ToolSpec>, Str
         ) {
             return Err(at("context must have a required `session` of type Session"));
         }
-        tools.insert(name.clone(), ToolSpec { args, context });
+        tools.insert(
+            name.clone(),
+            ToolSpec {
+                args,
+                context,
+                sensitive,
+            },
+        );
     }
     Ok(tools)
 }
@@ -115,6 +134,60 @@ pub fn document_type(schema: &Value) -> Result<Option<RecordType>, String> {
         ArgType::Record(r) => Ok(Some(r)),
         _ => Err("entity `Document` must have a record shape".into()),
     }
+}
+
+/// What a type (already checked by [`parse_type`]) marks [`SENSITIVE`]: its record attributes that carry
+/// the annotation, and what is marked inside the others.
+fn sensitive_in(v: &Value, common: &Map<String, Value>, depth: usize) -> Sensitive {
+    let mut found = Sensitive::default();
+    if depth > 32 {
+        return found;
+    }
+    let resolve = |name: &str| common.get(name).map(|t| sensitive_in(t, common, depth + 1));
+    match v.get("type").and_then(Value::as_str) {
+        Some("Record") => {
+            let attrs = v.get("attributes").and_then(Value::as_object);
+            for (k, a) in attrs.into_iter().flatten() {
+                let marked = a
+                    .get("annotations")
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| m.contains_key(SENSITIVE));
+                let inner = if marked {
+                    Sensitive {
+                        all: true,
+                        ..Sensitive::default()
+                    }
+                } else {
+                    sensitive_in(a, common, depth + 1)
+                };
+                if !inner.is_empty() {
+                    found.fields.insert(k.clone(), inner);
+                }
+            }
+        }
+        // A set's elements share one tree: arguments are redacted element by element.
+        Some("Set") => {
+            if let Some(element) = v.get("element") {
+                found = sensitive_in(element, common, depth + 1);
+            }
+        }
+        Some("EntityOrCommon") => {
+            if let Some(t) = v.get("name").and_then(Value::as_str).and_then(resolve) {
+                found = t;
+            }
+        }
+        Some(
+            "String" | "Long" | "Bool" | "Boolean" | "Extension" | "Entity" | "decimal" | "ipaddr"
+            | "datetime" | "duration",
+        )
+        | None => {}
+        Some(other) => {
+            if let Some(t) = resolve(other) {
+                found = t;
+            }
+        }
+    }
+    found
 }
 
 fn parse_type(v: &Value, common: &Map<String, Value>, depth: usize) -> Result<ArgType, String> {

@@ -164,6 +164,8 @@ impl Verdict {
 /// A tool as the engine holds it: its argument type and the entities every request about it needs.
 struct Tool {
     args: RecordType,
+    /// The arguments the schema marks `@sensitive`: redacted in the audit trail.
+    sensitive: crate::domain::redaction::Sensitive,
     action: EntityUid,
     resource: EntityUid,
     /// The tool's entity and its action entities (with their groups), their hierarchy computed once per
@@ -298,6 +300,7 @@ impl PolicyEngine {
                 Tool {
                     check_context: !request::context_conforms(&p.spec.context),
                     args: p.spec.args,
+                    sensitive: p.spec.sensitive,
                     action: p.action,
                     resource: p.resource,
                     entities,
@@ -418,6 +421,11 @@ impl PolicyEngine {
         self.tools
             .get(tool)
             .is_none_or(|t| t.slice.as_ref().is_none_or(|s| s.reads_session_calls))
+    }
+
+    /// The arguments of `tool` its schema marks `@sensitive`; `None` for a tool not in the catalogue.
+    pub fn sensitive_arguments(&self, tool: &str) -> Option<&crate::domain::redaction::Sensitive> {
+        self.tools.get(tool).map(|t| &t.sensitive)
     }
 
     pub fn dir(&self) -> &Path {
@@ -795,6 +803,8 @@ fn approval_policies(
 mod example_tests;
 #[cfg(test)]
 mod guard_diff_tests;
+#[cfg(test)]
+mod sensitive_tests;
 #[cfg(test)]
 mod slice_tests;
 #[cfg(test)]

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::config::{redact_url, StoreConfig};
 pub use self::error::{Error, ErrorKind};
@@ -243,6 +243,8 @@ struct Inner {
     backend: Backend,
     options: AnyConnectOptions,
     jobs: mpsc::Sender<writer::Queued>,
+    /// The chain head after each of this store's commits, as the writer publishes it.
+    heads: watch::Receiver<Option<ChainHead>>,
     connect_timeout: Duration,
     commit_timeout: Duration,
     read_timeout: Duration,
@@ -392,13 +394,21 @@ impl Store {
                 )?))
             }
         };
-        tokio::spawn(writer::run(pool.clone(), writer, queue, own_connection));
+        let (publish_heads, heads) = watch::channel(None);
+        tokio::spawn(writer::run(
+            pool.clone(),
+            writer,
+            queue,
+            own_connection,
+            publish_heads,
+        ));
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 options,
                 jobs,
+                heads,
                 connect_timeout: cfg.connect_timeout,
                 commit_timeout: cfg.commit_timeout,
                 read_timeout: cfg.connect_timeout.saturating_add(transaction_timeout),
@@ -495,6 +505,12 @@ impl Store {
     /// The last event of the chain, or `None` when the trail is empty.
     pub async fn head(&self) -> Result<Option<ChainHead>, Error> {
         self.bounded(sql::chain_head(&self.inner.pool)).await
+    }
+
+    /// The chain head after this store's latest commit (`None` until it commits), updated as the writer
+    /// commits: what the checkpointer signs. Heads other processes commit are seen only by [`Store::head`].
+    pub fn committed_heads(&self) -> watch::Receiver<Option<ChainHead>> {
+        self.inner.heads.clone()
     }
 
     /// Events matching `filter`, in `seq` order, one page at a time; the second value is the `after_seq` of

@@ -47,6 +47,9 @@ use crate::domain::session::Session;
 
 type Answers = Vec<Result<Recorded, Error>>;
 
+/// A committed batch's answers and the chain head it left.
+type Committed = (Answers, Option<ChainHead>);
+
 /// The writer task's Postgres connection for plain batches: connected at the first batch, and again
 /// after any batch that failed (a failed batch's connection is closed, which rolls it back).
 pub(crate) struct PgWriter {
@@ -209,7 +212,7 @@ impl PgWriter {
         recs: &[&DecisionRecord],
         deadline: tokio::time::Instant,
         more_waiting: &(dyn Fn() -> bool + Sync),
-    ) -> Result<Answers, Error> {
+    ) -> Result<Committed, Error> {
         let outcome =
             tokio::time::timeout_at(deadline, self.transact(recs, deadline, more_waiting)).await;
         match outcome {
@@ -259,7 +262,7 @@ impl PgWriter {
         recs: &[&DecisionRecord],
         deadline: tokio::time::Instant,
         more_waiting: &(dyn Fn() -> bool + Sync),
-    ) -> Result<Answers, Error> {
+    ) -> Result<Committed, Error> {
         self.connect_now().await?;
         let live = self
             .live
@@ -279,7 +282,7 @@ impl PgWriter {
                     live.next = next;
                     live.known.learn(chain.head(), HashMap::new(), &writes.used);
                     fail_after_commit()?;
-                    return Ok(answers);
+                    return Ok((answers, chain.head()));
                 }
                 Written::Refused(e, next) => {
                     // Rolled back: the database is not as this writer knew it (another broker appended, a
@@ -312,7 +315,7 @@ impl PgWriter {
             Written::Refused(e, _) => return Err(e),
         }
         fail_after_commit()?;
-        Ok(answers)
+        Ok((answers, chain.head()))
     }
 }
 

@@ -31,11 +31,14 @@ use crate::domain::session::Session;
 
 type Answers = Vec<Result<Recorded, Error>>;
 
+/// A committed batch's answers and the chain head it left.
+type Committed = (Answers, Option<ChainHead>);
+
 struct Batch {
     recs: Vec<DecisionRecord>,
     /// Work not started by then is refused: its caller has been answered `Timeout` already.
     deadline: Instant,
-    reply: oneshot::Sender<Result<Answers, Error>>,
+    reply: oneshot::Sender<Result<Committed, Error>>,
 }
 
 /// The writer task's handle on the thread. The thread stops when this is dropped.
@@ -69,7 +72,7 @@ impl SqliteWriter {
         &self,
         recs: Vec<DecisionRecord>,
         deadline: tokio::time::Instant,
-    ) -> Result<Answers, Error> {
+    ) -> Result<Committed, Error> {
         let (reply, answer) = oneshot::channel();
         let batch = Batch {
             recs,
@@ -126,7 +129,7 @@ fn transact(
     conn: &Connection,
     recs: &[DecisionRecord],
     deadline: Instant,
-) -> Result<Answers, Error> {
+) -> Result<Committed, Error> {
     let lite = Error::from_rusqlite;
     // IMMEDIATE: the write lock now, so the head read below is the one we append to.
     conn.prepare_cached("BEGIN IMMEDIATE")
@@ -155,7 +158,7 @@ fn transact(
         .and_then(|mut s| s.execute([]))
         .map_err(lite)?;
     fail_after_commit()?;
-    Ok(answers)
+    Ok((answers, chain.head()))
 }
 
 fn chain_head(conn: &Connection) -> Result<Option<ChainHead>, Error> {

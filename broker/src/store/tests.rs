@@ -3032,6 +3032,7 @@ async fn plain_batches_store_the_same_rows_on_both_paths(backend: Backend) -> Te
             )?
             .record(batch.clone(), deadline)
             .await?
+            .0
         }
         Backend::Postgres => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -3048,6 +3049,7 @@ async fn plain_batches_store_the_same_rows_on_both_paths(backend: Backend) -> Te
             )?
             .record(&recs, deadline, &|| false)
             .await?
+            .0
         }
     };
     let by_mixed = {

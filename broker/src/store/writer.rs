@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::pg_writer::PgWriter;
 use super::sql::{self, db, ChainHead};
@@ -353,11 +353,15 @@ pub(crate) enum OwnConnection {
 /// forever (nothing would commit, and the chain lock would be held for the whole bound each time). And the
 /// writer keeps its own connections between batches instead of queueing for the pool behind the request
 /// path's reads: `own` for batches made only of plain decisions, one of the pool's for the rest.
+///
+/// After each commit it publishes the chain head it left on `heads`, for the checkpointer: a send on a
+/// watch channel, which never waits for its reader.
 pub(crate) async fn run(
     pool: AnyPool,
     cfg: WriterConfig,
     mut jobs: mpsc::Receiver<Queued>,
     mut own: OwnConnection,
+    heads: watch::Sender<Option<ChainHead>>,
 ) {
     let mut batch = Vec::with_capacity(cfg.max_batch.min(1024));
     // Starts modest and grows with every full batch that commits, so a database that is slow from the
@@ -392,7 +396,10 @@ pub(crate) async fn run(
             .catch_unwind()
             .await;
         let answers = match outcome {
-            Ok(Ok(answers)) if answers.len() == size => Ok(answers),
+            Ok(Ok((answers, head))) if answers.len() == size => {
+                publish_head(&heads, head);
+                Ok(answers)
+            }
             Ok(Ok(_)) => Err(Error::internal("audit writer lost track of its batch")),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::internal("audit writer failed unexpectedly")),
@@ -428,6 +435,13 @@ pub(crate) async fn run(
         }
     }
     tracing::debug!("audit writer stopped: every store handle is gone");
+}
+
+/// Publishes the head a commit left (`None` only while the chain is empty: nothing to sign).
+fn publish_head(heads: &watch::Sender<Option<ChainHead>>, head: Option<ChainHead>) {
+    if let Some(head) = head {
+        heads.send_replace(Some(head));
+    }
 }
 
 /// A connection inside a transaction the writer began with plain SQL. Dropped without being disarmed (an
@@ -494,14 +508,14 @@ async fn commit_batch(
     cfg: WriterConfig,
     work: Vec<Work>,
     queue: &mpsc::Receiver<Queued>,
-) -> Result<Vec<Answer>, Error> {
+) -> Result<(Vec<Answer>, Option<ChainHead>), Error> {
     let deadline = tokio::time::Instant::now() + cfg.transaction_timeout;
     if work.iter().all(|w| plain_decision(w).is_some()) {
         // The own connection is not the pool's: a closed store must refuse it too.
         if pool.is_closed() {
             return Err(Error::unavailable("the store is closed"));
         }
-        let answers = match own {
+        let (answers, head) = match own {
             OwnConnection::Sqlite(sqlite) => {
                 let recs = work
                     .into_iter()
@@ -517,7 +531,7 @@ async fn commit_batch(
                 pg.record(&recs, deadline, &|| !queue.is_empty()).await?
             }
         };
-        return Ok(answers.into_iter().map(Answer::Recorded).collect());
+        return Ok((answers.into_iter().map(Answer::Recorded).collect(), head));
     }
     if let OwnConnection::Postgres(pg) = own {
         // Its open transaction may hold the chain lock that this batch's connection is about to wait for.
@@ -550,18 +564,18 @@ async fn transact(
     conn: &mut AnyConnection,
     backend: Backend,
     work: &[Work],
-) -> Result<Vec<Answer>, Error> {
+) -> Result<(Vec<Answer>, Option<ChainHead>), Error> {
     let begin = match backend {
         // Takes SQLite's write lock now, so the chain head read below is the one we append to.
         Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
         Backend::Postgres => pg_begin(),
     };
     (&mut *conn).execute(begin.as_str()).await.map_err(db)?;
-    let answers = apply_each(conn, backend, work).await?;
+    let committed = apply_each(conn, backend, work).await?;
     fail_before_commit()?;
     (&mut *conn).execute("COMMIT").await.map_err(db)?;
     fail_after_commit()?;
-    Ok(answers)
+    Ok(committed)
 }
 
 // Test-only fault injection (feature `failpoints`) around every audit commit, on both writers: a failure
@@ -589,7 +603,7 @@ async fn apply_each(
     tx: &mut AnyConnection,
     backend: Backend,
     work: &[Work],
-) -> Result<Vec<Answer>, Error> {
+) -> Result<(Vec<Answer>, Option<ChainHead>), Error> {
     let mut chain = Chain::start(sql::chain_head(&mut *tx).await?, backend);
     let mut answers = Vec::with_capacity(work.len());
     let mut rest = work;
@@ -611,7 +625,7 @@ async fn apply_each(
             rest = tail;
         }
     }
-    Ok(answers)
+    Ok((answers, chain.head()))
 }
 
 /// The record of a decision that neither asks for nor uses an approval.
