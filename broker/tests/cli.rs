@@ -757,7 +757,11 @@ async fn sigterm_with_calls_in_flight(backend: Backend) {
     let checkpoints = std::fs::read_to_string(data.join("audit-checkpoints.jsonl")).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(checkpoints.lines().last().unwrap()).unwrap();
-    assert_eq!(last["seq"], head.seq, "{checkpoints}");
+    assert_eq!(
+        last.get("seq"),
+        Some(&serde_json::json!(head.seq)),
+        "{checkpoints}"
+    );
     assert!(
         logged.contains(&format!("final_checkpoint={}", head.seq)),
         "{logged}"
