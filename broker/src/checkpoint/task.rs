@@ -248,6 +248,29 @@ impl State {
         if self.last.as_ref() == Some(&head) {
             return;
         }
+        // Only what the database holds is signed: a head published for a batch that did not commit
+        // after all (a pipelined write refused, a commit cut short) would sign events that do not exist,
+        // and every later `audit verify` would report the chain truncated. One read per checkpoint.
+        match self.store.event_hashes(&[head.seq]).await {
+            Ok(found)
+                if found
+                    .iter()
+                    .any(|(seq, hash)| *seq == head.seq && *hash == head.hash) => {}
+            Ok(_) => {
+                tracing::warn!(
+                    seq = head.seq,
+                    "a published chain head is not in the database; not signed"
+                );
+                return;
+            }
+            Err(e) => {
+                if self.waiting.is_none() {
+                    self.waiting = Some(head);
+                }
+                self.failed("cannot confirm the chain head to sign", &e.to_string());
+                return;
+            }
+        }
         let checkpoint = self
             .signer
             .sign(head.seq, &head.hash, self.clock.now_micros());

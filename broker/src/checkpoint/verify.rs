@@ -193,6 +193,11 @@ async fn compare(
     report: &mut Report,
     batch: Vec<(u64, Checkpoint)>,
 ) -> Result<(), Error> {
+    // A running broker signs new heads while this reads: a checkpoint past the head read at the start
+    // may name an event committed since. Read the head again before calling the tail cut.
+    if batch.iter().any(|(_, cp)| cp.seq > report.chain_ends) {
+        report.chain_ends = store.head().await?.map_or(0, |h| h.seq);
+    }
     let seqs: Vec<i64> = batch
         .iter()
         .map(|(_, cp)| cp.seq)
