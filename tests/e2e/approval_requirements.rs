@@ -8,22 +8,6 @@ use broker_e2e::{both, DbBackend, Harness};
 use broker_sdk::{ApprovalStatus, Client, Outcome, SessionRequest};
 use serde_json::json;
 
-/// The example policies plus `extra` (file name, Cedar text), in effect from the next call.
-fn reload_with(h: &Harness, extra: &[(&str, &str)]) {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(broker_e2e::policies_dir()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    for (name, text) in extra {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let engine = broker::policy::PolicyEngine::load(dir.path()).unwrap();
-    h.running.policies.send_replace(std::sync::Arc::new(engine));
-}
-
 async fn refund_session(h: &Harness) -> (Client, String) {
     let c = h.agent("support-agent", Some("carol")).await;
     let s = c
@@ -70,7 +54,7 @@ async fn a_group_and_quorum_added_since_must_be_met(backend: DbBackend) {
     );
 
     // An admin adds a stricter requirement and reloads: one payments vote is not two CFO votes.
-    reload_with(&h, &[("cfo.cedar", CFO)]);
+    h.reload_with(&[("cfo.cedar", CFO)]);
     let d = agent
         .await_approval(&id, Duration::from_secs(2))
         .await
@@ -134,7 +118,7 @@ forbid (principal, action == Action::"payments.refund", resource)
 when { context.args.amount > 1000 }
 unless { context has approval };
 "#;
-    reload_with(&h, &[("two.cedar", two)]);
+    h.reload_with(&[("two.cedar", two)]);
     let d = agent
         .await_approval(&id, Duration::from_secs(2))
         .await
@@ -162,7 +146,7 @@ forbid (principal, action == Action::"payments.refund", resource)
 when { context.args.amount > 1000 }
 unless { context has approval };
 "#;
-    reload_with(&h, &[("fresh.cedar", fresh)]);
+    h.reload_with(&[("fresh.cedar", fresh)]);
     let d = agent
         .await_approval(&id, Duration::from_secs(2))
         .await
@@ -185,7 +169,7 @@ forbid (principal, action == Action::"payments.refund", resource)
 when { context.session.labels.contains("untrusted") }
 unless { context has approval };
 "#;
-    reload_with(&h, &[("tainted.cedar", tainted_refunds)]);
+    h.reload_with(&[("tainted.cedar", tainted_refunds)]);
     let (agent, session) = refund_session(&h).await;
     let id = pending(&agent, &session, 5_000).await;
     h.approver("bob", &["payments-approvers"])

@@ -97,12 +97,7 @@ async fn each_retrieval_policy_withholds_what_it_should(backend: DbBackend) {
     }
     // One audit event for the batch, naming allowed and denied ids (read by an auditor of the
     // session's tenant: auditors see their own tenant's trail).
-    let auditor = broker_sdk::AuditClient::connect(
-        h.endpoint(),
-        h.token_in_tenant("security-team", &[Role::Auditor], None, Some("acme")),
-    )
-    .await
-    .unwrap();
+    let auditor = h.auditor_in("acme").await;
     let events = auditor
         .list_events(broker_sdk::AuditFilter::new().session_id(&s))
         .await
@@ -440,19 +435,15 @@ both!(a_fresh_session_of_the_same_agent_and_user_keeps_the_taint);
 /// The events of one kind in a session, oldest first.
 async fn events_of(h: &Harness, session: &str, kind: &str) -> Vec<broker_sdk::AuditEvent> {
     // An auditor of the readers' tenant: auditors see their own tenant's trail.
-    broker_sdk::AuditClient::connect(
-        h.endpoint(),
-        h.token_in_tenant("security-team", &[Role::Auditor], None, Some("acme")),
-    )
-    .await
-    .unwrap()
-    .list_events(broker_sdk::AuditFilter::new().session_id(session))
-    .await
-    .unwrap()
-    .events
-    .into_iter()
-    .filter(|e| e.kind == kind)
-    .collect()
+    h.auditor_in("acme")
+        .await
+        .list_events(broker_sdk::AuditFilter::new().session_id(session))
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .collect()
 }
 
 fn detail(e: &broker_sdk::AuditEvent) -> Value {
@@ -512,16 +503,13 @@ async fn a_pre_filter_taints_the_session_and_is_recorded(backend: DbBackend) {
     assert_eq!(dt["complete"], json!(true));
     assert_eq!(dt["labels_added"], json!(["confidential", "untrusted"]));
     // Recorded before the labels could be used: the filter's event precedes the denied call's.
-    let all = broker_sdk::AuditClient::connect(
-        h.endpoint(),
-        h.token_in_tenant("security-team", &[Role::Auditor], None, Some("acme")),
-    )
-    .await
-    .unwrap()
-    .list_events(broker_sdk::AuditFilter::new().session_id(&s))
-    .await
-    .unwrap()
-    .events;
+    let all = h
+        .auditor_in("acme")
+        .await
+        .list_events(broker_sdk::AuditFilter::new().session_id(&s))
+        .await
+        .unwrap()
+        .events;
     let seq_of = |pred: &dyn Fn(&broker_sdk::AuditEvent) -> bool| {
         all.iter().find(|e| pred(e)).map(|e| e.seq).unwrap()
     };

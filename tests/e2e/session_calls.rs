@@ -13,16 +13,7 @@ when { context.session.calls >= 1 };
 
 async fn one_refund_per_session_holds_under_concurrent_calls(backend: DbBackend) {
     let h = Harness::start(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(broker_e2e::policies_dir()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(dir.path().join("one-refund.cedar"), ONE_REFUND).unwrap();
-    let engine = broker::policy::PolicyEngine::load(dir.path()).unwrap();
-    h.running.policies.send_replace(std::sync::Arc::new(engine));
+    h.reload_with(&[("one-refund.cedar", ONE_REFUND)]);
 
     let agent = h.agent("support-agent", Some("carol")).await;
     let s = agent

@@ -268,6 +268,33 @@ impl Harness {
             .unwrap()
     }
 
+    /// The example policies plus `extra` (file name, Cedar text), in effect from the next call (what
+    /// `kill -HUP` does in `broker serve`).
+    pub fn reload_with(&self, extra: &[(&str, &str)]) {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(policies_dir()).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        for (name, text) in extra {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let engine = broker::policy::PolicyEngine::load(dir.path()).unwrap();
+        self.running.policies.send_replace(Arc::new(engine));
+    }
+
+    /// An auditor of `tenant` (auditors read their own tenant's trail).
+    pub async fn auditor_in(&self, tenant: &str) -> AuditClient {
+        AuditClient::connect(
+            self.endpoint(),
+            self.token_in_tenant("security-team", &[Role::Auditor], None, Some(tenant)),
+        )
+        .await
+        .unwrap()
+    }
+
     pub async fn auditor(&self) -> AuditClient {
         AuditClient::connect(
             self.endpoint(),
